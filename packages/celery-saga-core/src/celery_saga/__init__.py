@@ -1,0 +1,61 @@
+"""celery-saga: the saga pattern for Celery.
+
+A saga is a business transaction cut into steps; each step is a Celery task with
+a compensating task. When a step fails for good, the steps already done are
+undone in reverse order. Execution state lives in a pluggable state store.
+"""
+
+from __future__ import annotations
+
+from celery_saga.builder import Saga
+from celery_saga.config import set_default_backend
+from celery_saga.decorators import saga_step, saga_task
+from celery_saga.errors import (
+    BackendNotFound,
+    PermanentFailure,
+    SagaCompensated,
+    SagaDefinitionError,
+    SagaDefinitionMismatch,
+    SagaError,
+    SagaFailed,
+    SagaNotRegistered,
+    SchemaVersionError,
+    StepOutputError,
+)
+from celery_saga.functional import parallelize, saga, step, transform
+from celery_saga.headers import current_step, idempotency_key
+from celery_saga.models import SagaExecution, SagaStatus, StepRecord, StepStatus
+from celery_saga.response import StepResponse
+from celery_saga.result import SagaResult
+from celery_saga.runtime import replies as _replies  # noqa: F401  (registers reply tasks)
+from celery_saga.version import __version__
+
+__all__ = [
+    "BackendNotFound",
+    "PermanentFailure",
+    "Saga",
+    "SagaCompensated",
+    "SagaDefinitionError",
+    "SagaDefinitionMismatch",
+    "SagaError",
+    "SagaExecution",
+    "SagaFailed",
+    "SagaNotRegistered",
+    "SagaResult",
+    "SagaStatus",
+    "SchemaVersionError",
+    "StepOutputError",
+    "StepRecord",
+    "StepResponse",
+    "StepStatus",
+    "__version__",
+    "current_step",
+    "idempotency_key",
+    "parallelize",
+    "saga",
+    "saga_step",
+    "saga_task",
+    "set_default_backend",
+    "step",
+    "transform",
+]

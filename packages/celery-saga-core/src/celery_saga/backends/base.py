@@ -1,0 +1,279 @@
+"""`SagaBackend`: the contract every state store meets.
+
+Operations are atomic and small: a step write costs O(that step), never a rewrite
+of the whole execution. The runtime never loads, edits and saves a record; it asks
+the store to compare-and-set. `celery_saga.testing` checks a store against this
+contract, races included.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import json
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from celery_saga.models import (
+    STEP_MUTABLE_FIELDS,
+    TERMINAL_STATUSES,
+    SagaExecution,
+    SagaStatus,
+    SagaSummary,
+    StepStatus,
+)
+
+#: Fields `update_saga` may change.
+SAGA_MUTABLE_FIELDS = frozenset({"status", "output", "error", "failed_step", "finished_at"})
+
+
+@dataclass(frozen=True)
+class StepExpect:
+    """Conditions a step write requires; any unmet condition refuses the write.
+
+    `attempt` must equal the stored attempt, `attempt_at_most` must not be below it
+    (this is how a write from an older, fenced attempt is refused), and the
+    execution's status must be one of `saga_status`.
+    """
+
+    status: frozenset[StepStatus] | None = None
+    attempt: int | None = None
+    attempt_at_most: int | None = None
+    saga_status: frozenset[SagaStatus] | None = None
+    comp_attempt: int | None = None
+    comp_attempt_at_most: int | None = None
+
+    def refusal(
+        self, status: StepStatus, attempt: int, comp_attempt: int, saga_status: SagaStatus
+    ) -> str | None:
+        """Why a step in this state may not be written, or None if it may.
+
+        Stores that evaluate conditions in Python share this; stores that check them
+        server side (Lua, SQL) must agree with it, and the conformance suite checks that.
+        """
+        if self.status is not None and status not in self.status:
+            return f"step status is {status.value}"
+        if self.attempt is not None and attempt != self.attempt:
+            return f"step attempt is {attempt}, not {self.attempt}"
+        if self.attempt_at_most is not None and attempt > self.attempt_at_most:
+            return f"step attempt {attempt} is newer than {self.attempt_at_most}"
+        if self.comp_attempt is not None and comp_attempt != self.comp_attempt:
+            return f"compensation attempt is {comp_attempt}, not {self.comp_attempt}"
+        if self.comp_attempt_at_most is not None and comp_attempt > self.comp_attempt_at_most:
+            return f"compensation attempt {comp_attempt} is newer than {self.comp_attempt_at_most}"
+        if self.saga_status is not None and saga_status not in self.saga_status:
+            return f"saga status is {saga_status.value}"
+        return None
+
+
+@dataclass(frozen=True)
+class StepWrite:
+    """What a step write did, and the state it saw (after the write, if applied)."""
+
+    applied: bool
+    status: StepStatus
+    attempt: int
+    saga_status: SagaStatus
+    count: int | None = None
+    comp_attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing; pass `cursor` back to get the next one (None: no more)."""
+
+    items: list[SagaSummary]
+    cursor: str | None
+
+
+class SagaBackend(abc.ABC):
+    """Abstract state store.
+
+    Subclasses implement the abstract methods atomically against their server and
+    declare the URL schemes they serve in the entry-point group
+    ``celery_saga.backends``. Every write sets the execution's ``updated_at``.
+    """
+
+    #: URL schemes this class serves (informational; the entry points decide).
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: Seconds between polls in the default `wait` (stores with notifications override it).
+    poll_interval: ClassVar[float] = 0.05
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SagaBackend:
+        """Build a store from a URL such as ``redis://localhost:6379/0``."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a URL ({url!r})")
+
+    # -- create and read --------------------------------------------------------
+    @abc.abstractmethod
+    def create(self, execution: SagaExecution) -> tuple[SagaExecution, bool]:
+        """Store a new execution, or return the existing one with the same idempotency key.
+
+        Atomic under concurrent callers: exactly one caller gets ``created=True``.
+        """
+
+    @abc.abstractmethod
+    def get(self, saga_id: str) -> SagaExecution | None:
+        """Read one execution with all its steps, or None if there is none."""
+
+    @abc.abstractmethod
+    def find_by_idempotency_key(self, key: str) -> SagaExecution | None:
+        """The execution created with this idempotency key, if any."""
+
+    # -- compare-and-set -------------------------------------------------------------
+    @abc.abstractmethod
+    def update_saga(
+        self,
+        saga_id: str,
+        changes: Mapping[str, Any],
+        *,
+        expect_status: Collection[SagaStatus] | None = None,
+    ) -> bool:
+        """Set execution fields if its status is one of `expect_status`; True if applied."""
+
+    @abc.abstractmethod
+    def update_step(
+        self,
+        saga_id: str,
+        index: int,
+        changes: Mapping[str, Any],
+        *,
+        expect: StepExpect | None = None,
+        count_in: str | None = None,
+    ) -> StepWrite:
+        """Compare-and-set one step's fields.
+
+        If `expect` holds, apply `changes`; then, if `count_in` names a counter of
+        the execution, increment it and store its new value in the step's ``seq``
+        field, in the same atomic write. Among writers bumping one counter exactly
+        one sees any given value, which is how the last member of a parallel group
+        is found.
+        """
+
+    # -- listing and housekeeping -----------------------------------------------
+    @abc.abstractmethod
+    def list(
+        self,
+        *,
+        status: SagaStatus | str | None = None,
+        name: str | None = None,
+        created_before: float | None = None,
+        created_after: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Executions newest first, filtered, from an index; resume with `cursor`."""
+
+    @abc.abstractmethod
+    def delete(self, saga_id: str) -> bool:
+        """Delete a finished execution; False if absent. Refuses an unfinished one."""
+
+    @abc.abstractmethod
+    def purge(self, finished_before: float) -> int:
+        """Delete finished executions that finished before the cutoff; return how many."""
+
+    # -- waiting -----------------------------------------------------------------------
+    def wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
+        """Block until the execution is terminal and return it; None on timeout.
+
+        This default polls with a bounded interval; stores with notifications
+        (Redis, PostgreSQL) override it.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = self.poll_interval
+        while True:
+            execution = self.get(saga_id)
+            if execution is not None and execution.status in TERMINAL_STATUSES:
+                return execution
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                time.sleep(min(interval, left))
+            else:
+                time.sleep(interval)
+            interval = min(interval * 1.5, 0.5)
+
+    def close(self) -> None:
+        """Release connections. The store may not be used afterwards."""
+
+    # -- compatibility with celery-saga 0.1 ----------------------------------------------
+    def load(self, saga_id: str) -> SagaExecution | None:
+        """Alias of `get` (the name celery-saga 0.1 used)."""
+        return self.get(saga_id)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+# -- helpers shared by store implementations -------------------------------------------
+
+
+def check_step_changes(changes: Mapping[str, Any]) -> None:
+    """Refuse unknown step fields before anything is written."""
+    unknown = set(changes) - STEP_MUTABLE_FIELDS
+    if unknown:
+        raise ValueError(
+            f"update_step got fields it cannot set: {sorted(unknown)}; "
+            f"settable fields are {sorted(STEP_MUTABLE_FIELDS)}"
+        )
+
+
+def check_saga_changes(changes: Mapping[str, Any]) -> None:
+    """Refuse unknown execution fields before anything is written."""
+    unknown = set(changes) - SAGA_MUTABLE_FIELDS
+    if unknown:
+        raise ValueError(
+            f"update_saga got fields it cannot set: {sorted(unknown)}; "
+            f"settable fields are {sorted(SAGA_MUTABLE_FIELDS)}"
+        )
+
+
+def plain_value(value: Any) -> Any:
+    """Enum members become their values, so changes can be stored as JSON."""
+    if isinstance(value, SagaStatus | StepStatus):
+        return value.value
+    return value
+
+
+def normalize_status(status: SagaStatus | str | None) -> SagaStatus | None:
+    """Accept a status or its string value; raise a clear error for anything else."""
+    if status is None or isinstance(status, SagaStatus):
+        return status
+    try:
+        return SagaStatus(str(status).lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in SagaStatus)
+        raise ValueError(f"unknown saga status {status!r}; use one of: {choices}") from None
+
+
+def encode_cursor(created_at: float, saga_id: str) -> str:
+    """Opaque listing cursor: the position of the last item returned."""
+    raw = json.dumps([created_at, saga_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """Parse a cursor made by `encode_cursor`, with a clear error for anything else."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, saga_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        return float(created_at), str(saga_id)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"invalid listing cursor {cursor!r}: pass back the cursor of the previous page"
+        ) from exc
+
+
+def check_limit(limit: int) -> int:
+    """Listing page sizes are 1..1000."""
+    if not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise ValueError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+    return limit
+
+
+def is_terminal(status: SagaStatus) -> bool:
+    """True for COMPLETED, COMPENSATED and FAILED."""
+    return status in TERMINAL_STATUSES

@@ -1,0 +1,136 @@
+"""The chain compiler: turn a step (or its compensation) into a Celery signature.
+
+Each signature carries the saga header and a task id naming the saga, step and
+attempt. A step given as a task object reports its own outcome in its worker; a
+step given by name gets a reply callback (`link`) and reply errback
+(`link_error`) to the saga's queue. Every step also carries the errback, which
+catches failures the worker reports from outside the task (hard time limits).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+from celery import Signature
+
+from celery_saga.config import setting
+from celery_saga.headers import HEADER, SagaHeader
+
+if TYPE_CHECKING:
+    from celery import Celery, Task
+
+    from celery_saga.definition import SagaDefinition, StepSpec
+    from celery_saga.models import SagaExecution, StepRecord
+
+REPLY_SUCCESS = "celery_saga.reply_success"
+REPLY_FAILURE = "celery_saga.reply_failure"
+
+
+@functools.lru_cache(maxsize=1024)
+def _routed_queue(app: Celery, name: str) -> str | None:
+    """The queue Celery's router picks for `name`, or None for the default queue."""
+    try:
+        route = app.amqp.router.route({}, name, (), {})
+    except Exception:  # a router that needs arguments: treat as routed elsewhere
+        return None
+    queue = route.get("queue")
+    queue_name = getattr(queue, "name", queue)
+    default: str = app.conf.task_default_queue
+    return None if queue_name in (None, default) else str(queue_name)
+
+
+def reply_queue(app: Celery, execution_queue: str | None) -> str:
+    """Where the saga's own messages go: run(queue=), `saga_queue`, their route, or default."""
+    configured = execution_queue or setting(app, "saga_queue")
+    if configured:
+        return str(configured)
+    return _routed_queue(app, REPLY_SUCCESS) or str(app.conf.task_default_queue)
+
+
+def _has_own_route(app: Celery, name: str, task: Task | None) -> bool:
+    if task is not None and getattr(task, "queue", None):
+        return True
+    return _routed_queue(app, name) is not None
+
+
+def _replies(app: Celery, header: SagaHeader, queue: str, by_name: bool) -> dict[str, Any]:
+    meta = {"saga": header.to_dict()}
+    options: dict[str, Any] = {
+        "link_error": [Signature(REPLY_FAILURE, kwargs=meta, options={"queue": queue}, app=app)]
+    }
+    if by_name:
+        options["link"] = [Signature(REPLY_SUCCESS, kwargs=meta, options={"queue": queue}, app=app)]
+    return options
+
+
+def step_signature(
+    definition: SagaDefinition,
+    execution: SagaExecution,
+    spec: StepSpec,
+    attempt: int,
+    kwargs: dict[str, Any],
+    countdown: float | None = None,
+) -> Signature:
+    """The message that runs attempt `attempt` of step `spec` with `kwargs`."""
+    app = definition.app
+    queue = reply_queue(app, execution.queue)
+    header = SagaHeader(
+        saga_id=execution.saga_id,
+        saga_name=definition.name,
+        index=spec.index,
+        attempt=attempt,
+        definition_hash=definition.hash,
+        queue=queue,
+    )
+    options: dict[str, Any] = dict(spec.options)
+    if execution.queue and "queue" not in options and not _has_own_route(
+        app, spec.task_name, spec.task
+    ):
+        options["queue"] = execution.queue
+    if countdown:
+        options["countdown"] = countdown
+    options["task_id"] = header.task_id
+    options["headers"] = {HEADER: header.to_dict()}
+    options.update(_replies(app, header, queue, by_name=spec.by_name))
+    return Signature(spec.task or spec.task_name, (), kwargs, options, app=app)
+
+
+def compensation_signature(
+    definition: SagaDefinition,
+    execution: SagaExecution,
+    record: StepRecord,
+    attempt: int,
+    countdown: float | None = None,
+) -> Signature:
+    """The message that runs attempt `attempt` of the compensation of `record`."""
+    app = definition.app
+    spec = definition.step(record.index)
+    queue = reply_queue(app, execution.queue)
+    header = SagaHeader(
+        saga_id=execution.saga_id,
+        saga_name=definition.name,
+        index=record.index,
+        attempt=attempt,
+        compensation=True,
+        definition_hash=definition.hash,
+        queue=queue,
+    )
+    name = record.compensation_task_name or ""
+    options: dict[str, Any] = {}
+    if execution.queue and not _has_own_route(app, name, spec.compensation):
+        options["queue"] = execution.queue
+    if countdown:
+        options["countdown"] = countdown
+    options["task_id"] = header.task_id
+    options["headers"] = {HEADER: header.to_dict()}
+    options.update(_replies(app, header, queue, by_name=spec.compensation is None))
+    return Signature(
+        spec.compensation or name, (record.compensation_data,), {}, options, app=app
+    )
+
+
+def header_of_signature(sig: Signature) -> SagaHeader | None:
+    """The saga header a compiled signature carries."""
+    headers = sig.options.get("headers") or {}
+    return SagaHeader.from_dict(headers.get(HEADER))

@@ -1,0 +1,115 @@
+"""The saga header every step and compensation message carries, built and parsed here.
+
+It is plain JSON under the message header ``celery_saga``: which saga, which step,
+which attempt, whether it is a compensation, and the definition hash. Celery keeps
+custom headers across retries, so a retried step is still recognised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from celery_saga.ids import idempotency_key_for, step_task_id
+
+HEADER = "celery_saga"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class SagaHeader:
+    """What a step message says about its place in a saga."""
+
+    saga_id: str
+    saga_name: str
+    index: int
+    attempt: int
+    compensation: bool = False
+    definition_hash: str = ""
+    queue: str | None = None
+
+    @property
+    def task_id(self) -> str:
+        """The Celery task id of this attempt."""
+        return step_task_id(self.saga_id, self.index, self.attempt, compensation=self.compensation)
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across attempts and retries of this step: use it to deduplicate effects."""
+        return idempotency_key_for(self.saga_id, self.index)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form put on the wire."""
+        data: dict[str, Any] = {
+            "v": VERSION,
+            "id": self.saga_id,
+            "saga": self.saga_name,
+            "i": self.index,
+            "a": self.attempt,
+            "c": 1 if self.compensation else 0,
+            "h": self.definition_hash,
+        }
+        if self.queue:
+            data["q"] = self.queue
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SagaHeader | None:
+        """Parse the wire form; None if it is not a saga header this version understands."""
+        if not isinstance(data, dict) or data.get("v") != VERSION:
+            return None
+        try:
+            return cls(
+                saga_id=str(data["id"]),
+                saga_name=str(data["saga"]),
+                index=int(data["i"]),
+                attempt=int(data["a"]),
+                compensation=bool(data.get("c")),
+                definition_hash=str(data.get("h", "")),
+                queue=data.get("q") or None,
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def next_attempt(self) -> SagaHeader:
+        """The same step's header for its next dispatch."""
+        return SagaHeader(
+            self.saga_id,
+            self.saga_name,
+            self.index,
+            self.attempt + 1,
+            self.compensation,
+            self.definition_hash,
+            self.queue,
+        )
+
+
+def header_of(request: Any) -> SagaHeader | None:
+    """The saga header of a Celery task request, if it has one."""
+    if request is None:
+        return None
+    headers = getattr(request, "headers", None)
+    raw = headers.get(HEADER) if isinstance(headers, dict) else None
+    if raw is None:
+        raw = getattr(request, HEADER, None)
+    return SagaHeader.from_dict(raw)
+
+
+def current_step() -> SagaHeader | None:
+    """Inside a task: the saga header of the step being run, or None outside a saga."""
+    from celery import current_task
+
+    task = current_task
+    if task is None:
+        return None
+    return header_of(task.request)
+
+
+def idempotency_key(request: Any = None) -> str | None:
+    """The step's idempotency key (``"<saga id>:<step>"``), from `request` or the current task.
+
+    It is the same for every attempt and retry of the step, so a participant can
+    use it to make its side effect happen once.
+    """
+    header = header_of(request) if request is not None else current_step()
+    return None if header is None else header.idempotency_key

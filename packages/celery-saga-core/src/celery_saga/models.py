@@ -1,0 +1,256 @@
+"""The stored shape of a saga execution and its steps: plain, versioned JSON.
+
+Every state store keeps exactly these fields. `to_dict`/`from_dict` are the only
+places that build and parse the shape, so a record written by a newer schema is
+refused here with an error that says what to do.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from celery_saga.errors import SchemaVersionError
+
+#: Version of the stored record shape. Bump it, and teach `from_dict` the old one,
+#: whenever a field changes meaning.
+SCHEMA_VERSION = 1
+
+
+class SagaStatus(str, enum.Enum):
+    """Lifecycle of a saga execution."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once nothing more will happen to the execution on its own."""
+        return self in TERMINAL_STATUSES
+
+
+class StepStatus(str, enum.Enum):
+    """Lifecycle of one step, its compensation included."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+    SKIPPED = "skipped"
+
+
+TERMINAL_STATUSES = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+ACTIVE_STATUSES = frozenset({SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING})
+#: Step statuses that end the forward part of a step (it will not run again).
+FINISHED_STEP_STATUSES = frozenset(
+    {
+        StepStatus.SUCCESS,
+        StepStatus.FAILED,
+        StepStatus.SKIPPED,
+        StepStatus.COMPENSATING,
+        StepStatus.COMPENSATED,
+        StepStatus.COMPENSATION_FAILED,
+    }
+)
+
+
+def now() -> float:
+    """Wall-clock time as stored in records (seconds since the epoch, UTC)."""
+    return time.time()
+
+
+@dataclass
+class StepRecord:
+    """One step of one execution, as stored.
+
+    The first five fields describe the step (copied from the definition so any
+    process can show it); the rest change as it runs. Writes to a step touch only
+    this record, never the whole execution.
+    """
+
+    index: int
+    task_name: str
+    stage: int
+    compensation_task_name: str | None = None
+    no_compensation: bool = False
+    status: StepStatus = StepStatus.PENDING
+    attempt: int = 0
+    task_id: str | None = None
+    retries: int = 0
+    seq: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    output: Any = None
+    compensation_data: Any = None
+    error: str | None = None
+    comp_attempt: int = 0
+    comp_task_id: str | None = None
+    comp_started_at: float | None = None
+    comp_finished_at: float | None = None
+    comp_error: str | None = None
+
+    # -- compatibility with celery-saga 0.1 ------------------------------------
+    @property
+    def step_index(self) -> int:
+        """Alias of `index` (the name celery-saga 0.1 used)."""
+        return self.index
+
+    @property
+    def needs_compensation(self) -> bool:
+        """Whether this step has done something a compensation must undo."""
+        if self.no_compensation or not self.compensation_task_name:
+            return False
+        if self.status is StepStatus.SUCCESS:
+            return True
+        return self.status is StepStatus.FAILED and self.compensation_data is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of this step."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepRecord:
+        """Parse the JSON shape; unknown keys from a newer minor writer are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["status"] = StepStatus(values.get("status", StepStatus.PENDING.value))
+        return cls(**values)
+
+
+#: Names a backend accepts in `update_step(changes=...)`.
+STEP_MUTABLE_FIELDS = frozenset(
+    f.name
+    for f in fields(StepRecord)
+    if f.name not in {"index", "task_name", "stage", "compensation_task_name", "no_compensation"}
+)
+
+
+@dataclass
+class SagaExecution:
+    """One run of a saga, with its steps."""
+
+    saga_id: str
+    saga_name: str
+    status: SagaStatus = SagaStatus.PENDING
+    input: dict[str, Any] = field(default_factory=dict)
+    steps: list[StepRecord] = field(default_factory=list)
+    idempotency_key: str | None = None
+    definition_hash: str = ""
+    queue: str | None = None
+    output: Any = None
+    error: str | None = None
+    failed_step: int | None = None
+    created_at: float = field(default_factory=now)
+    updated_at: float = field(default_factory=now)
+    finished_at: float | None = None
+    schema: int = SCHEMA_VERSION
+
+    # -- compatibility with celery-saga 0.1 ------------------------------------
+    @property
+    def input_data(self) -> dict[str, Any]:
+        """Alias of `input` (the name celery-saga 0.1 used)."""
+        return self.input
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """The saga input merged with every step output, in plan order.
+
+        Transforms are plain callables that live in the saga definition, so this
+        view (usable in any process) leaves them out; `SagaResult.context`
+        applies them when the definition is registered in the process.
+        """
+        ctx = dict(self.input)
+        for record in sorted(self.steps, key=lambda s: (s.stage, s.index)):
+            if isinstance(record.output, dict):
+                ctx.update(record.output)
+        return ctx
+
+    def step(self, index: int) -> StepRecord:
+        """The step record at plan position `index`."""
+        for record in self.steps:
+            if record.index == index:
+                return record
+        raise KeyError(f"saga {self.saga_id} has no step {index}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of the execution, steps included."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "steps"}
+        data["status"] = self.status.value
+        data["steps"] = [s.to_dict() for s in self.steps]
+        return data
+
+    def header_dict(self) -> dict[str, Any]:
+        """The JSON shape without steps (what a store keeps apart from them)."""
+        data = self.to_dict()
+        del data["steps"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SagaExecution:
+        """Parse the JSON shape, refusing records from a newer schema."""
+        schema = int(data.get("schema", SCHEMA_VERSION))
+        if schema > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"saga record {data.get('saga_id')!r} has schema version {schema}, but this "
+                f"celery-saga reads versions up to {SCHEMA_VERSION}: upgrade celery-saga-core "
+                "on this machine (the record is left untouched)."
+            )
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["status"] = SagaStatus(values.get("status", SagaStatus.PENDING.value))
+        values["steps"] = [StepRecord.from_dict(s) for s in data.get("steps", [])]
+        values["steps"].sort(key=lambda s: s.index)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SagaSummary:
+    """One row of a listing: the execution without its steps."""
+
+    saga_id: str
+    saga_name: str
+    status: SagaStatus
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+    idempotency_key: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def of(cls, execution: SagaExecution) -> SagaSummary:
+        """Summarise a full execution."""
+        return cls(
+            saga_id=execution.saga_id,
+            saga_name=execution.saga_name,
+            status=execution.status,
+            created_at=execution.created_at,
+            updated_at=execution.updated_at,
+            finished_at=execution.finished_at,
+            idempotency_key=execution.idempotency_key,
+            error=execution.error,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SagaSummary:
+        """Build a summary from the stored header fields."""
+        return cls(
+            saga_id=data["saga_id"],
+            saga_name=data["saga_name"],
+            status=SagaStatus(data["status"]),
+            created_at=float(data["created_at"]),
+            updated_at=float(data["updated_at"]),
+            finished_at=None if data.get("finished_at") is None else float(data["finished_at"]),
+            idempotency_key=data.get("idempotency_key"),
+            error=data.get("error"),
+        )

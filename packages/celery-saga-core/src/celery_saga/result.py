@@ -1,0 +1,155 @@
+"""`SagaResult`: a handle to one execution, readable from any process."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from celery_saga.errors import SagaCompensated, SagaFailed
+from celery_saga.models import TERMINAL_STATUSES, SagaExecution, SagaStatus, StepStatus
+
+if TYPE_CHECKING:
+    from celery_saga.backends.base import SagaBackend
+    from celery_saga.builder import Saga
+
+# Re-exported here because celery-saga 0.1 defined them in this module.
+__all__ = ["SagaCompensated", "SagaFailed", "SagaResult"]
+
+
+class SagaResult:
+    """The state of one saga execution, read from the state store on each access."""
+
+    def __init__(self, saga_id: str, backend: SagaBackend, *, saga: Saga | None = None) -> None:
+        self.saga_id = saga_id
+        self._backend = backend
+        self._saga = saga
+
+    @property
+    def backend(self) -> SagaBackend:
+        """The state store this execution lives in."""
+        return self._backend
+
+    @property
+    def execution(self) -> SagaExecution | None:
+        """The stored execution with all its steps (None if it does not exist)."""
+        return self._backend.get(self.saga_id)
+
+    @property
+    def status(self) -> SagaStatus | None:
+        """The execution's status, or None if it does not exist."""
+        execution = self.execution
+        return execution.status if execution else None
+
+    @property
+    def steps(self) -> list[dict[str, Any]] | None:
+        """One dict per step: index, task, status, error, output, attempts, timings."""
+        execution = self.execution
+        if execution is None:
+            return None
+        return [
+            {
+                "step_index": s.index,
+                "task_name": s.task_name,
+                "status": s.status.value,
+                "error": s.error,
+                "output": s.output,
+                "attempt": s.attempt,
+                "retries": s.retries,
+                "task_id": s.task_id,
+                "started_at": s.started_at,
+                "finished_at": s.finished_at,
+                "compensation_task_name": s.compensation_task_name,
+                "compensation_error": s.comp_error,
+            }
+            for s in execution.steps
+        ]
+
+    @property
+    def context(self) -> dict[str, Any] | None:
+        """The saga context so far: input plus step outputs, with transforms applied.
+
+        Transforms are applied when the saga's definition is registered in this
+        process; otherwise outputs are merged without them.
+        """
+        execution = self.execution
+        if execution is None:
+            return None
+        if execution.status is SagaStatus.COMPLETED and self._saga is None:
+            return execution.context
+        definition = self._definition(execution)
+        if definition is None:
+            return execution.context
+        from celery_saga.context import InputResolutionError, final_context
+
+        try:
+            return final_context(definition, execution)
+        except InputResolutionError:
+            return execution.context
+
+    def _definition(self, execution: SagaExecution) -> Any:
+        from celery_saga import registry
+        from celery_saga.errors import SagaError
+
+        saga = self._saga
+        if saga is None:
+            try:
+                saga = registry.lookup(execution.saga_name)
+            except SagaError:
+                return None
+        definition = saga.definition
+        return definition if definition.hash == execution.definition_hash else None
+
+    @property
+    def is_complete(self) -> bool:
+        """True once the execution is COMPLETED, COMPENSATED or FAILED."""
+        return self.status in TERMINAL_STATUSES
+
+    def ready(self) -> bool:
+        """Celery-style alias of `is_complete`."""
+        return self.is_complete
+
+    def get(self, timeout: float | None = None, interval: float = 0.5) -> Any:
+        """Wait for the end and return the output; raise if the saga did not complete.
+
+        The output is the final context, or what a functional saga returned.
+        Raises `SagaCompensated` (rolled back), `SagaFailed` (a compensation could
+        not be done) or `TimeoutError`. `interval` is kept for compatibility: the
+        store notifies or polls on its own schedule.
+        """
+        execution = self._backend.wait(self.saga_id, timeout)
+        if execution is None:
+            if self._backend.get(self.saga_id) is None:
+                raise LookupError(f"saga {self.saga_id} does not exist in {self._backend!r}")
+            raise TimeoutError(f"saga {self.saga_id} did not finish within {timeout}s")
+        if execution.status is SagaStatus.COMPLETED:
+            return execution.output
+        failures = "; ".join(
+            f"step {s.index} {s.task_name}: {s.error}"
+            for s in execution.steps
+            if s.error and s.status is not StepStatus.SKIPPED
+        )
+        if execution.status is SagaStatus.COMPENSATED:
+            raise SagaCompensated(
+                f"saga {execution.saga_name} ({execution.saga_id}) was compensated. "
+                f"Failures: {failures or execution.error}",
+                execution=execution,
+            )
+        comp_failures = "; ".join(
+            f"step {s.index} {s.compensation_task_name}: {s.comp_error}"
+            for s in execution.steps
+            if s.status is StepStatus.COMPENSATION_FAILED
+        )
+        raise SagaFailed(
+            f"saga {execution.saga_name} ({execution.saga_id}) failed and could not be fully "
+            f"compensated. Failures: {failures or execution.error}. "
+            f"Compensations that failed: {comp_failures or 'none recorded'}",
+            execution=execution,
+        )
+
+    def __repr__(self) -> str:
+        return f"<SagaResult saga_id={self.saga_id} status={self.status}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SagaResult) and other.saga_id == self.saga_id
+
+    def __hash__(self) -> int:
+        return hash(self.saga_id)

@@ -1,0 +1,228 @@
+"""Bookkeeping in the step's own worker: a thin wrapper around a step task's call.
+
+When a task is used as a saga step (or compensation), its class gets a
+``__call__`` that, only for messages carrying a saga header, gates the attempt,
+runs the body, records the outcome and dispatches what comes next, all in the
+process that ran the step: one broker message per step. Calls without a saga
+header go straight to the task as before.
+
+`PermanentFailure` must never be retried: if the task auto-retries, the exception
+crosses Celery's autoretry wrapper disguised as `Ignore` (which it never retries)
+and is unwrapped here.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from celery.app.trace import build_tracer
+from celery.exceptions import Ignore, Retry
+from celery.utils.objects import mro_lookup
+
+from celery_saga.errors import PermanentFailure, SagaError, StepOutputError
+from celery_saga.headers import SagaHeader, header_of
+from celery_saga.response import ensure_json, normalize_result
+from celery_saga.runtime import engine
+from celery_saga.runtime.log import log
+
+HANDLED = "celery_saga_handled"
+_MARK = "_celery_saga_instrumented"
+
+
+class _PermanentShield(Ignore):
+    """Carries a PermanentFailure past Celery's autoretry wrapper."""
+
+    def __init__(self, failure: PermanentFailure) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+def _has_custom_call(task: Task) -> bool:
+    return (
+        mro_lookup(type(task), "__call__", stop={Task, object}, monkey_patched=["celery.app.task"])
+        is not None
+    )
+
+
+def instrument(task: Task) -> None:
+    """Make `task` do saga bookkeeping when it runs from a saga message (idempotent)."""
+    cls = type(task)
+    if cls.__dict__.get(_MARK):
+        return
+    had_custom = _has_custom_call(task)
+    original = cls.__call__
+
+    def __call__(self: Task, *args: Any, **kwargs: Any) -> Any:
+        try:
+            request = self.request_stack.top
+            if request is None or getattr(request, "called_directly", True):
+                return original(self, *args, **kwargs)
+            # Called by a worker's tracer: call what the tracer would have called.
+            body: Callable[[], Any] = (
+                functools.partial(original, self, *args, **kwargs)
+                if had_custom
+                else functools.partial(self.run, *args, **kwargs)
+            )
+            header = header_of(request)
+            if header is None:
+                return body()
+            return _run(self, request, header, body, args, kwargs)
+        except _PermanentShield as shield:
+            raise shield.failure from None
+
+    functools.update_wrapper(__call__, original)
+    cls.__call__ = __call__  # type: ignore[method-assign]
+    setattr(cls, _MARK, True)
+    _shield_autoretry(task)
+    if getattr(task, "__trace__", None) is not None:
+        # A worker built this task's tracer before the saga was defined: rebuild it
+        # so the tracer calls the wrapper.
+        task.__trace__ = build_tracer(task.name, task, app=task._get_app())
+
+
+def _shield_autoretry(task: Task) -> None:
+    inner = getattr(task, "_orig_run", None)
+    if inner is None or getattr(inner, _MARK, False):
+        return
+
+    @functools.wraps(inner)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return inner(*args, **kwargs)
+        except PermanentFailure as exc:
+            raise _PermanentShield(exc) from exc
+
+    setattr(run, _MARK, True)
+    task._orig_run = run  # type: ignore[attr-defined]
+
+
+def _run(
+    task: Task,
+    request: Any,
+    header: SagaHeader,
+    body: Callable[[], Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    try:
+        rt = engine.Runtime.for_header(header)
+    except SagaError as exc:
+        # This process does not know the saga: run the step and let the reply
+        # errback / success signal carry the outcome to a worker that does.
+        log(logging.WARNING, header.saga_id, header.index, "%s; reporting by reply message", exc)
+        return body()
+    setattr(request, HANDLED, True)
+    if header.compensation:
+        return _run_compensation(task, rt, request, header, body, args, kwargs)
+    try:
+        allowed = _bookkeep(rt, header, engine.step_started, header.task_id, request.retries or 0,
+                            gate=True)
+    except SagaError:
+        raise
+    except Exception as exc:  # the store is unreachable: run nothing, try again later
+        raise task.retry(exc=exc, countdown=2, max_retries=None) from exc
+    if not allowed:
+        raise Ignore()
+    try:
+        value = body()
+    except Retry:
+        raise
+    except _PermanentShield as shield:
+        _bookkeep(rt, header, engine.step_failed, engine.describe_error(shield.failure),
+                  shield.failure.compensation_data)
+        raise shield.failure from None
+    except PermanentFailure as exc:
+        _bookkeep(rt, header, engine.step_failed, engine.describe_error(exc), exc.compensation_data)
+        raise
+    except Exception as exc:
+        _bookkeep(rt, header, engine.step_failed, engine.describe_error(exc))
+        raise
+    try:
+        output, compensation_data = normalize_result(value)
+        what = f"the output of step {header.index} ({task.name})"
+        ensure_json(output, what)
+        ensure_json(compensation_data, f"the compensation data of step {header.index} ({task.name})")
+    except StepOutputError as exc:
+        _bookkeep(rt, header, engine.step_failed, str(exc))
+        raise
+    _bookkeep(rt, header, engine.step_succeeded, output, compensation_data)
+    return output
+
+
+def _run_compensation(
+    task: Task,
+    rt: engine.Runtime,
+    request: Any,
+    header: SagaHeader,
+    body: Callable[[], Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    try:
+        allowed = _bookkeep(rt, header, engine.compensation_started, header.task_id, gate=True)
+    except SagaError:
+        raise
+    except Exception as exc:
+        raise task.retry(exc=exc, countdown=2, max_retries=None) from exc
+    if not allowed:
+        raise Ignore()
+    model = _compensation_model(task)
+    if model is not None and args and isinstance(args[0], dict):
+        body = functools.partial(task.run, model.model_validate(args[0]), *args[1:], **kwargs)
+    try:
+        value = body()
+    except Retry:
+        raise
+    except Exception as exc:
+        _bookkeep(rt, header, engine.compensation_failed, engine.describe_error(exc))
+        raise
+    _bookkeep(rt, header, engine.compensation_succeeded)
+    return value
+
+
+def _compensation_model(task: Task) -> Any:
+    """The Pydantic model a compensation's first parameter is annotated with, if any."""
+    try:
+        hints = typing.get_type_hints(task.run)
+    except Exception:
+        return None
+    hints.pop("return", None)
+    hint = hints.get("compensation_data") or next(iter(hints.values()), None)
+    return hint if hasattr(hint, "model_validate") else None
+
+
+_RETRY_DELAYS = (0.05, 0.25, 1.0, 2.0)
+
+
+def _bookkeep(
+    rt: engine.Runtime, header: SagaHeader, fn: Callable[..., Any], *args: Any, gate: bool = False
+) -> Any:
+    """Run a bookkeeping call, retrying transient store or broker errors.
+
+    A gate that still fails raises (the step must not run unrecorded). An outcome
+    that still fails is logged and never fails the user's step: the recovery pass
+    finds the saga without progress.
+    """
+    for delay in (*_RETRY_DELAYS, None):
+        try:
+            return fn(rt, header, *args)
+        except SagaError:
+            raise
+        except Exception as exc:
+            if delay is None:
+                if gate:
+                    raise
+                log(logging.ERROR, header.saga_id, header.index,
+                    "bookkeeping %s failed for good: %r; the recovery pass will resume this saga",
+                    fn.__name__, exc, exc_info=True)
+                return None
+            log(logging.WARNING, header.saga_id, header.index,
+                "bookkeeping %s failed (%r); retrying in %ss", fn.__name__, exc, delay)
+            time.sleep(delay)
+    return None

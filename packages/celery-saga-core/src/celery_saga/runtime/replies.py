@@ -1,0 +1,147 @@
+"""Reply tasks: bookkeeping on the saga's queue for outcomes reported by message.
+
+Steps named by task name run on workers that may not know the saga (or even
+celery-saga): their `link` and `link_error` send the outcome here. The errback
+also catches what a step's own worker cannot report from inside the task (a hard
+time limit kills the process). Celery sends an errback it cannot call inline as
+a message whose only argument is the task id, so `reply_failure` takes both forms.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Signature, current_task, shared_task
+from celery.signals import task_success
+
+from celery_saga.compiler import REPLY_FAILURE, REPLY_SUCCESS
+from celery_saga.errors import PermanentFailure, SagaError, StepOutputError
+from celery_saga.headers import SagaHeader, header_of
+from celery_saga.response import StepResponse, ensure_json, normalize_result, to_plain
+from celery_saga.runtime import engine
+from celery_saga.runtime.instrument import HANDLED
+from celery_saga.runtime.log import log, logger
+
+_RETRY = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+    "autoretry_for": (Exception,),
+    "dont_autoretry_for": (SagaError,),
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "max_retries": 20,
+}
+
+
+def _header(saga: Any) -> SagaHeader | None:
+    header = SagaHeader.from_dict(saga)
+    if header is None:
+        logger.error("saga reply without a valid saga header (%r): ignored", saga)
+    return header
+
+
+@shared_task(name=REPLY_SUCCESS, **_RETRY)
+def reply_success(retval: Any = None, saga: Any = None) -> None:
+    """A step or compensation named by task name succeeded: record it, move on."""
+    header = _header(saga)
+    if header is None:
+        return
+    rt = engine.Runtime.for_header(header)
+    if header.compensation:
+        engine.compensation_succeeded(rt, header)
+        return
+    try:
+        output, compensation_data = normalize_result(retval)
+        ensure_json(output, f"the output of step {header.index}")
+        ensure_json(compensation_data, f"the compensation data of step {header.index}")
+    except StepOutputError as exc:
+        engine.step_failed(rt, header, str(exc))
+        return
+    engine.step_succeeded(rt, header, output, compensation_data)
+
+
+@shared_task(name=REPLY_FAILURE, **_RETRY)
+def reply_failure(
+    request: Any = None,
+    exc: Any = None,
+    traceback: Any = None,
+    saga: Any = None,
+    error: str | None = None,
+    compensation_data: Any = None,
+) -> None:
+    """A step or compensation failed for good: record it (forwarding it first if inline).
+
+    Called inline as ``(request, exc, traceback)`` in the worker where the task
+    failed, it only forwards the details to the saga's queue; called by message as
+    ``(task_id)``, it records the failure.
+    """
+    header = _header(saga)
+    if header is None:
+        return
+    if not isinstance(request, str):
+        if request is not None and getattr(request, HANDLED, False):
+            return  # the step's own worker already recorded it
+        details: dict[str, Any] = {
+            "saga": saga,
+            "error": engine.describe_error(exc) if exc is not None else None,
+        }
+        if isinstance(exc, PermanentFailure):
+            details["compensation_data"] = exc.compensation_data
+        task_id = getattr(request, "id", None) or header.task_id
+        app = current_task.app
+        Signature(REPLY_FAILURE, (task_id,), details, {"queue": header.queue}, app=app).apply_async()
+        return
+    rt = engine.Runtime.for_header(header)
+    message = error or _peek_error(rt, request) or (
+        f"task {request} failed on a worker that reported no details "
+        "(configure a result backend, or install celery-saga there, to see the exception)"
+    )
+    if header.compensation:
+        engine.compensation_failed(rt, header, message)
+    else:
+        engine.step_failed(rt, header, message, compensation_data)
+
+
+def _peek_error(rt: engine.Runtime, task_id: str) -> str | None:
+    """Read a failed task's exception from the result backend, without waiting."""
+    try:
+        from celery.backends.base import DisabledBackend
+
+        backend = rt.app.backend
+        if isinstance(backend, DisabledBackend):
+            return None
+        meta = backend.get_task_meta(task_id)
+        result = meta.get("result")
+        if meta.get("status") == "FAILURE" and isinstance(result, BaseException):
+            return engine.describe_error(result)
+    except Exception:  # the result backend is optional; its errors are not ours
+        return None
+    return None
+
+
+def _callback_names(callbacks: Any) -> set[str]:
+    names = set()
+    for cb in callbacks or ():
+        name = cb.get("task") if isinstance(cb, dict) else getattr(cb, "task", None)
+        if name:
+            names.add(str(name))
+    return names
+
+
+@task_success.connect(weak=False)
+def forward_unrecorded_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+    """A saga step succeeded in a process whose wrapper did not record it: reply by message."""
+    request = getattr(sender, "request", None)
+    if request is None or getattr(request, HANDLED, False):
+        return
+    header = header_of(request)
+    if header is None or REPLY_SUCCESS in _callback_names(request.callbacks):
+        return  # not a saga step, or a step whose reply callback reports it
+    payload = result.__json__() if isinstance(result, StepResponse) else to_plain(result)
+    log(logging.INFO, header.saga_id, header.index, "forwarding the outcome to the saga queue")
+    Signature(
+        REPLY_SUCCESS, (payload,), {"saga": header.to_dict()}, {"queue": header.queue},
+        app=sender._get_app(),
+    ).apply_async()

@@ -1,0 +1,50 @@
+"""The Redis key layout, in one place.
+
+Every key of one execution carries the hash tag ``{<saga id>}``, so each atomic
+script touches a single cluster slot. Listing indexes are sorted sets of their
+own (scored by creation time); they are updated around status changes without
+cross-slot transactions, and readers verify what they list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str = "saga:"
+
+    def execution(self, saga_id: str) -> str:
+        """Hash holding the execution (``h:*`` fields), its steps (``s:<i>:*``) and counters."""
+        return f"{self.prefix}{{{saga_id}}}"
+
+    def done_channel(self, saga_id: str) -> str:
+        """Pub/sub channel announcing that the execution reached a terminal status."""
+        return f"{self.prefix}done:{{{saga_id}}}"
+
+    def idempotency(self, key: str) -> str:
+        """String holding the saga id created for an idempotency key."""
+        return f"{self.prefix}idem:{key}"
+
+    def index_all(self) -> str:
+        """Every execution, scored by creation time."""
+        return f"{self.prefix}idx:all"
+
+    def index_status(self, status: str) -> str:
+        """Executions in one status."""
+        return f"{self.prefix}idx:status:{status}"
+
+    def index_name(self, name: str) -> str:
+        """Executions of one saga."""
+        return f"{self.prefix}idx:name:{name}"
+
+    def index_name_status(self, name: str, status: str) -> str:
+        """Executions of one saga in one status."""
+        return f"{self.prefix}idx:name:{name}:status:{status}"
+
+    def indexes_for(self, name: str, status: str) -> tuple[str, str]:
+        """The two status-dependent indexes an execution belongs to."""
+        return self.index_status(status), self.index_name_status(name, status)
