@@ -1,9 +1,10 @@
-"""Sagas registered by name, like Celery tasks, so any worker can find a definition.
+"""Sagas registered by name per Celery app, like tasks, so any worker can find one.
 
 A worker that receives a message for saga "order_saga" looks the definition up
-here; that is why workers import the modules that define their sagas. Two
-different sagas under one name are an error: at definition time as soon as their
-plans disagree, and at lookup time if one is a shorter version of the other.
+here (under the app that runs the task); that is why workers import the modules
+that define their sagas. Two different sagas under one name on one app are an
+error: at definition time as soon as their plans disagree, and at lookup time if
+one is a shorter version of the other.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from celery_saga.errors import SagaDefinitionError, SagaNotRegistered
 
 if TYPE_CHECKING:
+    from celery import Celery
+
     from celery_saga.builder import Saga
 
 _sagas: dict[str, list[weakref.ReferenceType[Saga]]] = {}
@@ -22,16 +25,19 @@ _lock = threading.Lock()
 
 
 def _live(name: str) -> list[Saga]:
-    refs = _sagas.get(name, [])
-    alive = [saga for saga in (ref() for ref in refs) if saga is not None]
-    _sagas[name] = [weakref.ref(saga) for saga in alive]
+    alive = [saga for saga in (ref() for ref in _sagas.get(name, [])) if saga is not None]
+    if alive:
+        _sagas[name] = [weakref.ref(saga) for saga in alive]
+    else:
+        _sagas.pop(name, None)
     return alive
 
 
 def _conflict(name: str, first: Saga, second: Saga) -> SagaDefinitionError:
     return SagaDefinitionError(
-        f"two different sagas are named {name!r} (defined in {first.defined_in} and "
-        f"{second.defined_in}); saga names must be unique per process: rename one of them"
+        f"two different sagas are named {name!r} on one Celery app (defined in "
+        f"{first.defined_in} and {second.defined_in}); saga names must be unique per app: "
+        "rename one of them"
     )
 
 
@@ -42,22 +48,29 @@ def register(saga: Saga) -> None:
     that one plan is a prefix of the other.
     """
     outline = saga.outline()
+    app = saga.app
     with _lock:
-        others = [s for s in _live(saga.name) if s is not saga]
-        for other in others:
+        live = _live(saga.name)
+        for other in live:
+            if other is saga or other.app is not app:
+                continue
             theirs = other.outline()
             shorter, longer = sorted((outline, theirs), key=len)
             if longer[: len(shorter)] != shorter:
                 raise _conflict(saga.name, other, saga)
-        if all(s is not saga for s in _live(saga.name)):
+        if all(s is not saga for s in live):
             _sagas.setdefault(saga.name, []).append(weakref.ref(saga))
 
 
-def lookup(name: str) -> Saga:
-    """The saga registered under `name`, or SagaNotRegistered saying what to import."""
+def lookup(name: str, app: Celery | None = None) -> Saga:
+    """The saga registered under `name` (on `app` if given), or SagaNotRegistered."""
     with _lock:
         live = _live(name)
-        known = sorted(n for n in _sagas if _live(n))
+        if len(live) == 1:
+            return live[0]  # the common case, on every step: no further checks
+        known = sorted(n for n in list(_sagas) if _live(n))
+    if app is not None:
+        live = [s for s in live if s.app is app] or live
     if not live:
         raise SagaNotRegistered(
             f"saga {name!r} is not registered in this process: make the worker import the "
@@ -67,7 +80,7 @@ def lookup(name: str) -> Saga:
     newest = live[-1]
     outline: list[Any] = newest.outline()
     for other in live[:-1]:
-        if other.outline() != outline:
+        if other.app is newest.app and other.outline() != outline:
             raise _conflict(name, other, newest)
     return newest
 
@@ -75,8 +88,7 @@ def lookup(name: str) -> Saga:
 def registered() -> dict[str, Saga]:
     """The newest saga registered under each name."""
     with _lock:
-        names = list(_sagas)
-        return {name: live[-1] for name in names if (live := _live(name))}
+        return {name: live[-1] for name in list(_sagas) if (live := _live(name))}
 
 
 def unregister(name: str) -> None:

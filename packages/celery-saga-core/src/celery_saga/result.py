@@ -92,7 +92,7 @@ class SagaResult:
         saga = self._saga
         if saga is None:
             try:
-                saga = registry.lookup(execution.saga_name)
+                saga = registry.lookup(execution.saga_name)  # any app: read-only use
             except SagaError:
                 return None
         definition = saga.definition

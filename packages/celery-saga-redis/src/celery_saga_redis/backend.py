@@ -27,6 +27,7 @@ from celery_saga.backends.base import (
     decode_cursor,
     encode_cursor,
     normalize_status,
+    payload_size,
     plain_value,
 )
 from celery_saga.models import (
@@ -94,9 +95,11 @@ class RedisSagaBackend(SagaBackend):
                 redis_client = redis.Redis.from_url(url, **client_options)
         self.client = redis_client
         self.keys = Keys(prefix)
+        self.cluster = bool(cluster) or isinstance(redis_client, redis.cluster.RedisCluster)
         self.ttl = int(ttl) if ttl else 0
         self._url = url
         self._create = redis_client.register_script(scripts.CREATE)
+        self._create_indexed = redis_client.register_script(scripts.CREATE_INDEXED)
         self._update_step = redis_client.register_script(scripts.UPDATE_STEP)
         self._update_saga = redis_client.register_script(scripts.UPDATE_SAGA)
         self._delete_finished = redis_client.register_script(scripts.DELETE_FINISHED)
@@ -130,29 +133,51 @@ class RedisSagaBackend(SagaBackend):
 
     # -- create and read ----------------------------------------------------------------------
     def create(self, execution: SagaExecution) -> tuple[SagaExecution, bool]:
-        key = execution.idempotency_key
-        if key is not None:
-            claimed = self.client.set(self.keys.idempotency(key), execution.saga_id, nx=True)
-            if not claimed:
-                existing = self._await_idempotent(key)
-                if existing is not None:
-                    return existing, False
-                # The claim points at an execution that was never written (its creator
-                # died) or was purged: take the key over.
-                self.client.set(self.keys.idempotency(key), execution.saga_id)
         fields: list[str] = []
         for name, value in execution.header_dict().items():
             fields += [f"h:{name}", _dumps(value)]
         for step in execution.steps:
             for name, value in step.to_dict().items():
-                if value is None or name in ("retries",):
+                if value is None or name == "retries":
                     continue
                 fields += [f"s:{step.index}:{name}", _dumps(value)]
-        created = self._create(keys=[self.keys.execution(execution.saga_id)], args=fields)
-        if not created:
-            raise ValueError(f"saga id {execution.saga_id} already exists")
+        key = execution.idempotency_key
+        hash_key = self.keys.execution(execution.saga_id)
+        if not self.cluster:
+            self.stats.add(1, payload_size(*fields))
+            idem = self.keys.idempotency(key) if key is not None else ""
+            reply = self._create_indexed(
+                keys=[hash_key, idem],
+                args=[self.keys.index_prefix, execution.saga_name, execution.status.value,
+                      repr(execution.created_at), execution.saga_id, *fields],
+            )
+            if reply == 1:
+                return execution, True
+            if reply == 0:
+                raise ValueError(f"saga id {execution.saga_id} already exists")
+            assert key is not None
+            existing = self._await_idempotent(key)
+            if existing is None:  # claimed by a creator that never wrote: take it over
+                self.stats.add()
+                self.client.set(idem, execution.saga_id)
+                return self.create(execution)
+            return existing, False
+        # Cluster: the idempotency key, the execution and the indexes live in different
+        # slots. Claim the key first; index before writing so no entry is ever missing.
+        if key is not None:
+            self.stats.add(1, payload_size(execution.saga_id))
+            claimed = self.client.set(self.keys.idempotency(key), execution.saga_id, nx=True)
+            if not claimed:
+                existing = self._await_idempotent(key)
+                if existing is not None:
+                    return existing, False
+                self.stats.add()
+                self.client.set(self.keys.idempotency(key), execution.saga_id)
         self._reindex(execution.saga_id, execution.saga_name, execution.status.value,
                       execution.created_at)
+        self.stats.add(1, payload_size(*fields))
+        if not self._create(keys=[hash_key], args=fields):
+            raise ValueError(f"saga id {execution.saga_id} already exists")
         return execution, True
 
     def _await_idempotent(self, key: str) -> SagaExecution | None:
@@ -170,9 +195,11 @@ class RedisSagaBackend(SagaBackend):
             delay = min(delay * 2, 0.2)
 
     def get(self, saga_id: str) -> SagaExecution | None:
+        self.stats.add()
         return self._decode(self.client.hgetall(self.keys.execution(saga_id)))
 
     def find_by_idempotency_key(self, key: str) -> SagaExecution | None:
+        self.stats.add()
         saga_id = self.client.get(self.keys.idempotency(key))
         return self.get(saga_id) if saga_id else None
 
@@ -185,31 +212,33 @@ class RedisSagaBackend(SagaBackend):
         expect_status: Collection[SagaStatus] | None = None,
     ) -> bool:
         check_saga_changes(changes)
-        args: list[Any] = [
-            _dumps(now()),
-            _statuses(expect_status),
-            self.ttl,
-            self.keys.done_channel(saga_id),
-        ]
+        pairs: list[Any] = []
         for name, value in changes.items():
-            args += [name, _dumps(value)]
-        new_status = plain_value(changes.get("status")) if "status" in changes else None
+            pairs += [name, _dumps(value)]
         key = self.keys.execution(saga_id)
-        if new_status is None:
-            applied, _, _ = self._update_saga(keys=[key], args=args)
+        head = [_dumps(now()), _statuses(expect_status), self.ttl, self.keys.done_channel(saga_id)]
+        if not self.cluster or "status" not in changes:
+            self.stats.add(1, payload_size(*pairs))
+            index_prefix = "" if self.cluster else self.keys.index_prefix
+            applied, _, _ = self._update_saga(keys=[key], args=[*head, index_prefix, *pairs])
             return bool(applied)
-        # Index first, so a crash between the two leaves an extra entry (filtered by
-        # readers), never a missing one.
+        # Cluster: index under the new status first, so a crash between the two
+        # leaves an extra entry (readers verify it), never a missing one.
+        self.stats.add()
         name, created_at = self.client.hmget(key, "h:saga_name", "h:created_at")
         if name is None:
             return False
         name, created_at = json.loads(name), json.loads(created_at)
+        new_status = plain_value(changes["status"])
+        self.stats.add()
         pipe = self.client.pipeline(transaction=False)
         for index in self.keys.indexes_for(name, new_status):
             pipe.zadd(index, {saga_id: created_at})
         pipe.execute()
-        applied, old, new = self._update_saga(keys=[key], args=args)
+        self.stats.add(1, payload_size(*pairs))
+        applied, old, new = self._update_saga(keys=[key], args=[*head, "", *pairs])
         if applied and old != new:
+            self.stats.add()
             pipe = self.client.pipeline(transaction=False)
             for index in self.keys.indexes_for(name, json.loads(old)):
                 pipe.zrem(index, saga_id)
@@ -240,6 +269,7 @@ class RedisSagaBackend(SagaBackend):
         ]
         for name, value in changes.items():
             args += [name, _dumps(value)]
+        self.stats.add(1, payload_size(*args[9:]))
         try:
             reply = self._update_step(keys=[self.keys.execution(saga_id)], args=args)
         except redis.ResponseError as exc:
@@ -258,6 +288,7 @@ class RedisSagaBackend(SagaBackend):
 
     # -- indexes ------------------------------------------------------------------------------------
     def _reindex(self, saga_id: str, name: str, status: str, created_at: float) -> None:
+        self.stats.add()
         pipe = self.client.pipeline(transaction=False)
         for index in (self.keys.index_all(), self.keys.index_name(name),
                       *self.keys.indexes_for(name, status)):

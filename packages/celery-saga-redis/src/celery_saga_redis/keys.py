@@ -29,6 +29,11 @@ class Keys:
         """String holding the saga id created for an idempotency key."""
         return f"{self.prefix}idem:{key}"
 
+    @property
+    def index_prefix(self) -> str:
+        """Common prefix of every listing index (scripts build index names from it)."""
+        return f"{self.prefix}idx:"
+
     def index_all(self) -> str:
         """Every execution, scored by creation time."""
         return f"{self.prefix}idx:all"

@@ -11,6 +11,27 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
+# Standalone servers only (it touches index keys built here, outside KEYS): create
+# the execution, claim its idempotency key and index it in one atomic step.
+CREATE_INDEXED = """
+-- KEYS[1] execution hash, KEYS[2] idempotency key ('' when none)
+-- ARGV[1] index prefix, ARGV[2] saga name, ARGV[3] status, ARGV[4] created_at,
+-- ARGV[5] saga id, ARGV[6..] field, value pairs
+if KEYS[2] ~= '' then
+  local owner = redis.call('GET', KEYS[2])
+  if owner then return owner end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[5]) end
+local ix = ARGV[1]
+for _, key in ipairs({ix .. 'all', ix .. 'name:' .. ARGV[2], ix .. 'status:' .. ARGV[3],
+                      ix .. 'name:' .. ARGV[2] .. ':status:' .. ARGV[3]}) do
+  redis.call('ZADD', key, ARGV[4], ARGV[5])
+end
+return 1
+"""
+
 UPDATE_STEP = """
 -- KEYS[1] execution hash
 -- ARGV[1] step index, ARGV[2] now (JSON), ARGV[3] allowed step statuses (space separated)
@@ -56,7 +77,9 @@ return {1, status, attempt, comp_attempt, saga_status, count}
 UPDATE_SAGA = """
 -- KEYS[1] execution hash
 -- ARGV[1] now (JSON), ARGV[2] allowed statuses (space separated), ARGV[3] TTL seconds
--- for a terminal status (0: keep), ARGV[4] done channel, ARGV[5..] field, value pairs
+-- for a terminal status (0: keep), ARGV[4] done channel, ARGV[5] index prefix: when
+-- not empty (standalone servers only) the status indexes are moved here too,
+-- ARGV[6..] field, value pairs
 local h = KEYS[1]
 local status = redis.call('HGET', h, 'h:status')
 if not status then return {0, false, false} end
@@ -67,11 +90,22 @@ if ARGV[2] ~= '' then
   end
   if not found then return {0, status, status} end
 end
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   redis.call('HSET', h, 'h:' .. ARGV[i], ARGV[i + 1])
 end
 redis.call('HSET', h, 'h:updated_at', ARGV[1])
 local new = redis.call('HGET', h, 'h:status')
+if ARGV[5] ~= '' and new ~= status then
+  local ix = ARGV[5]
+  local name = cjson.decode(redis.call('HGET', h, 'h:saga_name'))
+  local created = redis.call('HGET', h, 'h:created_at')
+  local id = cjson.decode(redis.call('HGET', h, 'h:saga_id'))
+  local old_s, new_s = cjson.decode(status), cjson.decode(new)
+  redis.call('ZREM', ix .. 'status:' .. old_s, id)
+  redis.call('ZREM', ix .. 'name:' .. name .. ':status:' .. old_s, id)
+  redis.call('ZADD', ix .. 'status:' .. new_s, created, id)
+  redis.call('ZADD', ix .. 'name:' .. name .. ':status:' .. new_s, created, id)
+end
 if new ~= status and (new == '"completed"' or new == '"compensated"' or new == '"failed"') then
   if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', h, tonumber(ARGV[3])) end
   redis.call('PUBLISH', ARGV[4], new)

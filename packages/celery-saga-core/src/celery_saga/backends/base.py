@@ -80,6 +80,34 @@ class StepWrite:
     comp_attempt: int = 0
 
 
+@dataclass
+class StoreStats:
+    """Counted, not timed: what a store did on the wire since the last reset.
+
+    `round_trips` counts requests to the server (a pipeline or a transaction
+    counts as one per network exchange); `bytes_written` counts the payload bytes
+    of writes (field names and values as sent). The benchmark harness reads these
+    to report per-step costs.
+    """
+
+    round_trips: int = 0
+    bytes_written: int = 0
+
+    def add(self, round_trips: int = 1, written: int = 0) -> None:
+        """Record `round_trips` exchanges carrying `written` payload bytes."""
+        self.round_trips += round_trips
+        self.bytes_written += written
+
+    def reset(self) -> None:
+        """Start counting from zero."""
+        self.round_trips = 0
+        self.bytes_written = 0
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters as a dict."""
+        return {"round_trips": self.round_trips, "bytes_written": self.bytes_written}
+
+
 @dataclass(frozen=True)
 class Page:
     """One page of a listing; pass `cursor` back to get the next one (None: no more)."""
@@ -100,6 +128,14 @@ class SagaBackend(abc.ABC):
     schemes: ClassVar[tuple[str, ...]] = ()
     #: Seconds between polls in the default `wait` (stores with notifications override it).
     poll_interval: ClassVar[float] = 0.05
+
+    @property
+    def stats(self) -> StoreStats:
+        """Round trips and bytes written by this store object (see `StoreStats`)."""
+        found: StoreStats | None = self.__dict__.get("_stats")
+        if found is None:
+            found = self.__dict__["_stats"] = StoreStats()
+        return found
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SagaBackend:
@@ -209,6 +245,19 @@ class SagaBackend(abc.ABC):
 
 
 # -- helpers shared by store implementations -------------------------------------------
+
+
+def payload_size(*values: Any) -> int:
+    """Bytes of `values` as JSON text (strings count as their UTF-8 length)."""
+    total = 0
+    for value in values:
+        if isinstance(value, bytes):
+            total += len(value)
+        elif isinstance(value, str):
+            total += len(value.encode())
+        else:
+            total += len(json.dumps(plain_value(value), separators=(",", ":")).encode())
+    return total
 
 
 def check_step_changes(changes: Mapping[str, Any]) -> None:

@@ -23,6 +23,7 @@ from celery_saga.backends.base import (
     check_limit,
     check_saga_changes,
     check_step_changes,
+    payload_size,
     decode_cursor,
     encode_cursor,
     normalize_status,
@@ -33,7 +34,6 @@ from celery_saga.models import (
     SagaExecution,
     SagaStatus,
     SagaSummary,
-    StepRecord,
     StepStatus,
     now,
 )
@@ -76,6 +76,7 @@ class MemorySagaBackend(SagaBackend):
     def create(self, execution: SagaExecution) -> tuple[SagaExecution, bool]:
         header = json.loads(json.dumps(execution.header_dict()))
         steps = {s.index: json.loads(json.dumps(s.to_dict())) for s in execution.steps}
+        self.stats.add(1, payload_size(header, list(steps.values())))
         with self._lock:
             key = execution.idempotency_key
             if key is not None and key in self._idempotency:
@@ -91,6 +92,7 @@ class MemorySagaBackend(SagaBackend):
         return execution, True
 
     def get(self, saga_id: str) -> SagaExecution | None:
+        self.stats.add()
         with self._lock:
             entry = self._entries.get(saga_id)
             return None if entry is None else self._build(entry)
@@ -117,6 +119,7 @@ class MemorySagaBackend(SagaBackend):
     ) -> bool:
         check_saga_changes(changes)
         encoded = {k: json.loads(json.dumps(plain_value(v))) for k, v in changes.items()}
+        self.stats.add(1, payload_size(*encoded, *encoded.values()))
         with self._lock:
             entry = self._entries.get(saga_id)
             if entry is None:
@@ -141,6 +144,7 @@ class MemorySagaBackend(SagaBackend):
     ) -> StepWrite:
         check_step_changes(changes)
         encoded = {k: json.loads(json.dumps(plain_value(v))) for k, v in changes.items()}
+        self.stats.add(1, payload_size(*encoded, *encoded.values()))
         with self._lock:
             entry = self._entries.get(saga_id)
             if entry is None or index not in entry.steps:
@@ -263,8 +267,3 @@ class MemorySagaBackend(SagaBackend):
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
-
-    # -- helpers for tests ---------------------------------------------------------------------
-    def _step(self, saga_id: str, index: int) -> StepRecord:
-        with self._lock:
-            return StepRecord.from_dict(dict(self._entries[saga_id].steps[index]))

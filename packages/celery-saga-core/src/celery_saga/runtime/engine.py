@@ -65,9 +65,9 @@ class Runtime:
         return cls(saga, definition, backend_for(definition.app, saga.backend))
 
     @classmethod
-    def for_header(cls, header: SagaHeader) -> Runtime:
+    def for_header(cls, header: SagaHeader, app: Celery | None = None) -> Runtime:
         """The runtime of the saga a message belongs to (SagaNotRegistered if unknown here)."""
-        return cls.of(registry.lookup(header.saga_name))
+        return cls.of(registry.lookup(header.saga_name, app))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -177,7 +177,7 @@ def _eager_error(sig: Signature, exc: Exception) -> None:
     header = header_of_signature(sig)
     if header is None:
         return
-    rt = Runtime.for_header(header)
+    rt = Runtime.for_header(header, sig.app)
     if header.compensation:
         compensation_failed(rt, header, describe_error(exc))
     else:

@@ -111,7 +111,7 @@ def _run(
     kwargs: dict[str, Any],
 ) -> Any:
     try:
-        rt = engine.Runtime.for_header(header)
+        rt = engine.Runtime.for_header(header, task._get_app())
     except SagaError as exc:
         # This process does not know the saga: run the step and let the reply
         # errback / success signal carry the outcome to a worker that does.

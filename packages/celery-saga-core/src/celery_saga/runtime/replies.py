@@ -48,7 +48,7 @@ def reply_success(retval: Any = None, saga: Any = None) -> None:
     header = _header(saga)
     if header is None:
         return
-    rt = engine.Runtime.for_header(header)
+    rt = engine.Runtime.for_header(header, current_task.app)
     if header.compensation:
         engine.compensation_succeeded(rt, header)
         return
@@ -93,7 +93,7 @@ def reply_failure(
         app = current_task.app
         Signature(REPLY_FAILURE, (task_id,), details, {"queue": header.queue}, app=app).apply_async()
         return
-    rt = engine.Runtime.for_header(header)
+    rt = engine.Runtime.for_header(header, current_task.app)
     message = error or _peek_error(rt, request) or (
         f"task {request} failed on a worker that reported no details "
         "(configure a result backend, or install celery-saga there, to see the exception)"

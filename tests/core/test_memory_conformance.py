@@ -1,0 +1,16 @@
+"""The memory store meets the SagaBackend contract."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from celery_saga.backends import MemorySagaBackend, SagaBackend
+from celery_saga.testing import BackendConformance
+
+
+class TestMemoryConformance(BackendConformance):
+    @pytest.fixture
+    def backend(self) -> Iterator[SagaBackend]:
+        yield MemorySagaBackend()
