@@ -11,10 +11,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from support import REDIS_URL, STORE_DB, drop_prefix, require
 
 from celery_saga import registry
-
-from support import REDIS_URL, STORE_DB, drop_prefix, require
 
 
 @pytest.fixture

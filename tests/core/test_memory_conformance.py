@@ -7,10 +7,18 @@ from collections.abc import Iterator
 import pytest
 
 from celery_saga.backends import MemorySagaBackend, SagaBackend
-from celery_saga.testing import BackendConformance
+from celery_saga.testing import BackendConformance, Requirements
+
+
+class Notifies(Requirements):
+    @property
+    def notifies_completion(self) -> bool:
+        return True
 
 
 class TestMemoryConformance(BackendConformance):
+    requirements = Notifies()
+
     @pytest.fixture
     def backend(self) -> Iterator[SagaBackend]:
-        yield MemorySagaBackend()
+        return MemorySagaBackend()

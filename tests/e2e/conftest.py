@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,31 +23,50 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from celery_saga.backends import MemorySagaBackend, SagaBackend
+from celery_saga.backends import SagaBackend
 from celery_saga.config import backend_for
 
 APPS = Path(__file__).parent / "apps"
 sys.path.insert(0, str(APPS))
 
+from scenarios import Journal, Scenarios, build  # noqa: E402
 from support import (  # noqa: E402
     BROKER_DB,
     RABBITMQ_URL,
     REDIS_URL,
+    SHARED_STORES,
     STORE_DB,
+    STORES,
     drop_prefix,
     require,
+    state_store,
 )
-from scenarios import Journal, Scenarios, build  # noqa: E402
 from worker_app import make_app  # noqa: E402
 
-ENVIRONMENTS = {
-    "eager": {"eager": True, "store": "memory"},
-    "eager-propagates": {"eager": True, "propagates": True, "store": "memory"},
-    "redis-broker-memory-store": {"broker": "redis", "store": "memory"},
-    "redis-broker-redis-store": {"broker": "redis", "store": "redis"},
-    "rabbitmq-broker-memory-store": {"broker": "amqp", "store": "memory"},
-    "rabbitmq-broker-redis-store": {"broker": "amqp", "store": "redis"},
-}
+
+def _environments() -> dict[str, dict[str, Any]]:
+    envs: dict[str, dict[str, Any]] = {}
+    if "memory" in STORES:
+        envs["eager"] = {"eager": True, "store": "memory"}
+        envs["eager-propagates"] = {"eager": True, "propagates": True, "store": "memory"}
+    for broker in ("redis", "amqp"):
+        for store in STORES:
+            label = "rabbitmq" if broker == "amqp" else broker
+            envs[f"{label}-broker-{store}-store"] = {"broker": broker, "store": store}
+    return envs
+
+
+ENVIRONMENTS = _environments()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a store that processes can share, tests with worker processes do not apply."""
+    if SHARED_STORES:
+        return
+    dropped = [item for item in items if item.get_closest_marker("processes")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -100,34 +120,38 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
     spec = ENVIRONMENTS[request.param]
     tag = os.urandom(4).hex()
     queue = f"e2e-{tag}"
-    store_url = None
-    if spec["store"] == "memory":
-        store: SagaBackend | str = MemorySagaBackend()
-    else:
-        require(REDIS_URL, 6379, "Redis")
-        store_url = f"{REDIS_URL}/{STORE_DB}?prefix=e2e-{tag}:"
-        store = store_url
-    if spec.get("eager"):
-        app = Celery(f"e2e-{tag}", broker="memory://", set_as_current=False)
-        app.conf.update(task_always_eager=True,
-                        task_eager_propagates=bool(spec.get("propagates")),
-                        saga_backend=store, saga_compensation_retry_backoff=0)
+    with state_store(spec["store"], tag, tempfile.gettempdir()) as store:
+        if spec.get("eager"):
+            app = Celery(f"e2e-{tag}", broker="memory://", set_as_current=False)
+            app.conf.update(
+                task_always_eager=True,
+                task_eager_propagates=bool(spec.get("propagates")),
+                saga_backend=store,
+                saga_compensation_retry_backoff=0,
+            )
+            yield Env(request.param, app, build(app, Journal()), backend_for(app))
+            return
+        broker = broker_url(spec["broker"])
+        app = Celery(f"e2e-{tag}", broker=broker, set_as_current=False)
+        app.conf.update(
+            task_default_queue=queue,
+            saga_backend=store,
+            saga_compensation_retry_backoff=0.05,
+            broker_connection_retry_on_startup=True,
+        )
         scenarios = build(app, Journal())
-        yield Env(request.param, app, scenarios, backend_for(app))
-        return
-    broker = broker_url(spec["broker"])
-    app = Celery(f"e2e-{tag}", broker=broker, set_as_current=False)
-    app.conf.update(task_default_queue=queue, saga_backend=store,
-                    saga_compensation_retry_backoff=0.05, broker_connection_retry_on_startup=True)
-    scenarios = build(app, Journal())
-    try:
-        with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
-                          queues=[queue], shutdown_timeout=30):
-            yield Env(request.param, app, scenarios, backend_for(app))
-    finally:
-        delete_queues(broker, [queue])
-        if store_url:
-            drop_prefix(REDIS_URL, STORE_DB, f"e2e-{tag}:")
+        try:
+            with start_worker(
+                app,
+                pool="threads",
+                concurrency=4,
+                perform_ping_check=False,
+                queues=[queue],
+                shutdown_timeout=30,
+            ):
+                yield Env(request.param, app, scenarios, backend_for(app))
+        finally:
+            delete_queues(broker, [queue])
 
 
 # -- worker processes ---------------------------------------------------------------------
@@ -136,23 +160,53 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
 class WorkerProcess:
     """A real `celery worker` process, started and stopped by a test."""
 
-    def __init__(self, module: str, queues: list[str], concurrency: int, env: dict[str, str],
-                 logfile: Path, pool: str = "prefork") -> None:
+    def __init__(
+        self,
+        module: str,
+        queues: list[str],
+        concurrency: int,
+        env: dict[str, str],
+        logfile: Path,
+        pool: str = "prefork",
+    ) -> None:
         import redis
 
         self.ready_key = f"ready-{os.urandom(6).hex()}"
         self._redis = redis.Redis.from_url(f"{REDIS_URL}/{STORE_DB}")
-        full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(
-            [str(APPS), os.environ.get("PYTHONPATH", "")]),
-            "SAGA_E2E_READY": f"{REDIS_URL}/{STORE_DB}|{self.ready_key}"}
+        full_env = {
+            **os.environ,
+            **env,
+            "PYTHONPATH": os.pathsep.join([str(APPS), os.environ.get("PYTHONPATH", "")]),
+            "SAGA_E2E_READY": f"{REDIS_URL}/{STORE_DB}|{self.ready_key}",
+        }
         self.logfile = logfile
         self._log = open(logfile, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", module, "worker", "-P", pool,
-             "-c", str(concurrency), "-Q", ",".join(queues), "-l", "info",
-             "-n", f"{module}-{self.ready_key}@%h", "--without-mingle", "--without-gossip",
-             "--without-heartbeat"],
-            env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(APPS),
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                module,
+                "worker",
+                "-P",
+                pool,
+                "-c",
+                str(concurrency),
+                "-Q",
+                ",".join(queues),
+                "-l",
+                "info",
+                "-n",
+                f"{module}-{self.ready_key}@%h",
+                "--without-mingle",
+                "--without-gossip",
+                "--without-heartbeat",
+            ],
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=str(APPS),
             start_new_session=True,
         )
 
@@ -191,10 +245,12 @@ def worker_processes(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start worker processes; all are stopped when the test ends."""
     started: list[WorkerProcess] = []
 
-    def start(module: str, queues: list[str], concurrency: int, env: dict[str, str],
-              pool: str = "prefork") -> WorkerProcess:
-        worker = WorkerProcess(module, queues, concurrency, env,
-                               tmp_path / f"worker-{len(started)}.log", pool=pool)
+    def start(
+        module: str, queues: list[str], concurrency: int, env: dict[str, str], pool: str = "prefork"
+    ) -> WorkerProcess:
+        worker = WorkerProcess(
+            module, queues, concurrency, env, tmp_path / f"worker-{len(started)}.log", pool=pool
+        )
         started.append(worker)
         worker.wait_ready()
         return worker
@@ -216,26 +272,39 @@ class ProcessSetup:
     prefix: str
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {"SAGA_E2E_BROKER": self.broker, "SAGA_E2E_STORE": self.store,
-                "SAGA_E2E_JOURNAL": self.journal, "SAGA_E2E_JOURNAL_PREFIX": self.journal_prefix,
-                "SAGA_E2E_QUEUE": self.queue, **extra}
+        return {
+            "SAGA_E2E_BROKER": self.broker,
+            "SAGA_E2E_STORE": self.store,
+            "SAGA_E2E_JOURNAL": self.journal,
+            "SAGA_E2E_JOURNAL_PREFIX": self.journal_prefix,
+            "SAGA_E2E_QUEUE": self.queue,
+            **extra,
+        }
 
     def app(self, **kw: Any) -> tuple[Celery, Any]:
-        return make_app(broker=self.broker, store=self.store, journal=self.journal,
-                        queue=self.queue, prefix=self.journal_prefix, **kw)
+        return make_app(
+            broker=self.broker,
+            store=self.store,
+            journal=self.journal,
+            queue=self.queue,
+            prefix=self.journal_prefix,
+            **kw,
+        )
 
 
-@pytest.fixture
-def processes(unique: str) -> Iterator[ProcessSetup]:
+@pytest.fixture(params=SHARED_STORES)
+def processes(request: pytest.FixtureRequest, unique: str) -> Iterator[ProcessSetup]:
+    """Broker (Redis), journal (Redis) and a shared state store for worker processes."""
     require(REDIS_URL, 6379, "Redis")
     prefix = f"p-{unique}:"
-    setup = ProcessSetup(
-        broker=f"{REDIS_URL}/{BROKER_DB}",
-        store=f"{REDIS_URL}/{STORE_DB}?prefix={prefix}",
-        journal=f"{REDIS_URL}/{STORE_DB}",
-        journal_prefix=f"{prefix}journal:",
-        queue=f"q-{unique}",
-        prefix=prefix,
-    )
-    yield setup
+    with state_store(request.param, unique, tempfile.gettempdir()) as store:
+        assert isinstance(store, str)
+        yield ProcessSetup(
+            broker=f"{REDIS_URL}/{BROKER_DB}",
+            store=store,
+            journal=f"{REDIS_URL}/{STORE_DB}",
+            journal_prefix=f"{prefix}journal:",
+            queue=f"q-{unique}",
+            prefix=prefix,
+        )
     drop_prefix(REDIS_URL, STORE_DB, prefix)

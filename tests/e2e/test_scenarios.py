@@ -29,8 +29,15 @@ def compensated(env: Env, result: object) -> SagaCompensated:
 def test_happy_path_runs_every_step_once_in_order(env: Env) -> None:
     result = env.scenarios.five.run(order_id="o-1", amount=10)
     output = result.get(timeout=TIMEOUT)
-    assert output == {"order_id": "o-1", "amount": 10, "out1": 1, "out2": 2, "out3": 3,
-                      "out4": 4, "out5": 5}
+    assert output == {
+        "order_id": "o-1",
+        "amount": 10,
+        "out1": 1,
+        "out2": 2,
+        "out3": 3,
+        "out4": 4,
+        "out5": 5,
+    }
     assert env.scenarios.journal.events(result.saga_id) == ["do1", "do2", "do3", "do4", "do5"]
     execution = result.execution
     assert execution.status is SagaStatus.COMPLETED
@@ -62,7 +69,11 @@ def test_permanent_failure_is_not_retried_and_compensates_partial_work(env: Env)
     result = env.scenarios.permanent.run(items=[1, 2, -1, 3])
     error = compensated(env, result)
     assert env.scenarios.journal.events(result.saga_id) == [
-        "do1", "batch", "cleanup:[1, 2]", "undo1"]
+        "do1",
+        "batch",
+        "cleanup:[1, 2]",
+        "undo1",
+    ]
     step = error.execution.step(1)
     assert step.status is StepStatus.COMPENSATED
     assert step.compensation_data == {"processed": [1, 2]}
@@ -73,7 +84,13 @@ def test_parallel_group_records_every_member_output(env: Env) -> None:
     result = env.scenarios.parallel.run(order_id="o-3")
     output = result.get(timeout=TIMEOUT)
     assert {k: output[k] for k in ("m0", "m1", "m2", "m3", "out1", "out5")} == {
-        "m0": True, "m1": True, "m2": True, "m3": True, "out1": 1, "out5": 5}
+        "m0": True,
+        "m1": True,
+        "m2": True,
+        "m3": True,
+        "out1": 1,
+        "out5": 5,
+    }
     events = env.scenarios.journal.events(result.saga_id)
     assert events[0] == "do1" and events[-1] == "do5"
     assert sorted(events[1:5]) == ["member0", "member1", "member2", "member3"]
@@ -102,8 +119,11 @@ def test_parallel_member_failure_compensates_siblings_then_earlier_steps(env: En
     assert "do5" not in events and steps[5].status is StepStatus.PENDING
     # Compensation: succeeded members in reverse completion order, then step 1.
     undo = [e for e in events if "undo" in e]
-    done = sorted((s for s in members if s.status is StepStatus.COMPENSATED),
-                  key=lambda s: s.seq, reverse=True)
+    done = sorted(
+        (s for s in members if s.status is StepStatus.COMPENSATED),
+        key=lambda s: s.seq,
+        reverse=True,
+    )
     assert undo == [f"p_undo{s.index - 1}" for s in done] + ["undo1"]
     assert events.index(undo[0]) > max(events.index(m) for m in ran)
 
@@ -112,8 +132,9 @@ def test_transforms_and_input_mappers_shape_step_input(env: Env) -> None:
     result = env.scenarios.transforms.run(order_id="o-5", amount=12.5)
     output = result.get(timeout=TIMEOUT)
     execution = result.execution
-    assert execution.step(1).output == {"echoed": {
-        "amount": 12.5, "amount_cents": 1250, "order_id": "o-5", "out1": 1}}
+    assert execution.step(1).output == {
+        "echoed": {"amount": 12.5, "amount_cents": 1250, "order_id": "o-5", "out1": 1}
+    }
     assert output["amount_cents"] == 1250 and output["out2"] == 2
     assert env.scenarios.journal.events(result.saga_id) == ["do1", "echo", "do2"]
 
@@ -204,7 +225,7 @@ def test_non_json_output_fails_that_step_and_compensates(env: Env) -> None:
 
 def test_non_json_input_is_refused_before_anything_is_stored(env: Env) -> None:
     before = len(env.store.list(limit=1000).items)
-    with pytest.raises(StepOutputError, match="input of saga .* object"):
+    with pytest.raises(StepOutputError, match=r"input of saga .* object"):
         env.scenarios.five.run(order_id=object())
     assert len(env.store.list(limit=1000).items) == before
 

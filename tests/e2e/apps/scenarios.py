@@ -148,8 +148,13 @@ def build(app: Celery, journal: Journal, *, tag: str = "") -> Scenarios:
         journal.record(f"cleanup:{sorted(data['processed'])}")
 
     @saga_step(compensate=cleanup)
-    @app.task(shared=False, name=f"{name}.batch", autoretry_for=(Exception,), max_retries=3,
-              default_retry_delay=0)
+    @app.task(
+        shared=False,
+        name=f"{name}.batch",
+        autoretry_for=(Exception,),
+        max_retries=3,
+        default_retry_delay=0,
+    )
     def batch(**kw: Any) -> Any:
         journal.record("batch")
         processed = []
@@ -198,8 +203,9 @@ def build(app: Celery, journal: Journal, *, tag: str = "") -> Scenarios:
         if kw.get("decline"):
             raise RuntimeError("card declined")
         txn = f"T-{kw['order_id']}"
-        return StepResponse(output={"transaction_id": txn},
-                            compensation_data=Refund(txn=txn, amount=kw["amount"]))
+        return StepResponse(
+            output={"transaction_id": txn}, compensation_data=Refund(txn=txn, amount=kw["amount"])
+        )
 
     @app.task(shared=False, name=f"{name}.release")
     def release(data: Any) -> None:
@@ -224,8 +230,10 @@ def build(app: Celery, journal: Journal, *, tag: str = "") -> Scenarios:
         order = step(validate, input)
         payment, reservation = parallelize(step(charge, order), step(reserve, order))
         step(confirm, transform((payment, reservation), lambda p, r: {**p, **r}))
-        return transform((payment, reservation),
-                         lambda p, r: {"txn": p["transaction_id"], "res": r["reservation"]})
+        return transform(
+            (payment, reservation),
+            lambda p, r: {"txn": p["transaction_id"], "res": r["reservation"]},
+        )
 
     order = (
         Saga(f"{name}.order")
@@ -272,12 +280,35 @@ def build(app: Celery, journal: Journal, *, tag: str = "") -> Scenarios:
 
     wide = Saga(f"{name}.wide").add_step(noop).add_parallel(*[wide_member(i) for i in range(20)])
 
-    t.update(batch=batch, echo=echo, validate=validate, charge=charge, reserve=reserve,
-             confirm=confirm, refund=refund, release=release, noop=noop, member=member,
-             bad_output=bad_output, svc_b_reserve=svc_b_reserve, svc_b_release=svc_b_release)
-    return Scenarios(app=app, journal=journal, five=five, parallel=parallel,
-                     permanent=permanent, transforms=transforms, functional=functional,
-                     order=order, by_name=by_name, bad_output=bad, wide=wide, tasks=t)
+    t.update(
+        batch=batch,
+        echo=echo,
+        validate=validate,
+        charge=charge,
+        reserve=reserve,
+        confirm=confirm,
+        refund=refund,
+        release=release,
+        noop=noop,
+        member=member,
+        bad_output=bad_output,
+        svc_b_reserve=svc_b_reserve,
+        svc_b_release=svc_b_release,
+    )
+    return Scenarios(
+        app=app,
+        journal=journal,
+        five=five,
+        parallel=parallel,
+        permanent=permanent,
+        transforms=transforms,
+        functional=functional,
+        order=order,
+        by_name=by_name,
+        bad_output=bad,
+        wide=wide,
+        tasks=t,
+    )
 
 
 def routing_saga(app: Celery) -> Saga:

@@ -15,8 +15,9 @@ from celery import Celery
 from celery.signals import worker_ready
 
 app = Celery("svc_b", broker=os.environ["SAGA_E2E_BROKER"], set_as_current=False)
-app.conf.update(task_default_queue=os.environ["SAGA_E2E_QUEUE"],
-                broker_connection_retry_on_startup=True)
+app.conf.update(
+    task_default_queue=os.environ["SAGA_E2E_QUEUE"], broker_connection_retry_on_startup=True
+)
 _journal = redis.Redis.from_url(os.environ["SAGA_E2E_JOURNAL"], decode_responses=True)
 _prefix = os.environ.get("SAGA_E2E_JOURNAL_PREFIX", "journal:")
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_ready
-
 from scenarios import Journal, build, routing_saga
 
 

@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from celery_saga import registry
 from celery_saga.decorators import step_meta
@@ -71,7 +71,7 @@ class TransformEntry:
     fn: ContextFn
 
 
-Entry = Union[StepEntry, ParallelEntry, TransformEntry]
+Entry = StepEntry | ParallelEntry | TransformEntry
 
 
 def make_step_entry(
@@ -178,7 +178,9 @@ class Saga:
         finish first and then everything done so far is compensated.
         """
         if not tasks_or_tuples:
-            raise SagaDefinitionError(f"add_parallel() on saga {self.name!r} needs at least one task")
+            raise SagaDefinitionError(
+                f"add_parallel() on saga {self.name!r} needs at least one task"
+            )
         what = f"parallel group {len(self._entries)} of saga {self.name!r}"
         mapper = _mapper(input, what)
         steps = []
@@ -230,7 +232,7 @@ class Saga:
 
     @property
     def app(self) -> Celery:
-        """The Celery app this saga dispatches on: given, or that of its first task."""
+        """The Celery app this saga dispatches on (given, or that of its first task)."""
         if self._app is not None:
             return self._app
         for step in self._flat_steps():
@@ -358,9 +360,7 @@ class Saga:
         from celery_saga.ids import validate_saga_id
         from celery_saga.result import SagaResult
 
-        return SagaResult(
-            validate_saga_id(saga_id), backend_for(self.app, self.backend), saga=self
-        )
+        return SagaResult(validate_saga_id(saga_id), backend_for(self.app, self.backend), saga=self)
 
     def __repr__(self) -> str:
         return f"<Saga {self.name!r}: {len(self._flat_steps())} steps>"
@@ -369,10 +369,10 @@ class Saga:
 def _caller() -> str:
     """Where the saga was defined (first frame outside this package), for error messages."""
     here = os.path.dirname(os.path.abspath(__file__))
-    frame = sys._getframe(1)
+    frame: Any = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
         if not os.path.abspath(filename).startswith(here):
             return f"{filename}:{frame.f_lineno}"
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return "?"

@@ -84,8 +84,10 @@ def step_signature(
         queue=queue,
     )
     options: dict[str, Any] = dict(spec.options)
-    if execution.queue and "queue" not in options and not _has_own_route(
-        app, spec.task_name, spec.task
+    if (
+        execution.queue
+        and "queue" not in options
+        and not _has_own_route(app, spec.task_name, spec.task)
     ):
         options["queue"] = execution.queue
     if countdown:
@@ -125,9 +127,7 @@ def compensation_signature(
     options["task_id"] = header.task_id
     options["headers"] = {HEADER: header.to_dict()}
     options.update(_replies(app, header, queue, by_name=spec.compensation is None))
-    return Signature(
-        spec.compensation or name, (record.compensation_data,), {}, options, app=app
-    )
+    return Signature(spec.compensation or name, (record.compensation_data,), {}, options, app=app)
 
 
 def header_of_signature(sig: Signature) -> SagaHeader | None:

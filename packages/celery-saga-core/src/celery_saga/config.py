@@ -40,7 +40,8 @@ def set_default_backend(backend: SagaBackend | str | None) -> None:
     global _default
     if backend is not None and not isinstance(backend, SagaBackend | str):
         raise TypeError(
-            f"set_default_backend() takes a SagaBackend or a URL string, got {type(backend).__name__}"
+            "set_default_backend() takes a SagaBackend or a URL string, "
+            f"got {type(backend).__name__}"
         )
     if isinstance(backend, str):
         _instance(backend, {})  # fail now on an unknown scheme, not at first use

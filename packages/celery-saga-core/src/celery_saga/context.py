@@ -12,7 +12,6 @@ from typing import Any
 
 from celery_saga.definition import (
     ContextFn,
-    ContextSource,
     DictOutput,
     InputSpec,
     LiteralInput,
@@ -107,9 +106,7 @@ def _transform(spec: TransformInput, ctx: dict[str, Any], outputs: dict[int, Any
         ) from exc
 
 
-def step_input(
-    spec: StepSpec, ctx: dict[str, Any], execution: SagaExecution
-) -> dict[str, Any]:
+def step_input(spec: StepSpec, ctx: dict[str, Any], execution: SagaExecution) -> dict[str, Any]:
     """The keyword arguments step `spec` is called with, given the context before it."""
     source: InputSpec = spec.input
     if isinstance(source, MapperInput):
@@ -137,6 +134,4 @@ def _output(spec: OutputSpec, ctx: dict[str, Any], outputs: dict[int, Any]) -> A
         return {key: _output(value, ctx, outputs) for key, value in spec.items}
     if isinstance(spec, TransformInput):
         return _transform(spec, ctx, outputs)
-    if isinstance(spec, StepOutputSource | LiteralSource | ContextSource):
-        return _source(spec, ctx, outputs)
-    return ctx
+    return _source(spec, ctx, outputs)

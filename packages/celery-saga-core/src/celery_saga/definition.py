@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from celery_saga.errors import SagaDefinitionError
 
@@ -63,7 +63,7 @@ class LiteralSource:
     value: Any
 
 
-Source = Union[StepOutputSource, ContextSource, LiteralSource]
+Source = StepOutputSource | ContextSource | LiteralSource
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class TransformInput:
     fn: Callable[..., Any] | None = None
 
 
-InputSpec = Union[ContextInput, MapperInput, LiteralInput, TransformInput]
+InputSpec = ContextInput | MapperInput | LiteralInput | TransformInput
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class DictOutput:
     items: tuple[tuple[str, OutputSpec], ...]
 
 
-OutputSpec = Union[ContextSource, StepOutputSource, TransformInput, LiteralSource, DictOutput]
+OutputSpec = ContextSource | StepOutputSource | TransformInput | LiteralSource | DictOutput
 
 # -- steps and stages --------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ class SagaHeader:
 
     @property
     def idempotency_key(self) -> str:
-        """Stable across attempts and retries of this step: use it to deduplicate effects."""
+        """Stable across attempts and retries of this step; use it to deduplicate effects."""
         return idempotency_key_for(self.saga_id, self.index)
 
     def to_dict(self) -> dict[str, Any]:

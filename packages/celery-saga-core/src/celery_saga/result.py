@@ -41,7 +41,7 @@ class SagaResult:
 
     @property
     def steps(self) -> list[dict[str, Any]] | None:
-        """One dict per step: index, task, status, error, output, attempts, timings."""
+        """One dict per step, with index, task, status, error, output, attempts, timings."""
         execution = self.execution
         if execution is None:
             return None
@@ -65,7 +65,7 @@ class SagaResult:
 
     @property
     def context(self) -> dict[str, Any] | None:
-        """The saga context so far: input plus step outputs, with transforms applied.
+        """The saga context so far (input plus step outputs, with transforms applied).
 
         Transforms are applied when the saga's definition is registered in this
         process; otherwise outputs are merged without them.

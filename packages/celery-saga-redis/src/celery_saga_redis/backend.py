@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
+
 from celery_saga.backends.base import (
     Page,
     SagaBackend,
@@ -38,12 +39,15 @@ from celery_saga.models import (
     StepStatus,
     now,
 )
-
 from celery_saga_redis import scripts
 from celery_saga_redis.keys import Keys
 
 #: Query parameters of the URL that configure this store (the rest go to redis-py).
 URL_OPTIONS = ("prefix", "ttl", "cluster")
+#: Execution fields kept in the immutable header blob ``h``.
+HEADER_FIELDS = ("saga_id", "saga_name", "idempotency_key", "definition_hash", "queue", "schema")
+#: Step fields kept apart from the step blob: user data, stored verbatim.
+PAYLOAD_FIELDS = ("output", "compensation_data")
 _IDEMPOTENCY_WAIT = 5.0
 
 
@@ -116,31 +120,48 @@ class RedisSagaBackend(SagaBackend):
 
     # -- encoding ------------------------------------------------------------------------------
     @staticmethod
-    def _decode(raw: Mapping[str, str]) -> SagaExecution | None:
+    def _fields(execution: SagaExecution) -> list[str]:
+        """The hash fields of a new execution (see scripts.py for the layout)."""
+        header = execution.header_dict()
+        fields = ["h", _dumps({k: header[k] for k in HEADER_FIELDS})]
+        for name, value in header.items():
+            if name not in HEADER_FIELDS and value is not None:
+                fields += [f"h:{name}", _dumps(value)]
+        for step in execution.steps:
+            data = step.to_dict()
+            for name in PAYLOAD_FIELDS:
+                value = data.pop(name)
+                if value is not None:
+                    fields += [f"s:{step.index}:{name}", _dumps(value)]
+            fields += [f"s:{step.index}", _dumps({k: v for k, v in data.items() if v is not None})]
+        return fields
+
+    @staticmethod
+    def _decode(raw: Mapping[str, str] | list[str]) -> SagaExecution | None:
+        if isinstance(raw, list):  # HGETALL as returned inside a script reply
+            raw = dict(zip(raw[::2], raw[1::2], strict=True))
         if not raw or "h:status" not in raw:
             return None
-        header: dict[str, Any] = {}
+        header: dict[str, Any] = json.loads(raw["h"])
         steps: dict[int, dict[str, Any]] = {}
+        payloads: list[tuple[int, str, str]] = []
         for field, value in raw.items():
-            kind, _, rest = field.partition(":")
-            if kind == "h":
-                header[rest] = json.loads(value)
-            elif kind == "s":
-                index, _, name = rest.partition(":")
-                steps.setdefault(int(index), {})[name] = json.loads(value)
+            if field[0] == "s":
+                _, index, *name = field.split(":", 2)
+                if name:
+                    payloads.append((int(index), name[0], value))
+                else:
+                    steps[int(index)] = json.loads(value)
+            elif field[0] == "h" and len(field) > 1:
+                header[field[2:]] = json.loads(value)
+        for index, name, value in payloads:
+            steps[index][name] = json.loads(value)
         header["steps"] = [steps[i] for i in sorted(steps)]
         return SagaExecution.from_dict(header)
 
     # -- create and read ----------------------------------------------------------------------
     def create(self, execution: SagaExecution) -> tuple[SagaExecution, bool]:
-        fields: list[str] = []
-        for name, value in execution.header_dict().items():
-            fields += [f"h:{name}", _dumps(value)]
-        for step in execution.steps:
-            for name, value in step.to_dict().items():
-                if value is None or name == "retries":
-                    continue
-                fields += [f"s:{step.index}:{name}", _dumps(value)]
+        fields = self._fields(execution)
         key = execution.idempotency_key
         hash_key = self.keys.execution(execution.saga_id)
         if not self.cluster:
@@ -148,8 +169,14 @@ class RedisSagaBackend(SagaBackend):
             idem = self.keys.idempotency(key) if key is not None else ""
             reply = self._create_indexed(
                 keys=[hash_key, idem],
-                args=[self.keys.index_prefix, execution.saga_name, execution.status.value,
-                      repr(execution.created_at), execution.saga_id, *fields],
+                args=[
+                    self.keys.index_prefix,
+                    execution.saga_name,
+                    execution.status.value,
+                    repr(execution.created_at),
+                    execution.saga_id,
+                    *fields,
+                ],
             )
             if reply == 1:
                 return execution, True
@@ -173,8 +200,9 @@ class RedisSagaBackend(SagaBackend):
                     return existing, False
                 self.stats.add()
                 self.client.set(self.keys.idempotency(key), execution.saga_id)
-        self._reindex(execution.saga_id, execution.saga_name, execution.status.value,
-                      execution.created_at)
+        self._reindex(
+            execution.saga_id, execution.saga_name, execution.status.value, execution.created_at
+        )
         self.stats.add(1, payload_size(*fields))
         if not self._create(keys=[hash_key], args=fields):
             raise ValueError(f"saga id {execution.saga_id} already exists")
@@ -216,19 +244,19 @@ class RedisSagaBackend(SagaBackend):
         for name, value in changes.items():
             pairs += [name, _dumps(value)]
         key = self.keys.execution(saga_id)
-        head = [_dumps(now()), _statuses(expect_status), self.ttl, self.keys.done_channel(saga_id)]
+        lead = [_dumps(now()), _statuses(expect_status), self.ttl, self.keys.done_channel(saga_id)]
         if not self.cluster or "status" not in changes:
             self.stats.add(1, payload_size(*pairs))
             index_prefix = "" if self.cluster else self.keys.index_prefix
-            applied, _, _ = self._update_saga(keys=[key], args=[*head, index_prefix, *pairs])
+            applied, _, _ = self._update_saga(keys=[key], args=[*lead, index_prefix, *pairs])
             return bool(applied)
         # Cluster: index under the new status first, so a crash between the two
         # leaves an extra entry (readers verify it), never a missing one.
         self.stats.add()
-        name, created_at = self.client.hmget(key, "h:saga_name", "h:created_at")
-        if name is None:
+        head, created_at = self.client.hmget(key, "h", "h:created_at")
+        if head is None:
             return False
-        name, created_at = json.loads(name), json.loads(created_at)
+        name, created_at = json.loads(head)["saga_name"], json.loads(created_at)
         new_status = plain_value(changes["status"])
         self.stats.add()
         pipe = self.client.pipeline(transaction=False)
@@ -236,11 +264,11 @@ class RedisSagaBackend(SagaBackend):
             pipe.zadd(index, {saga_id: created_at})
         pipe.execute()
         self.stats.add(1, payload_size(*pairs))
-        applied, old, new = self._update_saga(keys=[key], args=[*head, "", *pairs])
+        applied, old, new = self._update_saga(keys=[key], args=[*lead, "", *pairs])
         if applied and old != new:
             self.stats.add()
             pipe = self.client.pipeline(transaction=False)
-            for index in self.keys.indexes_for(name, json.loads(old)):
+            for index in self.keys.indexes_for(name, old):
                 pipe.zrem(index, saga_id)
             pipe.execute()
         return bool(applied)
@@ -254,6 +282,21 @@ class RedisSagaBackend(SagaBackend):
         expect: StepExpect | None = None,
         count_in: str | None = None,
     ) -> StepWrite:
+        return self.update_step_and_get(saga_id, index, changes, expect=expect, count_in=count_in)[
+            0
+        ]
+
+    def update_step_and_get(
+        self,
+        saga_id: str,
+        index: int,
+        changes: Mapping[str, Any],
+        *,
+        expect: StepExpect | None = None,
+        count_in: str | None = None,
+        get_at: int | None = None,
+    ) -> tuple[StepWrite, SagaExecution | None]:
+        """One script: compare-and-set the step, and read the execution if `get_at` is hit."""
         check_step_changes(changes)
         e = expect or StepExpect()
         args: list[Any] = [
@@ -266,32 +309,39 @@ class RedisSagaBackend(SagaBackend):
             _opt(e.comp_attempt),
             _opt(e.comp_attempt_at_most),
             count_in or "",
+            _opt(get_at),
         ]
         for name, value in changes.items():
             args += [name, _dumps(value)]
-        self.stats.add(1, payload_size(*args[9:]))
+        self.stats.add(1, payload_size(*args[10:]))
         try:
             reply = self._update_step(keys=[self.keys.execution(saga_id)], args=args)
         except redis.ResponseError as exc:
             if "NOSAGA" in str(exc) or "NOSTEP" in str(exc):
                 raise KeyError(f"no step {index} in saga {saga_id}") from None
             raise
-        applied, status, attempt, comp_attempt, saga_status, count = (list(reply) + [None] * 6)[:6]
-        return StepWrite(
+        applied, status, attempt, comp_attempt, saga_status, count, everything = (
+            list(reply) + [None] * 7
+        )[:7]
+        write = StepWrite(
             applied=bool(applied),
-            status=StepStatus(json.loads(status)),
+            status=StepStatus(status),
             attempt=int(attempt),
-            saga_status=SagaStatus(json.loads(saga_status)),
+            saga_status=SagaStatus(saga_status),
             count=int(count) if count is not None else None,
             comp_attempt=int(comp_attempt),
         )
+        return write, self._decode(everything) if everything else None
 
-    # -- indexes ------------------------------------------------------------------------------------
+    # -- indexes -----------------------------------------------------------------------------
     def _reindex(self, saga_id: str, name: str, status: str, created_at: float) -> None:
         self.stats.add()
         pipe = self.client.pipeline(transaction=False)
-        for index in (self.keys.index_all(), self.keys.index_name(name),
-                      *self.keys.indexes_for(name, status)):
+        for index in (
+            self.keys.index_all(),
+            self.keys.index_name(name),
+            *self.keys.indexes_for(name, status),
+        ):
             pipe.zadd(index, {saga_id: created_at})
         pipe.execute()
 
@@ -349,8 +399,7 @@ class RedisSagaBackend(SagaBackend):
             next_cursor = encode_cursor(last.created_at, last.saga_id)
         return Page(page, next_cursor)
 
-    _SUMMARY_FIELDS = ("h:saga_id", "h:saga_name", "h:status", "h:created_at", "h:updated_at",
-                       "h:finished_at", "h:idempotency_key", "h:error")
+    _SUMMARY_FIELDS = ("h", "h:status", "h:created_at", "h:updated_at", "h:finished_at", "h:error")
 
     def _summaries(
         self, rows: Iterable[tuple[str, float]], status: SagaStatus | None, name: str | None
@@ -364,13 +413,12 @@ class RedisSagaBackend(SagaBackend):
         found: list[SagaSummary] = []
         gone: list[str] = []
         for (saga_id, _), values in zip(rows, pipe.execute(), strict=True):
-            if values[2] is None:
+            if values[0] is None:
                 gone.append(saga_id)
                 continue
-            data = {
-                f[2:]: None if v is None else json.loads(v)
-                for f, v in zip(self._SUMMARY_FIELDS, values, strict=True)
-            }
+            data = json.loads(values[0])
+            for field, value in zip(self._SUMMARY_FIELDS[1:], values[1:], strict=True):
+                data[field[2:]] = None if value is None else json.loads(value)
             summary = SagaSummary.from_dict(data)
             if status is not None and summary.status is not status:
                 continue  # an entry left by a status change in flight: readers verify
@@ -411,7 +459,9 @@ class RedisSagaBackend(SagaBackend):
             # finished_at >= created_at, so nothing created after the cutoff qualifies.
             start = 0
             while True:
-                ids = self.client.zrangebyscore(index, "-inf", finished_before, start=start, num=500)
+                ids = self.client.zrangebyscore(
+                    index, "-inf", finished_before, start=start, num=500
+                )
                 if not ids:
                     break
                 kept = 0

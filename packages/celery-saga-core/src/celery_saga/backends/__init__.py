@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from celery_saga.backends.base import Page, SagaBackend, StepExpect, StepWrite
+from celery_saga.backends.base import Page, SagaBackend, StepExpect, StepWrite, StoreStats
 from celery_saga.backends.memory import MemorySagaBackend
 from celery_saga.backends.registry import (
     ENTRY_POINT_GROUP,
@@ -42,6 +42,7 @@ __all__ = [
     "SagaBackend",
     "StepExpect",
     "StepWrite",
+    "StoreStats",
     "backend_class",
     "backend_from_url",
     "installed_schemes",

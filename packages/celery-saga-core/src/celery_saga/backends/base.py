@@ -188,6 +188,27 @@ class SagaBackend(abc.ABC):
         is found.
         """
 
+    def update_step_and_get(
+        self,
+        saga_id: str,
+        index: int,
+        changes: Mapping[str, Any],
+        *,
+        expect: StepExpect | None = None,
+        count_in: str | None = None,
+        get_at: int | None = None,
+    ) -> tuple[StepWrite, SagaExecution | None]:
+        """`update_step`, plus the whole execution when the counter reaches `get_at`.
+
+        The runtime calls this when a step finishes: the member that completes its
+        stage needs the records to decide what comes next. This default makes two
+        requests; stores that can read in the same round trip override it.
+        """
+        write = self.update_step(saga_id, index, changes, expect=expect, count_in=count_in)
+        if write.applied and get_at is not None and write.count == get_at:
+            return write, self.get(saga_id)
+        return write, None
+
     # -- listing and housekeeping -----------------------------------------------
     @abc.abstractmethod
     def list(

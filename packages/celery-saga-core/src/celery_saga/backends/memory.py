@@ -23,10 +23,10 @@ from celery_saga.backends.base import (
     check_limit,
     check_saga_changes,
     check_step_changes,
-    payload_size,
     decode_cursor,
     encode_cursor,
     normalize_status,
+    payload_size,
     plain_value,
 )
 from celery_saga.models import (

@@ -121,12 +121,13 @@ def start(
         raise ValueError(f"queue must be a non-empty string, got {queue!r}")
     ensure_json(input, f"the input of saga {saga.name!r}")
     execution = new_execution(rt.definition, input, idempotency_key, queue)
+    # Created RUNNING: its first stage is dispatched right below. (PENDING is for an
+    # execution created and not yet started; the recovery pass starts those.)
+    execution.status = SagaStatus.RUNNING
     stored, created = rt.backend.create(execution)
     result = SagaResult(stored.saga_id, rt.backend, saga=saga)
     if not created:
         return result
-    rt.backend.update_saga(stored.saga_id, {"status": SagaStatus.RUNNING}, expect_status={SagaStatus.PENDING})
-    execution.status = SagaStatus.RUNNING
     log(logging.INFO, execution.saga_id, None, "saga %s started", saga.name)
     from celery_saga import signals
 
@@ -163,11 +164,24 @@ def dispatch_stage(rt: Runtime, execution: SagaExecution, stage_index: int) -> N
         for spec in stage.steps:
             attempt = execution.step(spec.index).attempt + 1
             if spec.index in failures:
-                _finish(rt, execution.saga_id, spec.index, attempt, StepStatus.FAILED,
-                        {"error": failures[spec.index]}, failing=True)
+                _finish(
+                    rt,
+                    execution.saga_id,
+                    spec.index,
+                    attempt,
+                    StepStatus.FAILED,
+                    {"error": failures[spec.index]},
+                    failing=True,
+                )
             else:
-                _finish(rt, execution.saga_id, spec.index, attempt, StepStatus.SKIPPED,
-                        {"error": "not started: another step of its stage could not start"})
+                _finish(
+                    rt,
+                    execution.saga_id,
+                    spec.index,
+                    attempt,
+                    StepStatus.SKIPPED,
+                    {"error": "not started: another step of its stage could not start"},
+                )
         return
     send(rt.app, signatures, on_eager_error=_eager_error)
 
@@ -206,16 +220,30 @@ def step_started(rt: Runtime, header: SagaHeader, task_id: str | None, retries: 
     if write.applied:
         return True
     if write.status in _FORWARD and write.attempt <= header.attempt:
-        _finish(rt, header.saga_id, header.index, header.attempt, StepStatus.SKIPPED,
-                {"error": f"not started: saga was {write.saga_status.value}"})
+        _finish(
+            rt,
+            header.saga_id,
+            header.index,
+            header.attempt,
+            StepStatus.SKIPPED,
+            {"error": f"not started: saga was {write.saga_status.value}"},
+        )
     else:
-        log(logging.INFO, header.saga_id, header.index,
+        log(
+            logging.INFO,
+            header.saga_id,
+            header.index,
             "attempt %s not run: step is %s at attempt %s",
-            header.attempt, write.status.value, write.attempt)
+            header.attempt,
+            write.status.value,
+            write.attempt,
+        )
     return False
 
 
-def step_succeeded(rt: Runtime, header: SagaHeader, output: dict[str, Any], compensation_data: Any) -> None:
+def step_succeeded(
+    rt: Runtime, header: SagaHeader, output: dict[str, Any], compensation_data: Any
+) -> None:
     """Record a step's output; the stage's last member moves the saga on."""
     changes = {
         "status": StepStatus.SUCCESS,
@@ -228,8 +256,9 @@ def step_succeeded(rt: Runtime, header: SagaHeader, output: dict[str, Any], comp
     if _finish(rt, header.saga_id, header.index, header.attempt, StepStatus.SUCCESS, changes):
         from celery_saga import signals
 
-        signals.step_succeeded.send(sender=rt.definition.name, saga_id=header.saga_id,
-                                    step=header.index, output=output)
+        signals.step_succeeded.send(
+            sender=rt.definition.name, saga_id=header.saga_id, step=header.index, output=output
+        )
 
 
 def step_failed(rt: Runtime, header: SagaHeader, error: str, compensation_data: Any = None) -> None:
@@ -237,12 +266,14 @@ def step_failed(rt: Runtime, header: SagaHeader, error: str, compensation_data: 
     changes: dict[str, Any] = {"error": error, "attempt": header.attempt}
     if compensation_data is not None:
         changes["compensation_data"] = compensation_data
-    if _finish(rt, header.saga_id, header.index, header.attempt, StepStatus.FAILED, changes,
-               failing=True):
+    if _finish(
+        rt, header.saga_id, header.index, header.attempt, StepStatus.FAILED, changes, failing=True
+    ):
         from celery_saga import signals
 
-        signals.step_failed.send(sender=rt.definition.name, saga_id=header.saga_id,
-                                 step=header.index, error=error)
+        signals.step_failed.send(
+            sender=rt.definition.name, saga_id=header.saga_id, step=header.index, error=error
+        )
 
 
 def _finish(
@@ -257,20 +288,35 @@ def _finish(
 ) -> bool:
     """End a step's forward part once; True if this call was the one that did."""
     spec = rt.definition.step(index)
-    write = rt.backend.update_step(
+    stage_size = len(rt.definition.stages[spec.stage].steps)
+    write, execution = rt.backend.update_step_and_get(
         saga_id,
         index,
         {**changes, "status": status, "finished_at": changes.get("finished_at") or now()},
         expect=StepExpect(status=_FORWARD, attempt_at_most=attempt),
         count_in=f"stage:{spec.stage}",
+        get_at=None if failing else stage_size,
     )
     if not write.applied:
-        log(logging.DEBUG, saga_id, index, "outcome %s of attempt %s ignored: step is %s",
-            status.value, attempt, write.status.value)
+        log(
+            logging.DEBUG,
+            saga_id,
+            index,
+            "outcome %s of attempt %s ignored: step is %s",
+            status.value,
+            attempt,
+            write.status.value,
+        )
         return False
-    log(logging.INFO if status is StepStatus.SUCCESS else logging.WARNING, saga_id, index,
-        "step %s %s%s", spec.task_name, status.value,
-        f": {changes.get('error')}" if failing else "")
+    log(
+        logging.INFO if status is StepStatus.SUCCESS else logging.WARNING,
+        saga_id,
+        index,
+        "step %s %s%s",
+        spec.task_name,
+        status.value,
+        f": {changes.get('error')}" if failing else "",
+    )
     if failing:
         rt.backend.update_saga(
             saga_id,
@@ -281,15 +327,19 @@ def _finish(
             },
             expect_status=_RUNNING,
         )
-    stage_size = len(rt.definition.stages[spec.stage].steps)
     if write.count == stage_size:
-        stage_finished(rt, saga_id, spec.stage)
+        # A failing last member turned the saga to COMPENSATING just above, so it
+        # reads the execution after that write; a succeeding one got it with its own.
+        stage_finished(rt, saga_id, spec.stage, execution)
     return True
 
 
-def stage_finished(rt: Runtime, saga_id: str, stage_index: int) -> None:
+def stage_finished(
+    rt: Runtime, saga_id: str, stage_index: int, execution: SagaExecution | None = None
+) -> None:
     """Every member of a stage has finished: advance, complete, or compensate."""
-    execution = rt.backend.get(saga_id)
+    if execution is None:
+        execution = rt.backend.get(saga_id)
     if execution is None:
         return
     if execution.definition_hash != rt.definition.hash:
@@ -336,8 +386,9 @@ def complete(rt: Runtime, execution: SagaExecution) -> None:
         log(logging.INFO, execution.saga_id, None, "saga %s completed", execution.saga_name)
         from celery_saga import signals
 
-        signals.saga_completed.send(sender=execution.saga_name, saga_id=execution.saga_id,
-                                    output=output)
+        signals.saga_completed.send(
+            sender=execution.saga_name, saga_id=execution.saga_id, output=output
+        )
     else:  # cancelled or failed meanwhile
         compensate_next(rt, execution.saga_id)
 
@@ -356,8 +407,11 @@ def begin_compensation(rt: Runtime, execution: SagaExecution, members: list[Step
         )
         rt.backend.update_saga(
             execution.saga_id,
-            {"status": SagaStatus.COMPENSATING, "error": error,
-             "failed_step": None if failed is None else failed.index},
+            {
+                "status": SagaStatus.COMPENSATING,
+                "error": error,
+                "failed_step": None if failed is None else failed.index,
+            },
             expect_status=_RUNNING,
         )
     compensate_next(rt, execution.saga_id)
@@ -389,7 +443,11 @@ def compensate_next(rt: Runtime, saga_id: str) -> None:
 
 
 def _send_compensation(
-    rt: Runtime, execution: SagaExecution, record: StepRecord, attempt: int, countdown: float | None = None
+    rt: Runtime,
+    execution: SagaExecution,
+    record: StepRecord,
+    attempt: int,
+    countdown: float | None = None,
 ) -> None:
     sig = compensation_signature(rt.definition, execution, record, attempt, countdown)
     send(rt.app, [sig], on_eager_error=_eager_error)
@@ -403,8 +461,14 @@ def _finalize(rt: Runtime, execution: SagaExecution) -> None:
         {"status": status, "finished_at": now()},
         expect_status={SagaStatus.COMPENSATING},
     ):
-        log(logging.WARNING if failed else logging.INFO, execution.saga_id, None,
-            "saga %s %s", execution.saga_name, status.value)
+        log(
+            logging.WARNING if failed else logging.INFO,
+            execution.saga_id,
+            None,
+            "saga %s %s",
+            execution.saga_name,
+            status.value,
+        )
         from celery_saga import signals
 
         signal = signals.saga_failed if failed else signals.saga_compensated
@@ -441,25 +505,45 @@ def compensation_failed(rt: Runtime, header: SagaHeader, error: str) -> None:
     expect = StepExpect(status=frozenset({StepStatus.COMPENSATING}), comp_attempt=header.attempt)
     if header.attempt <= retries:
         write = rt.backend.update_step(
-            header.saga_id, header.index,
-            {"comp_attempt": header.attempt + 1, "comp_error": error}, expect=expect,
+            header.saga_id,
+            header.index,
+            {"comp_attempt": header.attempt + 1, "comp_error": error},
+            expect=expect,
         )
         if write.applied:
-            log(logging.WARNING, header.saga_id, header.index,
-                "compensation attempt %s failed (%s); retrying", header.attempt, error)
+            log(
+                logging.WARNING,
+                header.saga_id,
+                header.index,
+                "compensation attempt %s failed (%s); retrying",
+                header.attempt,
+                error,
+            )
             execution = rt.backend.get(header.saga_id)
             if execution is not None:
-                _send_compensation(rt, execution, execution.step(header.index),
-                                   header.attempt + 1, _backoff(rt.app, header.attempt))
+                _send_compensation(
+                    rt,
+                    execution,
+                    execution.step(header.index),
+                    header.attempt + 1,
+                    _backoff(rt.app, header.attempt),
+                )
         return
     write = rt.backend.update_step(
-        header.saga_id, header.index,
+        header.saga_id,
+        header.index,
         {"status": StepStatus.COMPENSATION_FAILED, "comp_error": error, "comp_finished_at": now()},
         expect=expect,
     )
     if write.applied:
-        log(logging.ERROR, header.saga_id, header.index,
-            "compensation failed for good after %s attempts: %s", header.attempt, error)
+        log(
+            logging.ERROR,
+            header.saga_id,
+            header.index,
+            "compensation failed for good after %s attempts: %s",
+            header.attempt,
+            error,
+        )
         compensate_next(rt, header.saga_id)
 
 

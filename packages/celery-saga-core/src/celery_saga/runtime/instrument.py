@@ -35,7 +35,7 @@ HANDLED = "celery_saga_handled"
 _MARK = "_celery_saga_instrumented"
 
 
-class _PermanentShield(Ignore):
+class _PermanentShield(Ignore):  # type: ignore[misc]
     """Carries a PermanentFailure past Celery's autoretry wrapper."""
 
     def __init__(self, failure: PermanentFailure) -> None:
@@ -77,7 +77,7 @@ def instrument(task: Task) -> None:
             raise shield.failure from None
 
     functools.update_wrapper(__call__, original)
-    cls.__call__ = __call__  # type: ignore[method-assign]
+    cls.__call__ = __call__
     setattr(cls, _MARK, True)
     _shield_autoretry(task)
     if getattr(task, "__trace__", None) is not None:
@@ -99,7 +99,7 @@ def _shield_autoretry(task: Task) -> None:
             raise _PermanentShield(exc) from exc
 
     setattr(run, _MARK, True)
-    task._orig_run = run  # type: ignore[attr-defined]
+    task._orig_run = run
 
 
 def _run(
@@ -121,8 +121,9 @@ def _run(
     if header.compensation:
         return _run_compensation(task, rt, request, header, body, args, kwargs)
     try:
-        allowed = _bookkeep(rt, header, engine.step_started, header.task_id, request.retries or 0,
-                            gate=True)
+        allowed = _bookkeep(
+            rt, header, engine.step_started, header.task_id, request.retries or 0, gate=True
+        )
     except SagaError:
         raise
     except Exception as exc:  # the store is unreachable: run nothing, try again later
@@ -134,8 +135,13 @@ def _run(
     except Retry:
         raise
     except _PermanentShield as shield:
-        _bookkeep(rt, header, engine.step_failed, engine.describe_error(shield.failure),
-                  shield.failure.compensation_data)
+        _bookkeep(
+            rt,
+            header,
+            engine.step_failed,
+            engine.describe_error(shield.failure),
+            shield.failure.compensation_data,
+        )
         raise shield.failure from None
     except PermanentFailure as exc:
         _bookkeep(rt, header, engine.step_failed, engine.describe_error(exc), exc.compensation_data)
@@ -147,7 +153,9 @@ def _run(
         output, compensation_data = normalize_result(value)
         what = f"the output of step {header.index} ({task.name})"
         ensure_json(output, what)
-        ensure_json(compensation_data, f"the compensation data of step {header.index} ({task.name})")
+        ensure_json(
+            compensation_data, f"the compensation data of step {header.index} ({task.name})"
+        )
     except StepOutputError as exc:
         _bookkeep(rt, header, engine.step_failed, str(exc))
         raise
@@ -218,11 +226,24 @@ def _bookkeep(
             if delay is None:
                 if gate:
                     raise
-                log(logging.ERROR, header.saga_id, header.index,
+                log(
+                    logging.ERROR,
+                    header.saga_id,
+                    header.index,
                     "bookkeeping %s failed for good: %r; the recovery pass will resume this saga",
-                    fn.__name__, exc, exc_info=True)
+                    fn.__name__,
+                    exc,
+                    exc_info=True,
+                )
                 return None
-            log(logging.WARNING, header.saga_id, header.index,
-                "bookkeeping %s failed (%r); retrying in %ss", fn.__name__, exc, delay)
+            log(
+                logging.WARNING,
+                header.saga_id,
+                header.index,
+                "bookkeeping %s failed (%r); retrying in %ss",
+                fn.__name__,
+                exc,
+                delay,
+            )
             time.sleep(delay)
     return None

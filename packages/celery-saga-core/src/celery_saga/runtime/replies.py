@@ -42,7 +42,7 @@ def _header(saga: Any) -> SagaHeader | None:
     return header
 
 
-@shared_task(name=REPLY_SUCCESS, **_RETRY)
+@shared_task(name=REPLY_SUCCESS, **_RETRY)  # type: ignore[untyped-decorator]
 def reply_success(retval: Any = None, saga: Any = None) -> None:
     """A step or compensation named by task name succeeded: record it, move on."""
     header = _header(saga)
@@ -62,7 +62,7 @@ def reply_success(retval: Any = None, saga: Any = None) -> None:
     engine.step_succeeded(rt, header, output, compensation_data)
 
 
-@shared_task(name=REPLY_FAILURE, **_RETRY)
+@shared_task(name=REPLY_FAILURE, **_RETRY)  # type: ignore[untyped-decorator]
 def reply_failure(
     request: Any = None,
     exc: Any = None,
@@ -91,12 +91,18 @@ def reply_failure(
             details["compensation_data"] = exc.compensation_data
         task_id = getattr(request, "id", None) or header.task_id
         app = current_task.app
-        Signature(REPLY_FAILURE, (task_id,), details, {"queue": header.queue}, app=app).apply_async()
+        Signature(
+            REPLY_FAILURE, (task_id,), details, {"queue": header.queue}, app=app
+        ).apply_async()
         return
     rt = engine.Runtime.for_header(header, current_task.app)
-    message = error or _peek_error(rt, request) or (
-        f"task {request} failed on a worker that reported no details "
-        "(configure a result backend, or install celery-saga there, to see the exception)"
+    message = (
+        error
+        or _peek_error(rt, request)
+        or (
+            f"task {request} failed on a worker that reported no details "
+            "(configure a result backend, or install celery-saga there, to see the exception)"
+        )
     )
     if header.compensation:
         engine.compensation_failed(rt, header, message)
@@ -130,7 +136,7 @@ def _callback_names(callbacks: Any) -> set[str]:
     return names
 
 
-@task_success.connect(weak=False)
+@task_success.connect(weak=False)  # type: ignore[untyped-decorator]
 def forward_unrecorded_success(sender: Any = None, result: Any = None, **_: Any) -> None:
     """A saga step succeeded in a process whose wrapper did not record it: reply by message."""
     request = getattr(sender, "request", None)
@@ -142,6 +148,9 @@ def forward_unrecorded_success(sender: Any = None, result: Any = None, **_: Any)
     payload = result.__json__() if isinstance(result, StepResponse) else to_plain(result)
     log(logging.INFO, header.saga_id, header.index, "forwarding the outcome to the saga queue")
     Signature(
-        REPLY_SUCCESS, (payload,), {"saga": header.to_dict()}, {"queue": header.queue},
+        REPLY_SUCCESS,
+        (payload,),
+        {"saga": header.to_dict()},
+        {"queue": header.queue},
         app=sender._get_app(),
     ).apply_async()

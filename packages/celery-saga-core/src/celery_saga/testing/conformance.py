@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -55,8 +55,12 @@ def make_execution(
         definition_hash="0123456789abcdef",
         created_at=created_at if created_at is not None else time.time(),
         steps=[
-            StepRecord(index=i, task_name=f"tasks.step{i}", stage=stages[i],
-                       compensation_task_name=f"tasks.undo{i}")
+            StepRecord(
+                index=i,
+                task_name=f"tasks.step{i}",
+                stage=stages[i],
+                compensation_task_name=f"tasks.undo{i}",
+            )
             for i in range(len(stages))
         ],
     )
@@ -101,7 +105,7 @@ class BackendConformance:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__test__" not in cls.__dict__:
-            cls.__test__ = True  # type: ignore[attr-defined]
+            cls.__test__ = True
         for name, member in BackendConformance.__dict__.items():
             if not name.startswith("test_"):
                 continue
@@ -117,18 +121,23 @@ class BackendConformance:
                     )
 
     @pytest.fixture
-    def backend(self) -> Iterator[SagaBackend]:
+    def backend(self) -> SagaBackend:
         """Provide a fresh, empty store (subclasses must override this fixture)."""
         raise NotImplementedError(
             f"{type(self).__name__} must define a `backend` fixture that yields a fresh, "
             "empty SagaBackend"
         )
-        yield  # pragma: no cover
 
     # -- create and read --------------------------------------------------------------
     def test_create_then_get_round_trips_every_field(self, backend: SagaBackend) -> None:
-        execution = make_execution(input={"big": 2**62 + 1, "pi": 3.141592653589793,
-                                          "text": "zażółć 🎉", "nested": {"l": [1, None, True]}})
+        execution = make_execution(
+            input={
+                "big": 2**62 + 1,
+                "pi": 3.141592653589793,
+                "text": "zażółć 🎉",
+                "nested": {"l": [1, None, True]},
+            }
+        )
         stored, created = backend.create(execution)
         assert created and stored.saga_id == execution.saga_id
         got = backend.get(execution.saga_id)
@@ -159,7 +168,9 @@ class BackendConformance:
         execution = make_execution()
         backend.create(execution)
         write = backend.update_step(
-            execution.saga_id, 1, {"status": StepStatus.RUNNING, "attempt": 1, "task_id": "t-1"},
+            execution.saga_id,
+            1,
+            {"status": StepStatus.RUNNING, "attempt": 1, "task_id": "t-1"},
             expect=StepExpect(status=_FORWARD, attempt_at_most=1),
         )
         assert write.applied and write.status is StepStatus.RUNNING and write.attempt == 1
@@ -195,8 +206,11 @@ class BackendConformance:
         execution = make_execution()
         backend.create(execution)
         output = {"id": 2**63 - 1, "ratio": 0.1 + 0.2, "name": "Ünïcode", "items": [{"a": []}]}
-        backend.update_step(execution.saga_id, 0, {"status": StepStatus.SUCCESS, "output": output,
-                                                   "compensation_data": ["x", 1]})
+        backend.update_step(
+            execution.saga_id,
+            0,
+            {"status": StepStatus.SUCCESS, "output": output, "compensation_data": ["x", 1]},
+        )
         got = backend.get(execution.saga_id)
         assert got is not None
         assert got.step(0).output == output
@@ -210,7 +224,8 @@ class BackendConformance:
 
         def attempt(i: int) -> bool:
             return backend.update_step(
-                execution.saga_id, 0,
+                execution.saga_id,
+                0,
                 {"status": StepStatus.SUCCESS, "output": {"winner": i}},
                 expect=StepExpect(status=_FORWARD),
             ).applied
@@ -229,8 +244,11 @@ class BackendConformance:
 
         def finish(i: int) -> int | None:
             return backend.update_step(
-                execution.saga_id, i + 1, {"status": StepStatus.SUCCESS, "output": {"n": i}},
-                expect=StepExpect(status=_FORWARD), count_in="stage:1",
+                execution.saga_id,
+                i + 1,
+                {"status": StepStatus.SUCCESS, "output": {"n": i}},
+                expect=StepExpect(status=_FORWARD),
+                count_in="stage:1",
             ).count
 
         counts = _race(size, finish)
@@ -263,10 +281,14 @@ class BackendConformance:
         execution = make_execution()
         backend.create(execution)
         sid = execution.saga_id
-        assert backend.update_saga(sid, {"status": SagaStatus.COMPENSATING, "error": "boom"},
-                                   expect_status={SagaStatus.RUNNING})
-        assert not backend.update_saga(sid, {"status": SagaStatus.COMPLETED},
-                                       expect_status={SagaStatus.RUNNING})
+        assert backend.update_saga(
+            sid,
+            {"status": SagaStatus.COMPENSATING, "error": "boom"},
+            expect_status={SagaStatus.RUNNING},
+        )
+        assert not backend.update_saga(
+            sid, {"status": SagaStatus.COMPLETED}, expect_status={SagaStatus.RUNNING}
+        )
         assert backend.update_saga(sid, {"error": "changed"})
         got = backend.get(sid)
         assert got is not None
@@ -278,9 +300,14 @@ class BackendConformance:
     def test_16_threads_update_saga_exactly_one_wins(self, backend: SagaBackend) -> None:
         execution = make_execution()
         backend.create(execution)
-        wins = _race(16, lambda i: backend.update_saga(
-            execution.saga_id, {"status": SagaStatus.COMPLETED, "output": {"by": i}},
-            expect_status={SagaStatus.RUNNING}))
+        wins = _race(
+            16,
+            lambda i: backend.update_saga(
+                execution.saga_id,
+                {"status": SagaStatus.COMPLETED, "output": {"by": i}},
+                expect_status={SagaStatus.RUNNING},
+            ),
+        )
         assert sum(wins) == 1
 
     # -- listing ----------------------------------------------------------------------------
@@ -296,8 +323,9 @@ class BackendConformance:
     def test_list_by_status_newest_first_with_cursor(self, backend: SagaBackend) -> None:
         made = self._fill(backend, 25)
         for execution in made[::2]:
-            backend.update_saga(execution.saga_id, {"status": SagaStatus.FAILED,
-                                                    "finished_at": time.time()})
+            backend.update_saga(
+                execution.saga_id, {"status": SagaStatus.FAILED, "finished_at": time.time()}
+            )
         failed = [e.saga_id for e in reversed(made[::2])]
         seen: list[str] = []
         cursor = None
@@ -322,8 +350,9 @@ class BackendConformance:
         def writer() -> None:
             while not stop.is_set():
                 backend.create(make_execution())
-                backend.create(make_execution(created_at=time.time() - 5000,
-                                              status=SagaStatus.FAILED))
+                backend.create(
+                    make_execution(created_at=time.time() - 5000, status=SagaStatus.FAILED)
+                )
 
         thread = threading.Thread(target=writer)
         thread.start()
@@ -331,8 +360,12 @@ class BackendConformance:
             seen: list[str] = []
             cursor = None
             while True:
-                page = backend.list(status=SagaStatus.RUNNING, limit=7, cursor=cursor,
-                                    created_before=made[-1].created_at + 0.5)
+                page = backend.list(
+                    status=SagaStatus.RUNNING,
+                    limit=7,
+                    cursor=cursor,
+                    created_before=made[-1].created_at + 0.5,
+                )
                 seen += [s.saga_id for s in page.items]
                 cursor = page.cursor
                 if cursor is None:
@@ -372,10 +405,12 @@ class BackendConformance:
             backend.create(execution)
         cutoff = time.time()
         for execution in (old, old_keyed):
-            backend.update_saga(execution.saga_id, {"status": SagaStatus.COMPLETED,
-                                                    "finished_at": cutoff - 100})
-        backend.update_saga(recent.saga_id, {"status": SagaStatus.COMPENSATED,
-                                             "finished_at": cutoff + 100})
+            backend.update_saga(
+                execution.saga_id, {"status": SagaStatus.COMPLETED, "finished_at": cutoff - 100}
+            )
+        backend.update_saga(
+            recent.saga_id, {"status": SagaStatus.COMPENSATED, "finished_at": cutoff + 100}
+        )
         assert backend.purge(cutoff) == 2
         assert backend.get(old.saga_id) is None and backend.get(old_keyed.saga_id) is None
         assert backend.get(recent.saga_id) is not None
@@ -401,14 +436,40 @@ class BackendConformance:
     def test_wait_returns_when_terminal(self, backend: SagaBackend) -> None:
         execution = make_execution()
         backend.create(execution)
-        timer = threading.Timer(0.3, lambda: backend.update_saga(
-            execution.saga_id, {"status": SagaStatus.COMPLETED, "output": {"ok": 1}}))
+        timer = threading.Timer(
+            0.3,
+            lambda: backend.update_saga(
+                execution.saga_id, {"status": SagaStatus.COMPLETED, "output": {"ok": 1}}
+            ),
+        )
         timer.start()
         try:
             got = backend.wait(execution.saga_id, timeout=10)
         finally:
             timer.join()
         assert got is not None and got.status is SagaStatus.COMPLETED and got.output == {"ok": 1}
+
+    def test_wait_is_woken_by_a_notification_not_by_polling(self, backend: SagaBackend) -> None:
+        if not self.requirements.notifies_completion:
+            pytest.skip("this store declares that wait() polls (Requirements.notifies_completion)")
+        execution = make_execution()
+        backend.create(execution)
+        before = backend.stats.round_trips
+        timer = threading.Timer(
+            1.0, lambda: backend.update_saga(execution.saga_id, {"status": SagaStatus.FAILED})
+        )
+        timer.start()
+        try:
+            started = time.monotonic()
+            got = backend.wait(execution.saga_id, timeout=20)
+            waited = time.monotonic() - started
+        finally:
+            timer.join()
+        assert got is not None and got.status is SagaStatus.FAILED
+        assert waited < 5
+        # One read before waiting, one after the notification, and the update itself:
+        # a polling loop would have made many more requests in that second.
+        assert backend.stats.round_trips - before <= 6
 
     def test_wait_times_out(self, backend: SagaBackend) -> None:
         execution = make_execution()

@@ -1,0 +1,101 @@
+"""The Celery app the benchmark workers run: the same five no-op tasks for every contender.
+
+Configured from the environment by `run.py`: ``BENCH_ROLE`` is ``saga`` (state store,
+no result backend: the saga needs none) or ``chain`` (a plain Celery chain of the same
+tasks, with a Redis result backend to learn when it finished). ``BENCH_COUNT=1`` makes
+every process report broker publishes and state-store round trips to Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.signals import after_task_publish, task_postrun, worker_ready
+
+from celery_saga import Saga
+
+ROLE = os.environ.get("BENCH_ROLE", "saga")
+STATS_URL = os.environ.get("BENCH_STATS_URL", "redis://127.0.0.1:6379/5")
+STATS_KEY = os.environ.get("BENCH_STATS_KEY", "bench:stats")
+COUNTING = os.environ.get("BENCH_COUNT") == "1"
+
+QUEUE = os.environ.get("BENCH_QUEUE", "bench")
+
+
+def make(role: str, queue: str, store: str | None = None) -> tuple[Celery, Saga, list[Any]]:
+    """An app for `role` with the five no-op tasks and the saga of those five steps."""
+    app = Celery(
+        f"bench-{role}",
+        broker=os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/3"),
+        set_as_current=False,
+    )
+    app.conf.update(
+        task_default_queue=queue,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    if role == "chain":
+        app.conf.result_backend = os.environ.get("BENCH_RESULTS", "redis://127.0.0.1:6379/4")
+    else:
+        app.conf.saga_backend = store or os.environ.get(
+            "BENCH_STORE", "redis://127.0.0.1:6379/5?prefix=bench:"
+        )
+
+    def noop_task(n: int) -> Any:
+        @app.task(name=f"bench.noop{n}", shared=False)
+        def noop(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            return {}
+
+        return noop
+
+    noops = [noop_task(n) for n in range(1, 6)]
+    saga = Saga("bench.five", app=app)
+    for task in noops:
+        saga.add_step(task)
+    return app, saga, noops
+
+
+app, SAGA5, NOOPS = make(ROLE, QUEUE)
+
+
+def store_stats() -> dict[str, int]:
+    """Round trips and bytes of this process's state store, if it has one."""
+    if ROLE != "saga":
+        return {"round_trips": 0, "bytes_written": 0}
+    from celery_saga.config import backend_for
+
+    return backend_for(app).stats.snapshot()  # the worker's app
+
+
+_stats = redis.Redis.from_url(STATS_URL) if COUNTING else None
+_reported = {"round_trips": 0, "bytes_written": 0}
+
+
+@after_task_publish.connect
+def _count_publish(**_: Any) -> None:
+    if _stats is not None:
+        _stats.hincrby(STATS_KEY, "published", 1)
+
+
+@task_postrun.connect
+def _report_store(**_: Any) -> None:
+    if _stats is None:
+        return
+    now = store_stats()
+    pipe = _stats.pipeline()
+    for key, value in now.items():
+        pipe.hincrby(STATS_KEY, key, value - _reported[key])
+        _reported[key] = value
+    pipe.hincrby(STATS_KEY, "executed", 1)
+    pipe.execute()
+
+
+@worker_ready.connect
+def _ready(**_: Any) -> None:
+    key = os.environ.get("BENCH_READY_KEY")
+    if key:
+        redis.Redis.from_url(STATS_URL).set(key, socket.gethostname(), ex=3600)

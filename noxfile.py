@@ -1,0 +1,157 @@
+"""Every check a contributor or CI runs, as nox sessions.
+
+    nox -s tests                      # the whole matrix: every store x Celery version
+    nox -s "tests(memory, newest)"   # one cell (see `nox -l` for the names)
+    nox -s demo                       # the order saga on an in-process worker
+    nox -s lint build docs bench
+
+The matrix axes are the constants below. Interpreters that are not installed are
+skipped, never failed. Tests install the packages from built wheels, not from
+the checkout, so packaging mistakes show up here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import nox
+
+nox.options.error_on_missing_interpreters = False
+nox.options.sessions = ["lint", "tests", "build", "docs", "demo"]
+nox.options.reuse_existing_virtualenvs = False
+
+ROOT = Path(__file__).parent
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+
+#: Packages, in dependency order (core first).
+PACKAGES = {
+    "core": "packages/celery-saga-core",
+    "redis": "packages/celery-saga-redis",
+    "sql": "packages/celery-saga-sql",
+    "mongo": "packages/celery-saga-mongo",
+    "meta": "packages/celery-saga",
+}
+
+#: Store backends of the test matrix: packages to install, test folders, and the
+#: state stores the end-to-end suite runs on (CELERY_SAGA_TEST_STORES).
+BACKENDS: dict[str, dict[str, Any]] = {
+    "memory": {"packages": ["core"], "tests": ["tests/core", "tests/e2e"], "stores": "memory"},
+    "redis": {
+        "packages": ["core", "redis"],
+        "tests": ["tests/redis", "tests/e2e"],
+        "stores": "redis",
+    },
+    "sql": {
+        "packages": ["core", "sql"],
+        "extras": ["psycopg[binary]>=3.2", "pymysql>=1.1"],
+        "tests": ["tests/sql", "tests/e2e"],
+        "stores": "postgresql,mysql,sqlite",
+    },
+    "mongo": {
+        "packages": ["core", "mongo"],
+        "extras": ["SecantusDB"],
+        "tests": ["tests/mongo", "tests/e2e"],
+        "stores": "mongo",
+    },
+}
+
+#: Celery versions of the matrix: the lowest we support and the newest (with the
+#: kombu of their time: a newer kombu wants a newer redis-py than Celery 5.3 allows).
+CELERY = {
+    "lowest": ["celery[redis]==5.3.6", "kombu==5.3.7"],
+    "newest": ["celery[redis]==5.7.0", "kombu==5.7.0"],
+}
+
+
+def _wheel_dir(session: nox.Session) -> Path:
+    return Path(session.create_tmp()) / "wheels"
+
+
+def install_packages(session: nox.Session, names: list[str], *extra: str) -> None:
+    """Build wheels of `names` and install them (plus `extra` requirements)."""
+    wheels = _wheel_dir(session)
+    session.install("build")
+    for name in names:
+        session.run(
+            "python", "-m", "build", "--wheel", "--outdir", str(wheels), PACKAGES[name], silent=True
+        )
+    session.install("--find-links", str(wheels), *[_dist(name) for name in names], *extra)
+
+
+def _dist(name: str) -> str:
+    return Path(PACKAGES[name]).name
+
+
+@nox.session(python=PYTHONS)
+@nox.parametrize("celery", list(CELERY), ids=list(CELERY))
+@nox.parametrize("backend", list(BACKENDS), ids=list(BACKENDS))
+def tests(session: nox.Session, backend: str, celery: str) -> None:
+    """Run the test suite for one store backend and one Celery version."""
+    spec = BACKENDS[backend]
+    install_packages(
+        session,
+        spec["packages"],
+        *CELERY[celery],
+        *spec.get("extras", []),
+        *nox.project.dependency_groups(PYPROJECT, "test"),
+    )
+    env = {"CELERY_SAGA_TEST_STORES": spec["stores"]}
+    session.run("python", "-m", "pytest", *spec["tests"], *session.posargs, env=env)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format) on everything; mypy --strict on celery-saga-core."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.install("-e", PACKAGES["core"], "pytest", "pydantic")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session(python="3.11")
+def build(session: nox.Session) -> None:
+    """Build every package's wheel and sdist into dist/ and check their metadata."""
+    session.install("build", "twine")
+    dist = ROOT / "dist"
+    for path in PACKAGES.values():
+        if (ROOT / path).exists():
+            session.run("python", "-m", "build", "--outdir", str(dist), path)
+    session.run("twine", "check", "--strict", *[str(p) for p in sorted(dist.iterdir())])
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """Build the user guide and API reference; warnings are errors."""
+    install_packages(
+        session,
+        [n for n in ("core", "redis") if (ROOT / PACKAGES[n]).exists()],
+        *nox.project.dependency_groups(PYPROJECT, "docs"),
+    )
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session(python="3.11")
+def demo(session: nox.Session) -> None:
+    """The order saga on a real Celery worker in this process: no server needed."""
+    install_packages(session, ["core"])
+    session.run("python", "examples/demo.py")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """The benchmark harness: sagas against plain Celery chains, ratios and counts."""
+    install_packages(session, ["core", "redis"], *CELERY["newest"])
+    session.run(
+        "python",
+        "benchmarks/run.py",
+        *session.posargs,
+        env={"PYTHONPATH": str(ROOT / "benchmarks")},
+    )
+
+
+if os.environ.get("CELERY_SAGA_NOX_DEBUG"):
+    print(sorted(BACKENDS), sorted(CELERY))

@@ -1,0 +1,626 @@
+"""`MongoSagaBackend`: the saga state store on MongoDB.
+
+One document per execution in ``<prefix>executions`` (layout in
+`celery_saga_mongo.documents`). Every operation is one atomic single-document
+command, so no transactions are needed:
+
+- a step write is one ``findAndModify`` whose filter encodes the `StepExpect`
+  conditions and whose update ``$set``\\ s only ``steps.<i>.<field>`` (O(that step));
+- a step write that bumps a counter (``count_in``) is one ``findAndModify`` with an
+  update pipeline: the first stage increments ``counters.<name>``, the second
+  copies the new value into that step's ``seq``, so the two cannot be separated;
+- ``update_saga`` is one ``updateOne`` filtered on the expected status;
+- ``create`` is one ``insertOne``; a unique partial index on ``idempotency_key``
+  makes concurrent creators with one key produce one execution;
+- listing walks the (status | name | both | neither, created_at, _id) indexes
+  newest first with a keyset cursor, never ``skip()``.
+
+`wait` uses a change stream on the execution where the server has them (replica
+sets and sharded clusters; SecantusDB advertises a single-node replica set), and
+the base class's bounded polling elsewhere. Requires MongoDB 4.4 or newer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel, MongoClient, ReturnDocument
+from pymongo.collection import Collection as MongoCollection
+from pymongo.driver_info import DriverInfo
+from pymongo.errors import DuplicateKeyError, OperationFailure
+
+from celery_saga.backends.base import (
+    Page,
+    SagaBackend,
+    StepExpect,
+    StepWrite,
+    check_limit,
+    check_saga_changes,
+    check_step_changes,
+    decode_cursor,
+    encode_cursor,
+    normalize_status,
+    payload_size,
+)
+from celery_saga.models import (
+    TERMINAL_STATUSES,
+    SagaExecution,
+    SagaStatus,
+    SagaSummary,
+    StepStatus,
+    now,
+)
+from celery_saga_mongo.documents import (
+    SUMMARY_PROJECTION,
+    check_number,
+    check_saga_id,
+    check_step_index,
+    check_text,
+    counter_field,
+    encode_saga_value,
+    encode_step_value,
+    execution_document,
+    execution_from_document,
+    summary_dict,
+)
+from celery_saga_mongo.urls import (
+    DEFAULT_DATABASE,
+    check_collection_prefix,
+    parse_flag,
+    redact,
+    split_url,
+)
+from celery_saga_mongo.version import __version__
+
+logger = logging.getLogger("celery_saga.mongo")
+
+#: Oldest server wire version this store runs on: MongoDB 4.4 (pipeline updates
+#: arrived in 4.2, aggregation expressions in findAndModify projections in 4.4).
+MIN_WIRE_VERSION = 9
+_TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
+#: How often a compare-and-set is re-tried when its refusal raced with a write
+#: that made the conditions hold again (each try is one atomic command).
+_CAS_TRIES = 8
+#: How often `create` re-tries after losing an idempotency race to an execution
+#: that was deleted before it could be read.
+_CREATE_TRIES = 8
+#: Longest single wait on a change stream before the deadline is checked again.
+_STREAM_AWAIT_MS = 1000
+_NEWEST_FIRST = [("created_at", -1), ("_id", -1)]
+
+#: Index name -> keys. Listing uses the four (…, created_at, _id) indexes newest
+#: first; the idempotency index is unique over documents whose key is a string.
+INDEXES: dict[str, list[tuple[str, int]]] = {
+    "status_created": [("status", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)],
+    "name_created": [("saga_name", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)],
+    "created": [("created_at", ASCENDING), ("_id", ASCENDING)],
+    "name_status_created": [
+        ("saga_name", ASCENDING),
+        ("status", ASCENDING),
+        ("created_at", ASCENDING),
+        ("_id", ASCENDING),
+    ],
+}
+IDEMPOTENCY_INDEX = "idempotency_key_unique"
+
+
+class MongoSagaBackend(SagaBackend):
+    """Saga state in MongoDB, one document per execution.
+
+    ``MongoSagaBackend(url="mongodb://localhost:27017/celery_saga")`` or
+    ``MongoSagaBackend(client=MongoClient(...), database="celery_saga")``.
+
+    - `collection_prefix` (default ``"saga_"``) names the collection
+      ``<prefix>executions``, so several stores can share a database;
+    - `change_streams`: True to require change streams in `wait`, False to poll,
+      None (default) to use them when the server has them;
+    - `create_indexes`: create the indexes on first use (default True); turn it off
+      where the user lacks the privilege and the indexes are made by migration.
+
+    Keyword options given explicitly win over the URL's query options; other
+    keywords (``serverSelectionTimeoutMS=...``) go to `MongoClient`.
+    """
+
+    schemes = ("mongodb", "mongodb+srv")
+
+    def __init__(
+        self,
+        client: MongoClient[dict[str, Any]] | None = None,
+        url: str | None = None,
+        *,
+        database: str | None = None,
+        collection_prefix: str | None = None,
+        change_streams: bool | None = None,
+        create_indexes: bool | None = None,
+        **client_options: Any,
+    ) -> None:
+        if (client is None) == (url is None):
+            raise ValueError(
+                "MongoSagaBackend needs exactly one of url='mongodb://...' or client=MongoClient()"
+            )
+        url_options: dict[str, str] = {}
+        client_url = ""
+        if url is not None:
+            parsed = split_url(url)
+            client_url, url_options = parsed.client_url, parsed.options
+            database = database or parsed.database
+        elif client_options:
+            raise TypeError(
+                f"client options {sorted(client_options)} apply only when the store makes "
+                "its own client from a URL; configure the MongoClient you pass instead"
+            )
+        # Every option is checked before a client (and its monitor threads) exists.
+        if collection_prefix is None:
+            collection_prefix = url_options.get("collection_prefix", "saga_")
+        self.collection_prefix = check_collection_prefix(collection_prefix)
+        if change_streams is None:
+            change_streams = parse_flag(url_options.get("change_streams"), "change_streams")
+        if create_indexes is None:
+            create_indexes = parse_flag(url_options.get("create_indexes"), "create_indexes")
+        self._owns_client = client is None
+        if client is None:
+            client_options.setdefault(
+                "driver", DriverInfo(name="celery-saga-mongo", version=__version__)
+            )
+            client = MongoClient(client_url, **client_options)
+        if database is None:
+            database = client.get_default_database(default=DEFAULT_DATABASE).name
+        self.client: MongoClient[dict[str, Any]] = client
+        self.database_name: str = database
+        self.executions: MongoCollection[dict[str, Any]] = client[database][
+            f"{self.collection_prefix}executions"
+        ]
+        self._url = url
+        self._want_change_streams = change_streams
+        #: Whether `wait` uses change streams; decided once, on first use.
+        self.change_streams: bool | None = None if change_streams is not False else False
+        self._create_indexes = create_indexes is not False
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MongoSagaBackend:
+        """``mongodb://[user:pw@]host[:port][,host...]/dbname?collection_prefix=saga_``.
+
+        The database comes from the URL path (default ``celery_saga``). Store options
+        in the query (``collection_prefix``, ``change_streams``, ``create_indexes``)
+        are removed before pymongo parses the URL; every other option is pymongo's.
+        """
+        return cls(url=url, **options)
+
+    def __repr__(self) -> str:
+        where = redact(self._url).split("?", 1)[0] if self._url else "client"
+        return f"<MongoSagaBackend {where} collection={self.executions.full_name!r}>"
+
+    # -- first use -----------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        """Check the server once and create the indexes (idempotent, thread-safe)."""
+        if self._ready.is_set():
+            return
+        with self._lock:
+            if self._ready.is_set():
+                return
+            self.stats.add()
+            try:
+                hello = self.client[self.database_name].command("hello")
+            except OperationFailure:  # MongoDB 4.4.0 and 4.4.1 only know the old name
+                self.stats.add()
+                hello = self.client[self.database_name].command("isMaster")
+            wire = int(hello.get("maxWireVersion", 0))
+            if wire < MIN_WIRE_VERSION:
+                raise RuntimeError(
+                    f"MongoSagaBackend needs MongoDB 4.4 or newer (update pipelines and "
+                    f"expressions in findAndModify projections); the server reports wire "
+                    f"version {wire}: upgrade the server"
+                )
+            clustered = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
+            if self._want_change_streams is True and not clustered:
+                raise RuntimeError(
+                    "change_streams=True, but the server is a standalone mongod without "
+                    "change streams: run it as a replica set, or use change_streams=auto"
+                )
+            if self.change_streams is None:
+                self.change_streams = clustered
+            if self._create_indexes:
+                self.stats.add()
+                self.executions.create_indexes(
+                    [IndexModel(keys, name=name) for name, keys in INDEXES.items()]
+                    + [
+                        IndexModel(
+                            [("idempotency_key", ASCENDING)],
+                            name=IDEMPOTENCY_INDEX,
+                            unique=True,
+                            partialFilterExpression={"idempotency_key": {"$type": "string"}},
+                        )
+                    ]
+                )
+            self._ready.set()
+
+    # -- create and read -----------------------------------------------------------------------
+    def create(self, execution: SagaExecution) -> tuple[SagaExecution, bool]:
+        check_saga_id(execution.saga_id)
+        check_text(execution.saga_name, "saga name")
+        key = execution.idempotency_key
+        if key is not None:
+            check_text(key, "idempotency key")
+        document = execution_document(execution)
+        written = payload_size(document)
+        self._prepare()
+        for _ in range(_CREATE_TRIES):
+            self.stats.add(1, written)
+            try:
+                self.executions.insert_one(document)
+                return execution, True
+            except DuplicateKeyError as exc:
+                pattern = (exc.details or {}).get("keyPattern") or {}
+                if key is None or ("_id" in pattern and "idempotency_key" not in pattern):
+                    raise ValueError(f"saga id {execution.saga_id} already exists") from None
+            existing = self.find_by_idempotency_key(key)
+            if existing is not None:
+                return existing, False
+            self.stats.add()
+            if self.executions.find_one({"_id": execution.saga_id}, projection={"_id": 1}):
+                raise ValueError(f"saga id {execution.saga_id} already exists")
+            # The holder of the key was deleted before we could read it: try again.
+        raise RuntimeError(
+            f"could not create saga {execution.saga_id}: idempotency key {key!r} kept changing "
+            f"hands ({_CREATE_TRIES} tries)"
+        )
+
+    def get(self, saga_id: str) -> SagaExecution | None:
+        saga_id = check_saga_id(saga_id)
+        self._prepare()
+        self.stats.add()
+        document = self.executions.find_one({"_id": saga_id})
+        return None if document is None else execution_from_document(document)
+
+    def find_by_idempotency_key(self, key: str) -> SagaExecution | None:
+        key = check_text(key, "idempotency key")
+        self._prepare()
+        self.stats.add()
+        # The `$type` clause repeats the partial index's filter so the planner may use it.
+        document = self.executions.find_one({"idempotency_key": {"$eq": key, "$type": "string"}})
+        return None if document is None else execution_from_document(document)
+
+    # -- compare-and-set -----------------------------------------------------------------------
+    def update_saga(
+        self,
+        saga_id: str,
+        changes: Mapping[str, Any],
+        *,
+        expect_status: Collection[SagaStatus] | None = None,
+    ) -> bool:
+        saga_id = check_saga_id(saga_id)
+        check_saga_changes(changes)
+        values = {name: encode_saga_value(name, value) for name, value in changes.items()}
+        query: dict[str, Any] = {"_id": saga_id}
+        if expect_status is not None:
+            query["status"] = {"$in": sorted({SagaStatus(s).value for s in expect_status})}
+        self._prepare()
+        self.stats.add(1, payload_size(*values, *values.values()))
+        result = self.executions.update_one(query, {"$set": {**values, "updated_at": now()}})
+        return result.matched_count == 1
+
+    def update_step(
+        self,
+        saga_id: str,
+        index: int,
+        changes: Mapping[str, Any],
+        *,
+        expect: StepExpect | None = None,
+        count_in: str | None = None,
+    ) -> StepWrite:
+        saga_id = check_saga_id(saga_id)
+        index = check_step_index(index)
+        check_step_changes(changes)
+        values = {name: encode_step_value(name, value) for name, value in changes.items()}
+        counter = None if count_in is None else counter_field(count_in)
+        query = _step_query(saga_id, index, expect)
+        projection = _step_projection(index)
+        written = payload_size(*values, *values.values())
+        self._prepare()
+        state: dict[str, Any] = {}
+        for _ in range(_CAS_TRIES):
+            update = _step_update(index, values, counter, now())
+            self.stats.add(1, written)
+            document = self.executions.find_one_and_update(
+                query, update, projection=projection, return_document=ReturnDocument.AFTER
+            )
+            if document is not None:
+                state = _read_state(document, index, saga_id)
+                return _step_write(True, state, state.get("seq") if counter else None)
+            # Refused: read why. The conditions are checked again in Python with the
+            # contract's own `refusal`; if they hold now, the refusal raced with a write
+            # that restored them, and the write is tried again.
+            self.stats.add()
+            current = self.executions.find_one({"_id": saga_id}, projection=projection)
+            if current is None:
+                raise KeyError(f"no step {index} in saga {saga_id}")
+            state = _read_state(current, index, saga_id)
+            if expect is None:
+                continue
+            reason = expect.refusal(
+                StepStatus(state["status"]),
+                int(state["attempt"]),
+                int(state["comp_attempt"]),
+                SagaStatus(state["saga_status"]),
+            )
+            if reason is not None:
+                return _step_write(False, state, None)
+        return _step_write(False, state, None)
+
+    # -- listing and housekeeping --------------------------------------------------------------
+    def list(
+        self,
+        *,
+        status: SagaStatus | str | None = None,
+        name: str | None = None,
+        created_before: float | None = None,
+        created_after: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        wanted = normalize_status(status)
+        check_limit(limit)
+        position = decode_cursor(cursor) if cursor else None
+        query: dict[str, Any] = {}
+        if wanted is not None:
+            query["status"] = wanted.value
+        if name is not None:
+            query["saga_name"] = check_text(name, "saga name")
+        created: dict[str, float] = {}
+        if created_before is not None:
+            created["$lt"] = check_number(created_before, "created_before")
+        if created_after is not None:
+            created["$gt"] = check_number(created_after, "created_after")
+        if position is not None:
+            # (created_at, _id) < position, written so the index bounds created_at.
+            last_created, last_id = position
+            created["$lte"] = last_created
+            query["$or"] = [{"created_at": {"$lt": last_created}}, {"_id": {"$lt": last_id}}]
+        if created:
+            query["created_at"] = created
+        self._prepare()
+        self.stats.add()
+        documents = list(
+            self.executions.find(
+                query,
+                projection=SUMMARY_PROJECTION,
+                sort=_NEWEST_FIRST,
+                limit=limit + 1,
+                hint=_listing_index(wanted, name),
+            )
+        )
+        items = [SagaSummary.from_dict(summary_dict(d)) for d in documents[:limit]]
+        next_cursor = None
+        if len(documents) > limit:
+            last = items[-1]
+            next_cursor = encode_cursor(last.created_at, last.saga_id)
+        return Page(items, next_cursor)
+
+    def delete(self, saga_id: str) -> bool:
+        saga_id = check_saga_id(saga_id)
+        self._prepare()
+        for _ in range(_CAS_TRIES):
+            self.stats.add()
+            result = self.executions.delete_one({"_id": saga_id, "status": {"$in": _TERMINAL}})
+            if result.deleted_count:
+                return True
+            self.stats.add()
+            document = self.executions.find_one({"_id": saga_id}, projection={"status": 1})
+            if document is None:
+                return False
+            if document.get("status") not in _TERMINAL:
+                raise ValueError(
+                    f"saga {saga_id} is {document.get('status')}: only finished executions "
+                    "can be deleted (cancel it first, or wait for it to finish)"
+                )
+        return False
+
+    def purge(self, finished_before: float) -> int:
+        cutoff = check_number(finished_before, "finished_before")
+        self._prepare()
+        self.stats.add()
+        result = self.executions.delete_many(
+            {
+                "status": {"$in": _TERMINAL},
+                "$or": [
+                    {"finished_at": {"$lt": cutoff}},
+                    {"finished_at": None, "updated_at": {"$lt": cutoff}},
+                ],
+            }
+        )
+        return int(result.deleted_count)
+
+    # -- waiting -------------------------------------------------------------------------------
+    def wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
+        """Wait on a change stream of the execution; poll where the server has none.
+
+        The stream is opened before the execution is read, so a status change
+        between the read and the wait is still seen. Only events that can end a
+        wait (a status change, a replacement, a deletion) wake it. The server holds
+        each ``getMore`` for at most a second (or the timeout, if shorter), so a
+        timed-out wait returns at most that much late.
+        """
+        saga_id = check_saga_id(saga_id)
+        self._prepare()
+        if not self.change_streams:
+            return super().wait(saga_id, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        await_ms = _STREAM_AWAIT_MS
+        if timeout is not None:
+            await_ms = max(1, min(await_ms, int(timeout * 1000)))
+        pipeline = [
+            {
+                "$match": {
+                    "documentKey._id": saga_id,
+                    "$or": [
+                        {"operationType": {"$ne": "update"}},
+                        {"updateDescription.updatedFields.status": {"$exists": True}},
+                    ],
+                }
+            }
+        ]
+        try:
+            self.stats.add()
+            stream = self.executions.watch(pipeline, max_await_time_ms=await_ms)
+        except OperationFailure as exc:
+            # The server refused (no replica set, no privilege): poll from now on.
+            if self._want_change_streams is True:
+                raise
+            logger.info("change streams unavailable (%s): wait() polls instead", exc)
+            self.change_streams = False
+            return super().wait(saga_id, timeout)
+        with stream:
+            while True:
+                execution = self.get(saga_id)
+                if execution is not None and execution.status in TERMINAL_STATUSES:
+                    return execution
+                while True:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return None
+                    if not stream.alive:  # invalidated (collection dropped): poll
+                        return super().wait(saga_id, left)
+                    self.stats.add()
+                    try:
+                        event = stream.try_next()
+                    except OperationFailure as exc:  # not resumable (history lost, ...)
+                        logger.info("change stream ended (%s): wait() polls instead", exc)
+                        return super().wait(saga_id, left)
+                    if event is not None:
+                        break
+
+    def close(self) -> None:
+        """Close the client if this store made it (a client passed in is left open)."""
+        if self._owns_client:
+            self.client.close()
+
+
+# -- building commands -------------------------------------------------------------------------
+
+
+def _step_query(saga_id: str, index: int, expect: StepExpect | None) -> dict[str, Any]:
+    """The filter of a step write: the step exists, and every expectation holds."""
+    prefix = f"steps.{index}"
+    query: dict[str, Any] = {"_id": saga_id, f"{prefix}.index": index}
+    if expect is None:
+        return query
+    if expect.status is not None:
+        query[f"{prefix}.status"] = {"$in": sorted(s.value for s in expect.status)}
+    for field, equal, at_most in (
+        ("attempt", expect.attempt, expect.attempt_at_most),
+        ("comp_attempt", expect.comp_attempt, expect.comp_attempt_at_most),
+    ):
+        condition: dict[str, int] = {}
+        if equal is not None:
+            condition["$eq"] = int(equal)
+        if at_most is not None:
+            condition["$lte"] = int(at_most)
+        if condition:
+            query[f"{prefix}.{field}"] = condition
+    if expect.saga_status is not None:
+        query["status"] = {"$in": sorted(s.value for s in expect.saga_status)}
+    return query
+
+
+def _step_update(
+    index: int, values: Mapping[str, Any], counter: str | None, stamp: float
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """The update of a step write.
+
+    Without a counter: ``$set`` of ``steps.<i>.<field>`` and ``updated_at`` only.
+    With one: a two-stage update pipeline. Stage one adds 1 to the counter; stage
+    two merges the changes and the counter's new value (``seq``) into step `index`
+    and leaves every other element as it is. Values are wrapped in ``$literal`` so
+    a string such as ``"$status"`` is stored, never evaluated.
+    """
+    if counter is None:
+        fields = {f"steps.{index}.{name}": value for name, value in values.items()}
+        return {"$set": {**fields, "updated_at": stamp}}
+    merged: dict[str, Any] = {name: {"$literal": value} for name, value in values.items()}
+    merged["seq"] = f"${counter}"
+    return [
+        {
+            "$set": {
+                counter: {"$add": [{"$ifNull": [f"${counter}", 0]}, 1]},
+                "updated_at": {"$literal": stamp},
+            }
+        },
+        {
+            "$set": {
+                "steps": {
+                    "$map": {
+                        "input": "$steps",
+                        "as": "step",
+                        "in": {
+                            "$cond": [
+                                {"$eq": ["$$step.index", index]},
+                                {"$mergeObjects": ["$$step", merged]},
+                                "$$step",
+                            ]
+                        },
+                    }
+                }
+            }
+        },
+    ]
+
+
+def _step_projection(index: int) -> dict[str, Any]:
+    """Only what a `StepWrite` reports: the saga status and four fields of step `index`."""
+    return {
+        "_id": 0,
+        "status": 1,
+        "step": {
+            "$let": {
+                "vars": {"s": {"$arrayElemAt": ["$steps", index]}},
+                "in": {
+                    "index": "$$s.index",
+                    "status": "$$s.status",
+                    "attempt": "$$s.attempt",
+                    "comp_attempt": "$$s.comp_attempt",
+                    "seq": "$$s.seq",
+                },
+            }
+        },
+    }
+
+
+def _read_state(document: Mapping[str, Any], index: int, saga_id: str) -> dict[str, Any]:
+    step = document.get("step") or {}
+    if step.get("index") != index or step.get("status") is None:
+        raise KeyError(f"no step {index} in saga {saga_id}")
+    return {
+        "status": step["status"],
+        "attempt": step.get("attempt") or 0,
+        "comp_attempt": step.get("comp_attempt") or 0,
+        "seq": step.get("seq"),
+        "saga_status": document["status"],
+    }
+
+
+def _step_write(applied: bool, state: Mapping[str, Any], count: Any) -> StepWrite:
+    return StepWrite(
+        applied=applied,
+        status=StepStatus(state["status"]),
+        attempt=int(state["attempt"]),
+        saga_status=SagaStatus(state["saga_status"]),
+        count=None if count is None else int(count),
+        comp_attempt=int(state["comp_attempt"]),
+    )
+
+
+def _listing_index(status: SagaStatus | None, name: str | None) -> str:
+    """The index that serves a listing with these filters."""
+    if status is not None and name is not None:
+        return "name_status_created"
+    if status is not None:
+        return "status_created"
+    if name is not None:
+        return "name_created"
+    return "created"

@@ -1,0 +1,186 @@
+"""The versioned schema of the SQL store, and its upgrade path.
+
+`MIGRATIONS` is the ordered list of schema versions; the version a database is
+at lives in the one row of ``<prefix>schema_version``. `upgrade` applies the
+missing migrations in order, each recorded as it is applied, under a lock so
+that many workers starting at once upgrade the schema exactly once:
+
+- PostgreSQL: one transaction (DDL is transactional) holding an advisory lock;
+- SQLite: one ``BEGIN IMMEDIATE`` transaction (DDL is transactional too);
+- MySQL/MariaDB: a named lock (``GET_LOCK``). MySQL commits implicitly around
+  DDL, so a migration there must be safe to run again if it was interrupted
+  (create with ``checkfirst``, and so on).
+
+A database at a newer version than `LATEST` is refused: an older package must
+not write rows whose meaning it does not know.
+
+Adding a migration: append ``Migration(n + 1, "what it does", function)``. The
+function gets a connection inside the locked transaction and the `Tables` of the
+current code; once a later migration changes a table, freeze the shape the
+earlier migration created in that earlier function, so a fresh database still
+goes through every version in order.
+
+Run it from a shell with ``python -m celery_saga_sql upgrade <url>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, func, insert, inspect, select, update
+
+from celery_saga.errors import SagaError, SchemaVersionError
+from celery_saga_sql.schema import Tables, build_tables
+from celery_saga_sql.version import __version__
+
+#: Seconds to wait for another process that is upgrading the same tables.
+LOCK_TIMEOUT = 60
+
+
+class SchemaNotUpgraded(SagaError):
+    """The tables are missing or older than this package, and may not be upgraded here."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema version: what it does, and the function that does it."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection, Tables], None]
+
+
+@dataclass(frozen=True)
+class UpgradeResult:
+    """What `upgrade` found and did."""
+
+    before: int
+    after: int
+    applied: tuple[int, ...]
+
+
+def _v1_create_tables(conn: Connection, tables: Tables) -> None:
+    tables.metadata.create_all(conn, tables=tables.data_tables, checkfirst=True)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "create the executions, steps and counters tables", _v1_create_tables),
+)
+#: The schema version this package writes.
+LATEST = MIGRATIONS[-1].version
+
+
+def _newer_error(tables: Tables, found: int) -> SchemaVersionError:
+    return SchemaVersionError(
+        f"the celery-saga tables with prefix {tables.prefix!r} are at schema version {found}, "
+        f"but celery-saga-sql {__version__} knows versions up to {LATEST}: upgrade "
+        "celery-saga-sql on this machine (the tables were left untouched)"
+    )
+
+
+def _read_version(conn: Connection, tables: Tables) -> int:
+    if not inspect(conn).has_table(tables.schema_version.name):
+        return 0
+    found = conn.execute(
+        select(tables.schema_version.c.version).where(tables.schema_version.c.id == 1)
+    ).scalar()
+    return 0 if found is None else int(found)
+
+
+def _record(conn: Connection, tables: Tables, version: int) -> None:
+    import time
+
+    table = tables.schema_version
+    result = conn.execute(
+        update(table).where(table.c.id == 1).values(version=version, updated_at=time.time())
+    )
+    if result.rowcount == 0:
+        conn.execute(insert(table).values(id=1, version=version, updated_at=time.time()))
+
+
+def _lock_name(engine: Engine, tables: Tables) -> str:
+    digest = hashlib.sha1(f"{engine.url.database}:{tables.prefix}".encode()).hexdigest()
+    return f"celery_saga_sql:{digest[:40]}"  # MySQL lock names are at most 64 characters
+
+
+def _advisory_key(tables: Tables) -> int:
+    digest = hashlib.blake2b(f"celery_saga_sql:{tables.prefix}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@contextmanager
+def _schema_lock(engine: Engine, tables: Tables) -> Iterator[Connection]:
+    """A connection in a transaction that no other upgrader of these tables runs beside."""
+    backend = engine.dialect.name
+    with engine.connect() as conn:
+        mysql = backend in ("mysql", "mariadb")
+        if mysql:
+            name = _lock_name(engine, tables)
+            got = conn.execute(select(func.get_lock(name, LOCK_TIMEOUT))).scalar()
+            conn.commit()
+            if got != 1:
+                raise TimeoutError(
+                    f"another process held the schema lock {name} for {LOCK_TIMEOUT}s; "
+                    "run the upgrade again when it has finished"
+                )
+        try:
+            with conn.begin():  # on SQLite this is BEGIN IMMEDIATE (see engines.py)
+                if backend == "postgresql":
+                    conn.execute(select(func.pg_advisory_xact_lock(_advisory_key(tables))))
+                yield conn
+        finally:
+            if mysql:
+                conn.execute(select(func.release_lock(name)))
+                conn.commit()
+
+
+def current_version(engine: Engine, prefix: str) -> int:
+    """The schema version of the tables with `prefix` (0: there are none)."""
+    tables = build_tables(prefix)
+    with engine.connect() as conn:
+        return _read_version(conn, tables)
+
+
+def upgrade(engine: Engine, prefix: str) -> UpgradeResult:
+    """Create or upgrade the tables with `prefix` to `LATEST`; safe to run again.
+
+    Raises `SchemaVersionError` when the database is at a newer version than
+    this package knows.
+    """
+    tables = build_tables(prefix)
+    with _schema_lock(engine, tables) as conn:
+        before = _read_version(conn, tables)
+        if before > LATEST:
+            raise _newer_error(tables, before)
+        applied: list[int] = []
+        if before < LATEST:
+            tables.schema_version.create(conn, checkfirst=True)
+            for migration in MIGRATIONS:
+                if migration.version > before:
+                    migration.apply(conn, tables)
+                    _record(conn, tables, migration.version)
+                    applied.append(migration.version)
+    return UpgradeResult(before, LATEST if applied else before, tuple(applied))
+
+
+def check(engine: Engine, prefix: str) -> int:
+    """Make sure the tables with `prefix` are at `LATEST`, without changing anything.
+
+    Raises `SchemaVersionError` for a newer schema and `SchemaNotUpgraded` for
+    missing or older tables (with the command that upgrades them).
+    """
+    tables = build_tables(prefix)
+    found = current_version(engine, prefix)
+    if found > LATEST:
+        raise _newer_error(tables, found)
+    if found < LATEST:
+        state = "do not exist" if found == 0 else f"are at schema version {found}"
+        raise SchemaNotUpgraded(
+            f"the celery-saga tables with prefix {prefix!r} {state}; this celery-saga-sql "
+            f"needs version {LATEST}. Create or upgrade them with: python -m celery_saga_sql "
+            f"upgrade <url> --table-prefix {prefix}  (or let the store do it: create_tables=True)"
+        )
+    return found

@@ -1,0 +1,196 @@
+"""The tables of the SQL store, as SQLAlchemy Core `Table` objects.
+
+All names start with the store's table prefix, so several stores (or test runs)
+can share one database. User payloads (inputs, outputs, compensation data) are
+JSON kept as TEXT that this package writes with `json.dumps` (ASCII-only, so
+no character set can alter it) and reads with `json.loads`, never a dialect JSON
+type, which would normalise numbers or key order: the values come back exact
+(big integers, floats, unicode) on every database. Times are epoch seconds in
+double-precision columns, which hold a Python float exactly.
+
+MySQL/MariaDB tables use ``utf8mb4`` with the binary collation, so text compares
+case-sensitively (a case-insensitive collation would make ``order-1`` and
+``ORDER-1`` the same idempotency key). Saga names and idempotency keys, found by
+equality, are VARBINARY there (`ExactString`): even the binary collation ignores
+trailing spaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from celery_saga_sql.urls import validate_table_prefix
+
+#: Unbounded text: TEXT everywhere, LONGTEXT on MySQL/MariaDB (whose TEXT stops at 64 KiB).
+LONG_TEXT: TypeEngine[str] = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+_MYSQL_FAMILY = ("mysql", "mariadb")
+
+
+class ExactString(TypeDecorator[str]):
+    """A string compared exactly, trailing spaces included, on every database.
+
+    MySQL/MariaDB compare VARCHAR values with PAD SPACE collations (``utf8mb4_bin``
+    included), so ``'order-1'`` and ``'order-1 '`` would be one idempotency key
+    there. On those servers the value is kept as UTF-8 in VARBINARY, compared
+    byte for byte; elsewhere it is a plain VARCHAR.
+    """
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in _MYSQL_FAMILY:
+            return dialect.type_descriptor(mysql.VARBINARY(self.length * 4))
+        return dialect.type_descriptor(String(self.length))
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
+        if value is not None and dialect.name in _MYSQL_FAMILY:
+            return value.encode()
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if isinstance(value, bytes | bytearray):
+            return bytes(value).decode()
+        return value  # type: ignore[no-any-return]
+
+
+#: Saga ids are UUID strings.
+SAGA_ID = String(36)
+#: Names, task ids, queue names, idempotency keys (core allows at most 255 characters).
+NAME = String(255)
+#: Saga names and idempotency keys: looked up by equality, so compared exactly.
+EXACT_NAME = ExactString(255)
+STATUS = String(24)
+
+_MYSQL: dict[str, Any] = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The store's tables for one prefix."""
+
+    prefix: str
+    metadata: MetaData
+    executions: Table
+    steps: Table
+    counters: Table
+    schema_version: Table
+
+    @property
+    def data_tables(self) -> list[Table]:
+        """The tables that hold sagas (everything but `schema_version`)."""
+        return [self.executions, self.steps, self.counters]
+
+    @property
+    def channel(self) -> str:
+        """The PostgreSQL LISTEN/NOTIFY channel announcing finished executions."""
+        return f"{self.prefix}finished"
+
+
+def build_tables(prefix: str) -> Tables:
+    """Define the tables for `prefix` (nothing is created; see `migrations`)."""
+    prefix = validate_table_prefix(prefix)
+    metadata = MetaData()
+    executions = Table(
+        f"{prefix}executions",
+        metadata,
+        Column("saga_id", SAGA_ID, primary_key=True),
+        Column("saga_name", EXACT_NAME, nullable=False),
+        Column("status", STATUS, nullable=False),
+        Column("idempotency_key", EXACT_NAME, nullable=True),
+        Column("definition_hash", String(128), nullable=False),
+        Column("queue", NAME, nullable=True),
+        Column("input", LONG_TEXT, nullable=False),
+        Column("output", LONG_TEXT, nullable=False),
+        Column("error", LONG_TEXT, nullable=True),
+        Column("failed_step", Integer, nullable=True),
+        Column("created_at", Double, nullable=False),
+        Column("updated_at", Double, nullable=False),
+        Column("finished_at", Double, nullable=True),
+        Column("schema", Integer, nullable=False),
+        UniqueConstraint("idempotency_key", name=f"{prefix}uq_executions_idempotency_key"),
+        # Listing is newest first by (created_at, saga_id), optionally by status or name.
+        Index(f"{prefix}ix_executions_status_created", "status", "created_at", "saga_id"),
+        Index(f"{prefix}ix_executions_name_created", "saga_name", "created_at", "saga_id"),
+        Index(f"{prefix}ix_executions_created", "created_at", "saga_id"),
+        Index(f"{prefix}ix_executions_updated", "updated_at"),
+        **_MYSQL,
+    )
+    steps = Table(
+        f"{prefix}steps",
+        metadata,
+        Column("saga_id", SAGA_ID, nullable=False),
+        Column("idx", Integer, nullable=False, autoincrement=False),
+        Column("task_name", NAME, nullable=False),
+        Column("stage", Integer, nullable=False),
+        Column("compensation_task_name", NAME, nullable=True),
+        Column("no_compensation", Boolean, nullable=False),
+        Column("status", STATUS, nullable=False),
+        Column("attempt", Integer, nullable=False),
+        Column("task_id", NAME, nullable=True),
+        Column("retries", Integer, nullable=False),
+        Column("seq", Integer, nullable=True),
+        Column("started_at", Double, nullable=True),
+        Column("finished_at", Double, nullable=True),
+        Column("output", LONG_TEXT, nullable=False),
+        Column("compensation_data", LONG_TEXT, nullable=False),
+        Column("error", LONG_TEXT, nullable=True),
+        Column("comp_attempt", Integer, nullable=False),
+        Column("comp_task_id", NAME, nullable=True),
+        Column("comp_started_at", Double, nullable=True),
+        Column("comp_finished_at", Double, nullable=True),
+        Column("comp_error", LONG_TEXT, nullable=True),
+        PrimaryKeyConstraint("saga_id", "idx", name=f"{prefix}pk_steps"),
+        **_MYSQL,
+    )
+    counters = Table(
+        f"{prefix}counters",
+        metadata,
+        Column("saga_id", SAGA_ID, nullable=False),
+        Column("name", NAME, nullable=False),
+        Column("value", Integer, nullable=False),
+        PrimaryKeyConstraint("saga_id", "name", name=f"{prefix}pk_counters"),
+        **_MYSQL,
+    )
+    schema_version = Table(
+        f"{prefix}schema_version",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("version", Integer, nullable=False),
+        Column("updated_at", Double, nullable=False),
+        **_MYSQL,
+    )
+    return Tables(prefix, metadata, executions, steps, counters, schema_version)
+
+
+#: StepRecord field -> steps column, where the names differ.
+STEP_COLUMN = {"index": "idx"}
+#: Columns holding JSON text (encoded and decoded by the store).
+EXECUTION_JSON = frozenset({"input", "output"})
+STEP_JSON = frozenset({"output", "compensation_data"})

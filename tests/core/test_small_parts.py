@@ -1,0 +1,154 @@
+"""Unit tests of the small parts: ids, headers, responses, the store registry, config."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel
+
+from celery_saga import (
+    BackendNotFound,
+    PermanentFailure,
+    StepOutputError,
+    StepResponse,
+    set_default_backend,
+)
+from celery_saga.backends import MemorySagaBackend, backend_class, installed_schemes, register
+from celery_saga.backends.registry import backend_from_url
+from celery_saga.config import backend_for, get_default_backend
+from celery_saga.errors import InvalidSagaId, SchemaVersionError
+from celery_saga.headers import SagaHeader
+from celery_saga.ids import (
+    new_saga_id,
+    parse_task_id,
+    step_task_id,
+    validate_idempotency_key,
+    validate_saga_id,
+)
+from celery_saga.models import SagaExecution
+from celery_saga.response import ensure_json, normalize_result
+
+
+class Charge(BaseModel):
+    txn: str
+    amount: float
+
+
+def test_normalize_result_splits_output_and_compensation_data() -> None:
+    assert normalize_result({"a": 1}) == ({"a": 1}, {"a": 1})
+    assert normalize_result(None) == ({}, None)
+    assert normalize_result(5) == ({"result": 5}, 5)  # compensation gets the raw value, as in 0.1
+    assert normalize_result(StepResponse({"o": 1}, {"c": 2})) == ({"o": 1}, {"c": 2})
+    assert normalize_result(StepResponse({"o": 1})) == ({"o": 1}, {"o": 1})
+    assert normalize_result(Charge(txn="t", amount=2)) == (
+        {"txn": "t", "amount": 2.0},
+        {"txn": "t", "amount": 2.0},
+    )
+    wire = StepResponse(output=Charge(txn="t", amount=1), compensation_data=[1]).__json__()
+    assert normalize_result(wire) == ({"txn": "t", "amount": 1.0}, [1])
+
+
+def test_permanent_failure_carries_plain_compensation_data() -> None:
+    with pytest.raises(PermanentFailure) as info:
+        StepResponse.permanent_failure("bad", compensation_data=Charge(txn="x", amount=1))
+    assert info.value.compensation_data == {"txn": "x", "amount": 1.0}
+    assert str(info.value) == "bad"
+
+
+def test_ensure_json_names_the_bad_type() -> None:
+    with pytest.raises(StepOutputError, match=r"output of step 3 .* type set"):
+        ensure_json({"ok": [1, {"bad": {1, 2}}]}, "the output of step 3")
+    with pytest.raises(StepOutputError, match="float"):
+        ensure_json({"nan": float("nan")}, "x")
+
+
+def test_ids_are_validated_and_task_ids_parse_back() -> None:
+    sid = new_saga_id()
+    assert validate_saga_id(sid.upper()) == sid
+    for bad in ["", "x", {"$ne": None}, "../../etc", sid + "0", None]:
+        with pytest.raises(InvalidSagaId, match="not a saga id"):
+            validate_saga_id(bad)
+    ref = parse_task_id(step_task_id(sid, 12, 3, compensation=True))
+    assert (ref.saga_id, ref.index, ref.attempt, ref.compensation) == (sid, 12, 3, True)
+    assert parse_task_id("some-other-task-id") is None
+    with pytest.raises(ValueError, match="idempotency_key"):
+        validate_idempotency_key("x" * 256)
+
+
+def test_header_round_trips_and_rejects_foreign_data() -> None:
+    header = SagaHeader(new_saga_id(), "s", 2, 1, True, "abc", "q")
+    assert SagaHeader.from_dict(header.to_dict()) == header
+    assert header.idempotency_key.endswith(":2")
+    assert SagaHeader.from_dict({"v": 99}) is None
+    assert SagaHeader.from_dict("nonsense") is None
+
+
+def test_newer_schema_is_refused_with_advice() -> None:
+    with pytest.raises(SchemaVersionError, match="upgrade celery-saga-core"):
+        SagaExecution.from_dict({"saga_id": "x", "saga_name": "n", "schema": 99})
+
+
+def test_registry_resolves_schemes_and_explains_unknown_ones() -> None:
+    assert backend_class("memory") is MemorySagaBackend
+    assert "memory" in installed_schemes()
+    with pytest.raises(BackendNotFound, match=r"Installed schemes: .*memory"):
+        backend_from_url("nosuch://x")
+    with pytest.raises(BackendNotFound, match="Did you mean 'memory'"):
+        backend_from_url("memroy://")
+    with pytest.raises(BackendNotFound, match="not a URL"):
+        backend_from_url("localhost:6379")
+
+
+def test_register_adds_a_scheme_without_packaging() -> None:
+    class Custom(MemorySagaBackend):
+        pass
+
+    register("custom", Custom)
+    try:
+        assert isinstance(backend_from_url("custom://anything"), Custom)
+        assert backend_class("custom+driver") is Custom
+    finally:
+        from celery_saga.backends import registry
+
+        registry._registered.pop("custom", None)
+        registry._cache.clear()
+
+
+def test_memory_urls_share_one_store_per_name() -> None:
+    assert backend_from_url("memory://a") is backend_from_url("memory://a")
+    assert backend_from_url("memory://a") is not backend_from_url("memory://b")
+
+
+def test_backend_precedence_saga_then_app_then_default() -> None:
+    from celery import Celery
+
+    app = Celery("prec", broker="memory://", set_as_current=False)
+    explicit = MemorySagaBackend()
+    configured = MemorySagaBackend()
+    default = MemorySagaBackend()
+    set_default_backend(default)
+    try:
+        assert backend_for(app) is default
+        app.conf.saga_backend = configured
+        assert backend_for(app) is configured
+        assert backend_for(app, explicit) is explicit
+        app.conf.saga_backend = "memory://prec"
+        assert backend_for(app) is backend_from_url("memory://prec")
+    finally:
+        set_default_backend(None)
+    assert get_default_backend() is backend_from_url("memory://")
+    with pytest.raises(BackendNotFound):
+        set_default_backend("nosuch://")
+    with pytest.raises(TypeError):
+        set_default_backend(42)  # type: ignore[arg-type]
+
+
+def test_lazy_backend_names_say_which_package_to_install() -> None:
+    import celery_saga.backends as backends
+
+    with pytest.raises(AttributeError):
+        backends.NoSuchBackend  # noqa: B018
+    try:
+        import celery_saga_sql  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install celery-saga-sql"):
+            backends.SQLSagaBackend  # noqa: B018

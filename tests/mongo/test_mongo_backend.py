@@ -1,0 +1,583 @@
+"""MongoDB store behaviour beyond the shared contract, on a real server.
+
+What is checked here: ids and names are bound as values (operator injection is
+refused), a step write sends and returns O(that step) and leaves other steps
+alone, compare-and-set agrees with `StepExpect.refusal`, payloads survive as
+exact JSON, round trips per operation, and `wait` with and without change streams.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import bson
+import pytest
+from pymongo import monitoring
+
+from celery_saga.backends import StepExpect
+from celery_saga.errors import InvalidSagaId, SchemaVersionError
+from celery_saga.models import SagaStatus, StepStatus
+from celery_saga.testing import make_execution
+from celery_saga_mongo import MongoSagaBackend
+
+_FORWARD = frozenset({StepStatus.PENDING, StepStatus.RUNNING})
+
+
+class Commands(monitoring.CommandListener):
+    """Records every command the client sends, with its reply."""
+
+    def __init__(self) -> None:
+        self.sent: list[monitoring.CommandStartedEvent] = []
+        self.replies: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        with self._lock:
+            self.sent.append(event)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        with self._lock:
+            self.replies[event.request_id] = dict(event.reply)
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def named(self, name: str) -> list[monitoring.CommandStartedEvent]:
+        with self._lock:
+            return [e for e in self.sent if e.command_name == name]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.sent.clear()
+            self.replies.clear()
+
+
+@pytest.fixture
+def watched(make_store: Callable[..., MongoSagaBackend]) -> tuple[MongoSagaBackend, Commands]:
+    """A store whose client reports every command to a listener."""
+    listener = Commands()
+    store = make_store(event_listeners=[listener])
+    store.get(str(uuid.uuid4()))  # first use: server check and indexes
+    listener.clear()
+    store.stats.reset()
+    return store, listener
+
+
+# -- injection ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad", [{"$ne": None}, {"$gt": ""}, ["x"], 7, None, "", "$where", "a\x00b"]
+)
+def test_operator_shaped_ids_are_refused_before_any_query(
+    watched: tuple[MongoSagaBackend, Commands], bad: Any
+) -> None:
+    store, commands = watched
+    execution = make_execution(idempotency_key="real-key")
+    store.create(execution)
+    commands.clear()
+    with pytest.raises(InvalidSagaId):
+        store.get(bad)
+    with pytest.raises(InvalidSagaId):
+        store.update_saga(bad, {"status": SagaStatus.FAILED})
+    with pytest.raises(InvalidSagaId):
+        store.update_step(bad, 0, {"error": "x"})
+    with pytest.raises(InvalidSagaId):
+        store.delete(bad)
+    with pytest.raises(InvalidSagaId):
+        store.wait(bad, timeout=0.01)
+    with pytest.raises(ValueError, match="idempotency key"):
+        store.find_by_idempotency_key(bad)
+    if bad is not None:  # name=None means "any name"
+        with pytest.raises(ValueError, match="saga name"):
+            store.list(name=bad)
+    assert commands.sent == []  # refused before anything reached the server
+    got = store.get(execution.saga_id)
+    assert got is not None
+    assert got.status is SagaStatus.RUNNING
+    assert got.step(0).error is None
+
+
+def test_ne_none_does_not_match_every_execution(mongo_store: MongoSagaBackend) -> None:
+    """The classic injection: ``{"$ne": None}`` as an id would match any document."""
+    mongo_store.create(make_execution(idempotency_key="k1"))
+    with pytest.raises(InvalidSagaId, match="not a string"):
+        mongo_store.get({"$ne": None})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a string"):
+        mongo_store.find_by_idempotency_key({"$ne": None})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a string"):
+        mongo_store.list(name={"$ne": None})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="number"):
+        mongo_store.list(created_before={"$gt": 0})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="number"):
+        mongo_store.purge({"$gt": 0})  # type: ignore[arg-type]
+
+
+def test_create_refuses_operator_shaped_names_and_keys(mongo_store: MongoSagaBackend) -> None:
+    with pytest.raises(ValueError, match="saga name"):
+        mongo_store.create(make_execution(name="$where"))
+    with pytest.raises(ValueError, match="idempotency key"):
+        mongo_store.create(make_execution(idempotency_key={"$gt": ""}))  # type: ignore[arg-type]
+    bad_id = make_execution()
+    bad_id.saga_id = {"$ne": None}  # type: ignore[assignment]
+    with pytest.raises(InvalidSagaId):
+        mongo_store.create(bad_id)
+    assert mongo_store.list(limit=10).items == []
+
+
+def test_step_index_and_counter_names_cannot_escape_their_path(
+    mongo_store: MongoSagaBackend,
+) -> None:
+    execution = make_execution(stages=[0, 0, 0])
+    mongo_store.create(execution)
+    sid = execution.saga_id
+    with pytest.raises(TypeError):
+        mongo_store.update_step(sid, "0.status", {"error": "x"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        mongo_store.update_step(sid, True, {"error": "x"})  # type: ignore[arg-type]
+    with pytest.raises(KeyError):
+        mongo_store.update_step(sid, -1, {"error": "x"})
+    with pytest.raises(KeyError):
+        mongo_store.update_step(sid, 3, {"error": "x"})
+    # Counter names are escaped, so these are three different counters.
+    names = ["a.b", "a%2Eb", "$inc"]
+    counts = [mongo_store.update_step(sid, i, {}, count_in=n).count for i, n in enumerate(names)]
+    assert counts == [1, 1, 1]
+    assert mongo_store.update_step(sid, 0, {}, count_in="a.b").count == 2
+    raw = mongo_store.executions.find_one({"_id": sid})
+    assert raw is not None
+    assert raw["counters"] == {"a%2Eb": 2, "a%252Eb": 1, "%24inc": 1}
+
+
+def test_operator_shaped_values_are_stored_not_evaluated(mongo_store: MongoSagaBackend) -> None:
+    execution = make_execution(stages=[0, 0])
+    mongo_store.create(execution)
+    sid = execution.saga_id
+    for count_in in (None, "s"):  # the $set path and the pipeline path
+        index = 0 if count_in is None else 1
+        write = mongo_store.update_step(
+            sid,
+            index,
+            {"error": "$status", "task_id": "$$ROOT", "comp_error": "$literal"},
+            count_in=count_in,
+        )
+        assert write.applied
+        step = mongo_store.get(sid).step(index)  # type: ignore[union-attr]
+        assert (step.error, step.task_id, step.comp_error) == ("$status", "$$ROOT", "$literal")
+    assert mongo_store.update_saga(sid, {"error": "$steps", "output": {"$set": {"a": 1}}})
+    got = mongo_store.get(sid)
+    assert got is not None
+    assert got.error == "$steps"
+    assert got.output == {"$set": {"a": 1}}
+
+
+# -- payloads ----------------------------------------------------------------------------------
+
+AWKWARD = {
+    "huge": 2**64 + 1,
+    "negative_huge": -(2**70),
+    "max": 2**63 - 1,
+    "dotted.key": 1,
+    "$dollar": {"$in": [1, 2]},
+    "float": 0.1 + 0.2,
+    "text": "zażółć 🎉 \u0000 nul",
+    "nested": [{"": None}, [True, False], {"a.b": {"$c": []}}],
+}
+
+
+def test_payloads_round_trip_exactly_as_json(mongo_store: MongoSagaBackend) -> None:
+    execution = make_execution(stages=[0, 0], input=AWKWARD)
+    mongo_store.create(execution)
+    sid = execution.saga_id
+    mongo_store.update_step(sid, 0, {"output": AWKWARD, "compensation_data": [AWKWARD]})
+    mongo_store.update_step(
+        sid, 1, {"output": [AWKWARD], "compensation_data": AWKWARD}, count_in="stage:0"
+    )
+    mongo_store.update_saga(sid, {"output": {"all": AWKWARD}})
+    got = mongo_store.get(sid)
+    assert got is not None
+    assert got.input == AWKWARD
+    assert got.step(0).output == AWKWARD
+    assert got.step(0).compensation_data == [AWKWARD]
+    assert got.step(1).output == [AWKWARD]
+    assert got.step(1).compensation_data == AWKWARD
+    assert got.output == {"all": AWKWARD}
+
+
+def test_payloads_are_json_text_and_structure_is_native(mongo_store: MongoSagaBackend) -> None:
+    execution = make_execution(input={"n": 1})
+    mongo_store.create(execution)
+    mongo_store.update_step(execution.saga_id, 0, {"output": {"x": 1}, "attempt": 2})
+    raw = mongo_store.executions.find_one({"_id": execution.saga_id})
+    assert raw is not None
+    assert raw["input"] == '{"n":1}'
+    assert raw["output"] is None
+    assert raw["steps"][0]["output"] == '{"x":1}'
+    assert raw["steps"][0]["attempt"] == 2
+    assert raw["status"] == "running"
+    assert isinstance(raw["created_at"], float)
+
+
+def test_unserializable_payload_is_refused_clearly(mongo_store: MongoSagaBackend) -> None:
+    execution = make_execution()
+    mongo_store.create(execution)
+    with pytest.raises(TypeError, match="JSON-serializable"):
+        mongo_store.update_step(execution.saga_id, 0, {"output": {"when": object()}})
+
+
+def test_newer_schema_is_refused_on_read(mongo_store: MongoSagaBackend) -> None:
+    execution = make_execution()
+    mongo_store.create(execution)
+    mongo_store.executions.update_one({"_id": execution.saga_id}, {"$set": {"schema": 99}})
+    with pytest.raises(SchemaVersionError, match="upgrade"):
+        mongo_store.get(execution.saga_id)
+
+
+# -- step writes are O(step) -------------------------------------------------------------------
+
+
+def _big_execution(store: MongoSagaBackend, steps: int = 30) -> str:
+    execution = make_execution(stages=[0] * steps)
+    store.create(execution)
+    for index in range(steps):
+        store.update_step(execution.saga_id, index, {"output": {"blob": "x" * 20_000}})
+    return execution.saga_id
+
+
+@pytest.mark.parametrize("count_in", [None, "stage:0"])
+def test_a_step_write_sends_and_reads_back_only_that_step(
+    watched: tuple[MongoSagaBackend, Commands], count_in: str | None
+) -> None:
+    store, commands = watched
+    sid = _big_execution(store)  # ~600 kB of other steps' outputs
+    commands.clear()
+    write = store.update_step(
+        sid,
+        7,
+        {"status": StepStatus.SUCCESS, "output": {"ok": True}},
+        expect=StepExpect(status=_FORWARD),
+        count_in=count_in,
+    )
+    assert write.applied
+    assert write.count == (1 if count_in else None)
+    sent = commands.named("findAndModify")
+    assert len(commands.sent) == 1
+    assert len(sent) == 1
+    command = sent[0].command
+    assert len(bson.encode(command)) < 2_000
+    reply = commands.replies[sent[0].request_id]
+    assert len(bson.encode(reply["value"])) < 200  # only the state a StepWrite reports
+    update = command["update"]
+    if count_in is None:
+        assert set(update) == {"$set"}
+        assert set(update["$set"]) == {"steps.7.status", "steps.7.output", "updated_at"}
+    else:
+        assert isinstance(update, list)
+        assert len(update) == 2
+    got = store.get(sid)
+    assert got is not None
+    assert got.step(7).output == {"ok": True}
+    assert all(got.step(i).output == {"blob": "x" * 20_000} for i in range(30) if i != 7)
+
+
+def test_a_step_write_keeps_what_others_wrote_meanwhile(mongo_store: MongoSagaBackend) -> None:
+    """Writers of different steps never overwrite each other (no whole-record writes)."""
+    size = 16
+    execution = make_execution(stages=[0] * size)
+    mongo_store.create(execution)
+    sid = execution.saga_id
+    # Someone else changes step 0 directly in the database ...
+    mongo_store.executions.update_one({"_id": sid}, {"$set": {"steps.0.error": "sentinel"}})
+    # ... and concurrent writers each change their own step, half through the pipeline.
+    barrier = threading.Barrier(size - 1)
+
+    def write(index: int) -> None:
+        barrier.wait()
+        for round_ in range(5):
+            mongo_store.update_step(
+                sid,
+                index,
+                {"output": {"by": index, "round": round_}},
+                count_in="c" if index % 2 else None,
+            )
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(1, size)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    got = mongo_store.get(sid)
+    assert got is not None
+    assert got.step(0).error == "sentinel"
+    assert [got.step(i).output for i in range(1, size)] == [
+        {"by": i, "round": 4} for i in range(1, size)
+    ]
+    counted = sorted(got.step(i).seq for i in range(1, size, 2))  # type: ignore[type-var]
+    assert counted[-1] == 5 * len(counted)
+    assert len(set(counted)) == len(counted)
+
+
+# -- round trips -------------------------------------------------------------------------------
+
+
+def test_round_trips_per_operation(watched: tuple[MongoSagaBackend, Commands]) -> None:
+    store, commands = watched
+
+    def cost(call: Callable[[], Any]) -> tuple[int, int]:
+        commands.clear()
+        store.stats.reset()
+        call()
+        return store.stats.round_trips, len(commands.sent)
+
+    execution = make_execution()
+    sid = execution.saga_id
+    assert cost(lambda: store.create(execution)) == (1, 1)
+    assert cost(lambda: store.get(sid)) == (1, 1)
+    running = {"status": StepStatus.RUNNING, "attempt": 1}
+    expect = StepExpect(status=frozenset({StepStatus.PENDING}))
+    assert cost(lambda: store.update_step(sid, 0, running, expect=expect)) == (1, 1)
+    done = {"status": StepStatus.SUCCESS}
+    assert cost(lambda: store.update_step(sid, 0, done, count_in="stage:0")) == (1, 1)
+    # Refused: one write, one read to report why.
+    assert cost(lambda: store.update_step(sid, 0, done, expect=expect)) == (2, 2)
+    assert cost(lambda: store.update_saga(sid, {"error": "e"})) == (1, 1)
+    assert cost(lambda: store.list(status="running", limit=5)) == (1, 1)
+    store.update_saga(sid, {"status": SagaStatus.COMPLETED})
+    assert cost(lambda: store.delete(sid)) == (1, 1)
+    assert cost(lambda: store.purge(time.time())) == (1, 1)
+    assert store.stats.bytes_written == 0
+
+
+def test_bytes_written_count_the_changes_only(watched: tuple[MongoSagaBackend, Commands]) -> None:
+    store, _ = watched
+    sid = _big_execution(store, steps=5)
+    store.stats.reset()
+    store.update_step(sid, 1, {"error": "abc"})
+    assert store.stats.bytes_written == len("error") + len("abc")
+
+
+# -- compare-and-set agrees with the contract --------------------------------------------------
+
+_STATES = list(
+    itertools.product([StepStatus.PENDING, StepStatus.RUNNING, StepStatus.SUCCESS], [0, 2], [0, 1])
+)
+_EXPECTS = [
+    StepExpect(),
+    StepExpect(status=_FORWARD),
+    StepExpect(status=frozenset({StepStatus.SUCCESS})),
+    StepExpect(status=frozenset()),
+    StepExpect(attempt=0),
+    StepExpect(attempt=2),
+    StepExpect(attempt_at_most=1),
+    StepExpect(attempt_at_most=2),
+    StepExpect(attempt=2, attempt_at_most=1),
+    StepExpect(comp_attempt=1),
+    StepExpect(comp_attempt_at_most=0),
+    StepExpect(saga_status=frozenset({SagaStatus.RUNNING})),
+    StepExpect(saga_status=frozenset({SagaStatus.COMPENSATING, SagaStatus.FAILED})),
+    StepExpect(
+        status=_FORWARD,
+        attempt_at_most=2,
+        comp_attempt=0,
+        saga_status=frozenset({SagaStatus.RUNNING, SagaStatus.COMPENSATING}),
+    ),
+]
+
+
+@pytest.mark.parametrize("saga_status", [SagaStatus.RUNNING, SagaStatus.COMPENSATING])
+def test_server_side_conditions_agree_with_step_expect_refusal(
+    mongo_store: MongoSagaBackend, saga_status: SagaStatus
+) -> None:
+    execution = make_execution(stages=[0] * len(_STATES), status=saga_status)
+    mongo_store.create(execution)
+    sid = execution.saga_id
+    for index, (status, attempt, comp_attempt) in enumerate(_STATES):
+        mongo_store.update_step(
+            sid, index, {"status": status, "attempt": attempt, "comp_attempt": comp_attempt}
+        )
+    for (index, (status, attempt, comp_attempt)), expect in itertools.product(
+        enumerate(_STATES), _EXPECTS
+    ):
+        should_apply = expect.refusal(status, attempt, comp_attempt, saga_status) is None
+        write = mongo_store.update_step(
+            sid, index, {"error": "touched"}, expect=expect, count_in=f"c{index}"
+        )
+        assert write.applied is should_apply, (status, attempt, comp_attempt, expect)
+        assert (write.status, write.attempt, write.comp_attempt, write.saga_status) == (
+            status,
+            attempt,
+            comp_attempt,
+            saga_status,
+        )
+        assert (write.count is not None) is should_apply
+    got = mongo_store.get(sid)
+    assert got is not None
+    for index, (status, attempt, comp_attempt) in enumerate(_STATES):
+        applied = sum(
+            e.refusal(status, attempt, comp_attempt, saga_status) is None for e in _EXPECTS
+        )
+        step = got.step(index)
+        assert step.seq == applied  # the counter moved once per applied write, never more
+        assert (step.error == "touched") is (applied > 0)
+
+
+# -- create, delete, purge ---------------------------------------------------------------------
+
+
+def test_create_with_an_existing_saga_id_is_refused(mongo_store: MongoSagaBackend) -> None:
+    execution = make_execution()
+    mongo_store.create(execution)
+    with pytest.raises(ValueError, match="already exists"):
+        mongo_store.create(execution)
+    keyed = make_execution(idempotency_key="fresh-key")
+    keyed.saga_id = execution.saga_id
+    with pytest.raises(ValueError, match="already exists"):
+        mongo_store.create(keyed)
+
+
+def test_steps_must_be_numbered_from_zero(mongo_store: MongoSagaBackend) -> None:
+    execution = make_execution(steps=3)
+    execution.steps[2].index = 5
+    with pytest.raises(ValueError, match="without gaps"):
+        mongo_store.create(execution)
+
+
+def test_idempotency_index_ignores_executions_without_a_key(
+    mongo_store: MongoSagaBackend,
+) -> None:
+    for _ in range(3):
+        _, created = mongo_store.create(make_execution())
+        assert created
+    names = mongo_store.executions.index_information()
+    assert names["idempotency_key_unique"]["unique"]
+    assert {"status_created", "name_created", "created", "name_status_created"} <= set(names)
+
+
+def test_purge_uses_updated_at_when_finished_at_is_missing(mongo_store: MongoSagaBackend) -> None:
+    old_failed, old_running = make_execution(), make_execution()
+    for execution in (old_failed, old_running):
+        mongo_store.create(execution)
+    mongo_store.update_saga(old_failed.saga_id, {"status": SagaStatus.FAILED})
+    cutoff = time.time() + 10  # both were last updated before this
+    assert mongo_store.purge(cutoff) == 1
+    assert mongo_store.get(old_failed.saga_id) is None
+    assert mongo_store.get(old_running.saga_id) is not None
+
+
+def test_delete_explains_why_an_unfinished_execution_stays(mongo_store: MongoSagaBackend) -> None:
+    execution = make_execution(status=SagaStatus.COMPENSATING)
+    mongo_store.create(execution)
+    with pytest.raises(ValueError, match="is compensating: only finished executions"):
+        mongo_store.delete(execution.saga_id)
+
+
+def test_listing_pages_with_name_and_status_by_cursor(mongo_store: MongoSagaBackend) -> None:
+    base = time.time() - 100
+    made = []
+    for i in range(9):
+        execution = make_execution(name="pay", created_at=base + i // 3)  # ties on created_at
+        mongo_store.create(execution)
+        made.append(execution)
+    expected = [
+        e.saga_id for e in sorted(made, key=lambda e: (e.created_at, e.saga_id), reverse=True)
+    ]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = mongo_store.list(name="pay", status=SagaStatus.RUNNING, limit=2, cursor=cursor)
+        seen += [s.saga_id for s in page.items]
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert seen == expected
+
+
+# -- waiting -----------------------------------------------------------------------------------
+
+
+def _counting_gets(store: MongoSagaBackend) -> tuple[list[float], threading.Event]:
+    calls: list[float] = []
+    first = threading.Event()
+    original = store.get
+
+    def get(saga_id: str) -> Any:
+        calls.append(time.monotonic())
+        result = original(saga_id)
+        first.set()
+        return result
+
+    store.get = get  # type: ignore[method-assign]
+    return calls, first
+
+
+def test_wait_on_a_change_stream_reads_only_when_notified(
+    make_store: Callable[..., MongoSagaBackend],
+) -> None:
+    store = make_store()
+    execution = make_execution()
+    store.create(execution)
+    if not store.change_streams:
+        pytest.skip("this server has no change streams (a standalone mongod): wait() polls")
+    calls, _ = _counting_gets(store)
+    assert store.wait(execution.saga_id, timeout=0.6) is None
+    assert len(calls) == 1  # polling would have read it about ten times
+
+    calls.clear()
+    writer = make_store()
+    result: list[Any] = []
+    _, first_read = _counting_gets(store)
+    waiter = threading.Thread(target=lambda: result.append(store.wait(execution.saga_id, 30)))
+    waiter.start()
+    assert first_read.wait(10)
+    writer.update_step(execution.saga_id, 0, {"error": "not a status change"})
+    writer.update_saga(execution.saga_id, {"status": SagaStatus.FAILED, "error": "done"})
+    waiter.join(30)
+    assert result
+    assert result[0] is not None
+    assert result[0].status is SagaStatus.FAILED
+
+
+def test_wait_polls_when_change_streams_are_off(
+    make_store: Callable[..., MongoSagaBackend],
+) -> None:
+    store = make_store(change_streams=False)
+    execution = make_execution()
+    store.create(execution)
+    calls, _ = _counting_gets(store)
+    assert store.wait(execution.saga_id, timeout=0.6) is None
+    assert len(calls) > 2
+    assert store.change_streams is False
+
+
+def test_standalone_server_is_detected_and_wait_falls_back_to_polling(
+    standalone_store_url: str,
+) -> None:
+    url = standalone_store_url
+    store = MongoSagaBackend.from_url(url)
+    try:
+        execution = make_execution()
+        store.create(execution)
+        assert store.change_streams is False
+        _, first_read = _counting_gets(store)
+        result: list[Any] = []
+        waiter = threading.Thread(target=lambda: result.append(store.wait(execution.saga_id, 30)))
+        waiter.start()
+        assert first_read.wait(10)  # the waiter has seen it running; now finish it
+        store.update_saga(execution.saga_id, {"status": SagaStatus.COMPLETED})
+        waiter.join(30)
+        assert result
+        assert result[0] is not None
+        assert result[0].status is SagaStatus.COMPLETED
+    finally:
+        store.close()
+    forced = MongoSagaBackend.from_url(url + "&change_streams=true")
+    try:
+        with pytest.raises(RuntimeError, match="replica set"):
+            forced.get(str(uuid.uuid4()))
+    finally:
+        forced.close()

@@ -1,0 +1,499 @@
+"""What the conformance suite does not show: costs, notifications, processes, isolation."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select, text
+
+from celery_saga.backends import StepExpect
+from celery_saga.models import SagaStatus, StepStatus
+from celery_saga.testing import make_execution
+from celery_saga_sql import SQLSagaBackend
+from celery_saga_sql import backend as backend_module
+
+_FORWARD = frozenset({StepStatus.PENDING, StepStatus.RUNNING})
+
+
+def _until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait for `condition` with a deadline (a short pause between checks)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+@contextmanager
+def _statements(store: SQLSagaBackend) -> Iterator[list[str]]:
+    """Collect every SQL statement the store sends while the block runs."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    for engine in (store.engine, store.read_engine):
+        event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        for engine in (store.engine, store.read_engine):
+            event.remove(engine, "before_cursor_execute", record)
+
+
+def _raw_steps(store: SQLSagaBackend, saga_id: str) -> dict[int, tuple[Any, ...]]:
+    steps = store.tables.steps
+    with store.read_engine.connect() as conn:
+        rows = conn.execute(select(steps).where(steps.c.saga_id == saga_id)).all()
+    return {row.idx: tuple(row) for row in rows}
+
+
+# -- a step write costs O(that step) -------------------------------------------------------
+
+
+def test_step_write_touches_only_that_step_row(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    store = make_store(database_url)
+    big = {"blob": "x" * 100_000}  # bigger than MySQL's TEXT: LONGTEXT columns hold it
+    execution = make_execution(steps=40)
+    store.create(execution)
+    for i in (0, 2, 39):
+        store.update_step(execution.saga_id, i, {"status": StepStatus.SUCCESS, "output": big})
+    before = _raw_steps(store, execution.saga_id)
+    store.stats.reset()
+    with _statements(store) as seen:
+        write = store.update_step(
+            execution.saga_id,
+            1,
+            {"status": StepStatus.RUNNING, "attempt": 1},
+            expect=StepExpect(status=_FORWARD),
+            count_in="stage:1",
+        )
+    assert write.applied
+    assert write.count == 1
+    after = _raw_steps(store, execution.saga_id)
+    changed = {i for i in before if before[i] != after[i]}
+    assert changed == {1}
+    assert store.stats.bytes_written < 300  # the big outputs of other steps are not rewritten
+    # No statement reads or writes the steps table without naming the one step.
+    steps = store.tables.steps.name
+    for statement in seen:
+        if steps in statement:
+            assert f"{steps}.idx = " in statement, statement
+    assert store.get(execution.saga_id).step(2).output == big  # type: ignore[union-attr]
+
+
+def test_step_write_cost_does_not_grow_with_the_saga(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    store = make_store(database_url)
+    costs = []
+    for size in (2, 80):
+        execution = make_execution(steps=size)
+        store.create(execution)
+        store.stats.reset()
+        store.update_step(
+            execution.saga_id,
+            1,
+            {"status": StepStatus.SUCCESS, "output": {"n": 1}},
+            expect=StepExpect(status=_FORWARD),
+            count_in="stage:1",
+        )
+        costs.append(store.stats.snapshot())
+    assert costs[0]["round_trips"] == costs[1]["round_trips"]
+    # The same bytes, give or take the digits of the timestamp written.
+    assert abs(costs[0]["bytes_written"] - costs[1]["bytes_written"]) <= 4
+
+
+def test_postgresql_rewrites_no_other_step_row(
+    postgres_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    """PostgreSQL gives every row version a new xmin: only step 1 gets one."""
+    store = make_store(postgres_url)
+    execution = make_execution(steps=5)
+    store.create(execution)
+    steps = store.tables.steps
+    query = select(steps.c.idx, text("xmin::text")).where(steps.c.saga_id == execution.saga_id)
+
+    def versions() -> dict[int, str]:
+        with store.read_engine.connect() as conn:
+            return {row[0]: row[1] for row in conn.execute(query)}
+
+    before = versions()
+    store.update_step(execution.saga_id, 1, {"status": StepStatus.RUNNING}, count_in="c")
+    after = versions()
+    assert {i for i in before if before[i] != after[i]} == {1}
+
+
+# -- round trips, as counted and as sent ---------------------------------------------------------
+
+#: (plain write, write with count_in, refused write) round trips per database.
+EXPECTED_TRIPS = {"postgresql": (4, 4, 3), "mysql": (3, 4, 2), "sqlite": (5, 6, 3)}
+
+
+def _three_writes(store: SQLSagaBackend) -> tuple[int, int, int]:
+    execution = make_execution()
+    store.create(execution)
+    store.get(execution.saga_id)
+    trips = []
+    for index, expect, count_in in (
+        (0, None, None),
+        (1, None, "stage"),
+        (1, StepExpect(status=frozenset({StepStatus.PENDING})), None),
+    ):
+        store.stats.reset()
+        store.update_step(
+            execution.saga_id,
+            index,
+            {"status": StepStatus.RUNNING},
+            expect=expect,
+            count_in=count_in,
+        )
+        trips.append(store.stats.round_trips)
+    return trips[0], trips[1], trips[2]
+
+
+def test_round_trips_per_step_write(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    store = make_store(database_url)
+    name = (
+        "mysql" if store.engine.dialect.name in ("mysql", "mariadb") else store.engine.dialect.name
+    )
+    assert _three_writes(store) == EXPECTED_TRIPS[name]
+    execution = make_execution()
+    store.create(execution)
+    for read in (lambda: store.get(execution.saga_id), lambda: store.list(limit=5)):
+        store.stats.reset()
+        read()
+        assert store.stats.round_trips == 1
+    store.stats.reset()
+    store.update_saga(execution.saga_id, {"status": SagaStatus.COMPLETED})
+    assert store.stats.round_trips == 1
+
+
+def test_counted_round_trips_match_what_pymysql_sends(
+    mysql_url: str, make_store: Callable[..., SQLSagaBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pymysql.connections
+
+    store = make_store(mysql_url)
+    store.upgrade_schema()
+    sent: list[bytes | str] = []
+    original = pymysql.connections.Connection._execute_command
+
+    def counting(self: Any, command: int, sql: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            sent.append(sql)
+        return original(self, command, sql)
+
+    monkeypatch.setattr(pymysql.connections.Connection, "_execute_command", counting)
+    execution = make_execution()
+    store.create(execution)
+    sent.clear()
+    store.stats.reset()
+    store.update_step(execution.saga_id, 0, {"status": StepStatus.RUNNING}, count_in="c")
+    assert store.stats.round_trips == len(sent) == 4, sent
+
+
+def test_counted_round_trips_match_what_psycopg_sends(
+    postgres_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    store = make_store(postgres_url)
+    with tempfile.TemporaryFile("w+") as trace:
+
+        def traced(dbapi_connection: Any, record: Any) -> None:
+            dbapi_connection.pgconn.trace(trace.fileno())
+
+        for engine in (store.engine, store.read_engine):
+            event.listen(engine, "connect", traced)
+        execution = make_execution()
+        store.create(execution)
+        store.get(execution.saga_id)
+        trace.seek(0)
+        trace.truncate()
+        store.stats.reset()
+        store.update_step(execution.saga_id, 0, {"status": StepStatus.RUNNING}, count_in="c")
+        store.get(execution.saga_id)
+        trace.flush()
+        trace.seek(0)
+        # Each exchange ends with a Sync (extended protocol) or is a simple Query.
+        sent = [
+            line
+            for line in trace.read().splitlines()
+            if "\tF\t" in line and ("\tSync" in line or "\tQuery\t" in line)
+        ]
+    assert store.stats.round_trips == len(sent) == 5, sent
+
+
+# -- PostgreSQL: wait() by LISTEN/NOTIFY ----------------------------------------------------------
+
+
+def _waiting(store: SQLSagaBackend, saga_id: str, timeout: float) -> tuple[threading.Thread, list]:
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(store.wait(saga_id, timeout=timeout)))
+    thread.start()
+    # LISTEN, then the first read: from then on a notification cannot be missed.
+    _until(lambda: store.stats.round_trips >= 2, what="the waiter to LISTEN and read")
+    return thread, box
+
+
+def test_postgresql_wait_wakes_on_notify_not_by_polling(
+    postgres_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    writer = make_store(postgres_url)
+    waiter = make_store(postgres_url)  # another store: other connections, like another process
+    waiter.poll_interval = 60.0  # type: ignore[misc]  # polling would take a minute
+    waiter.notify_recheck = 60.0  # type: ignore[misc]
+    execution, other = make_execution(), make_execution()
+    writer.create(execution)
+    writer.create(other)
+    waiter.get(execution.saga_id)  # tables ready before counting
+    waiter.stats.reset()
+    thread, box = _waiting(waiter, execution.saga_id, timeout=30)
+    # Neither a non-terminal change nor another saga finishing ends the wait.
+    writer.update_saga(execution.saga_id, {"status": SagaStatus.COMPENSATING})
+    writer.update_saga(other.saga_id, {"status": SagaStatus.COMPLETED})
+    assert thread.is_alive()
+    started = time.monotonic()
+    writer.update_saga(execution.saga_id, {"status": SagaStatus.COMPENSATED, "error": "x"})
+    thread.join(timeout=10)
+    elapsed = time.monotonic() - started
+    assert not thread.is_alive()
+    assert box[0] is not None
+    assert box[0].status is SagaStatus.COMPENSATED
+    assert elapsed < 2.0
+    # LISTEN, one read before sleeping, one read after the notification: no polling.
+    assert waiter.stats.round_trips == 3
+
+
+def test_postgresql_wait_returns_at_once_when_already_finished(
+    postgres_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    store = make_store(postgres_url)
+    execution = make_execution(status=SagaStatus.FAILED)
+    store.create(execution)
+    started = time.monotonic()
+    got = store.wait(execution.saga_id, timeout=30)
+    assert got is not None
+    assert got.status is SagaStatus.FAILED
+    assert time.monotonic() - started < 2.0
+
+
+def test_postgresql_notifies_only_applied_terminal_changes(
+    postgres_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    import psycopg
+
+    store = make_store(postgres_url)
+    refused, finished = make_execution(), make_execution()
+    store.create(refused)
+    store.create(finished)
+    cargs, cparams = store.engine.dialect.create_connect_args(store.engine.url)
+    cparams.pop("context", None)
+    with psycopg.connect(*cargs, **cparams, autocommit=True) as listener:
+        listener.execute(f'LISTEN "{store.tables.channel}"')
+        assert not store.update_saga(
+            refused.saga_id,
+            {"status": SagaStatus.COMPLETED},
+            expect_status={SagaStatus.COMPENSATING},
+        )
+        assert store.update_saga(finished.saga_id, {"status": SagaStatus.COMPLETED})
+        payloads = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
+    assert payloads == [finished.saga_id]  # notifications arrive in commit order
+
+
+def test_polling_stores_still_wait(
+    sqlite_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    store = make_store(sqlite_url)
+    execution = make_execution()
+    store.create(execution)
+    thread = threading.Thread(target=lambda: store.wait(execution.saga_id, timeout=30))
+    thread.start()
+    other = make_store(sqlite_url)
+    other.update_saga(execution.saga_id, {"status": SagaStatus.COMPLETED})
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+# -- several processes share one database -----------------------------------------------------
+
+_CHILD = """
+import sys
+from celery_saga.backends import StepExpect
+from celery_saga.models import StepStatus
+from celery_saga_sql import SQLSagaBackend
+
+url, prefix, saga_id, index = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+store = SQLSagaBackend(url, table_prefix=prefix)
+store.get(saga_id)
+print("ready", flush=True)
+sys.stdin.readline()
+write = store.update_step(
+    saga_id, index, {"status": StepStatus.SUCCESS, "output": {"by": index}},
+    expect=StepExpect(status=frozenset({StepStatus.PENDING})), count_in="stage:1",
+)
+print(write.count, flush=True)
+"""
+
+
+def test_processes_finishing_a_group_together_count_once_each(
+    database_url: str, make_store: Callable[..., SQLSagaBackend], table_prefix: str
+) -> None:
+    size = 5
+    store = make_store(database_url)
+    execution = make_execution(stages=[0] + [1] * size)
+    store.create(execution)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, database_url, table_prefix, execution.saga_id, str(i)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(1, size + 1)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "ready"
+        for child in children:  # release them together
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        counts = sorted(int(child.communicate(timeout=60)[0].strip()) for child in children)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    assert counts == list(range(1, size + 1))
+    got = store.get(execution.saga_id)
+    assert got is not None
+    assert sorted(s.seq for s in got.steps[1:]) == list(range(1, size + 1))  # type: ignore[type-var]
+
+
+def _use_in_child(store: SQLSagaBackend, saga_id: str, done: Any) -> None:
+    write = store.update_step(saga_id, 0, {"status": StepStatus.RUNNING})
+    done.put((write.applied, store.get(saga_id) is not None))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_opens_its_own_connections(
+    postgres_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    """Celery's prefork pool forks after the store was used: the child must not share sockets."""
+    store = make_store(postgres_url)
+    execution = make_execution()
+    store.create(execution)
+    assert store.get(execution.saga_id) is not None  # the pool now holds connections
+    context = multiprocessing.get_context("fork")
+    done = context.Queue()
+    child = context.Process(target=_use_in_child, args=(store, execution.saga_id, done))
+    child.start()
+    assert done.get(timeout=30) == (True, True)
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert store.update_step(execution.saga_id, 1, {"status": StepStatus.RUNNING}).applied
+
+
+# -- housekeeping leaves nothing behind ------------------------------------------------------------
+
+
+def _count_rows(store: SQLSagaBackend) -> tuple[int, int, int]:
+    with store.read_engine.connect() as conn:
+        return tuple(  # type: ignore[return-value]
+            conn.execute(select(func.count()).select_from(table)).scalar_one()
+            for table in store.tables.data_tables
+        )
+
+
+def test_purge_in_batches_and_delete_remove_steps_and_counters(
+    database_url: str, make_store: Callable[..., SQLSagaBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend_module, "_PURGE_BATCH", 3)
+    store = make_store(database_url)
+    made = [make_execution() for _ in range(8)]
+    for execution in made:
+        store.create(execution)
+        store.update_step(execution.saga_id, 0, {"status": StepStatus.SUCCESS}, count_in="s")
+    keep = made.pop()
+    cutoff = time.time()
+    for execution in made:
+        store.update_saga(
+            execution.saga_id, {"status": SagaStatus.COMPLETED, "finished_at": cutoff - 10}
+        )
+    assert store.purge(cutoff) == 7
+    assert _count_rows(store) == (1, 3, 1)
+    store.update_saga(keep.saga_id, {"status": SagaStatus.FAILED})
+    assert store.delete(keep.saga_id)
+    assert _count_rows(store) == (0, 0, 0)
+
+
+def test_table_prefixes_keep_stores_apart(
+    database_url: str, make_store: Callable[..., SQLSagaBackend], table_prefix: str
+) -> None:
+    mine = make_store(database_url)
+    theirs = make_store(database_url, table_prefix=f"{table_prefix}b_")
+    execution = make_execution(idempotency_key="same-key")
+    assert mine.create(execution)[1]
+    assert theirs.create(make_execution(idempotency_key="same-key"))[1]
+    assert theirs.get(execution.saga_id) is None
+    assert [s.saga_id for s in mine.list().items] == [execution.saga_id]
+
+
+def test_idempotency_keys_compare_exactly(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    """Keys differing only in case or accents are different keys (binary collation)."""
+    store = make_store(database_url)
+    keys = ["order-1", "ORDER-1", "order-1 ", "ördér-1"]
+    ids = {store.create(make_execution(idempotency_key=key))[0].saga_id for key in keys}
+    assert len(ids) == len(keys)
+    for key in keys:
+        found = store.find_by_idempotency_key(key)
+        assert found is not None
+        assert found.idempotency_key == key
+
+
+def test_store_survives_a_path_with_spaces(tmp_path: Path) -> None:
+    folder = tmp_path / "with space"
+    folder.mkdir()
+    store = SQLSagaBackend(f"sqlite:///{folder / 'sagas.db'}")
+    try:
+        execution = make_execution()
+        store.create(execution)
+        assert store.get(execution.saga_id) is not None
+    finally:
+        store.close()
+
+
+def test_text_and_json_keep_every_character(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    store = make_store(database_url)
+    execution = make_execution(name="zamówienia 🎉", input={"lone": "\ud800", "emoji": "🎉"})
+    store.create(execution)
+    output = {"surrogate": "\udfff", "mixed": "ż🎉\u0000end", "big": 10**30}
+    store.update_step(
+        execution.saga_id, 0, {"status": StepStatus.FAILED, "output": output, "error": "błąd 🎉"}
+    )
+    got = store.get(execution.saga_id)
+    assert got is not None
+    assert got.saga_name == "zamówienia 🎉"
+    assert got.input == {"lone": "\ud800", "emoji": "🎉"}
+    assert got.step(0).output == output
+    assert got.step(0).error == "błąd 🎉"
+    assert [s.saga_id for s in store.list(name="zamówienia 🎉").items] == [execution.saga_id]
