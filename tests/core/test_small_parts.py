@@ -147,8 +147,15 @@ def test_lazy_backend_names_say_which_package_to_install() -> None:
 
     with pytest.raises(AttributeError):
         backends.NoSuchBackend  # noqa: B018
-    try:
-        import celery_saga_sql  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="pip install celery-saga-sql"):
-            backends.SQLSagaBackend  # noqa: B018
+    import importlib.util
+
+    for name, module, package in [
+        ("RedisSagaBackend", "celery_saga_redis", "celery-saga-redis"),
+        ("SQLSagaBackend", "celery_saga_sql", "celery-saga-sql"),
+        ("MongoSagaBackend", "celery_saga_mongo", "celery-saga-mongo"),
+    ]:
+        if importlib.util.find_spec(module) is None:
+            with pytest.raises(ImportError, match=f"pip install {package}"):
+                getattr(backends, name)
+        else:
+            assert getattr(backends, name).__name__ == name
