@@ -13,6 +13,7 @@ from celery_saga.decorators import saga_step, saga_task
 from celery_saga.errors import (
     BackendNotFound,
     PermanentFailure,
+    SagaCancelled,
     SagaCompensated,
     SagaDefinitionError,
     SagaDefinitionMismatch,
@@ -27,13 +28,19 @@ from celery_saga.headers import current_step, idempotency_key
 from celery_saga.models import SagaExecution, SagaStatus, StepRecord, StepStatus
 from celery_saga.response import StepResponse
 from celery_saga.result import SagaResult
+from celery_saga.retry import RetryPolicy
+from celery_saga.runtime import recovery as _recovery  # noqa: F401  (registers celery_saga.recover)
 from celery_saga.runtime import replies as _replies  # noqa: F401  (registers reply tasks)
+from celery_saga.runtime.recovery import RecoveryReport, recover
 from celery_saga.version import __version__
 
 __all__ = [
     "BackendNotFound",
     "PermanentFailure",
+    "RecoveryReport",
+    "RetryPolicy",
     "Saga",
+    "SagaCancelled",
     "SagaCompensated",
     "SagaDefinitionError",
     "SagaDefinitionMismatch",
@@ -52,6 +59,7 @@ __all__ = [
     "current_step",
     "idempotency_key",
     "parallelize",
+    "recover",
     "saga",
     "saga_step",
     "saga_task",

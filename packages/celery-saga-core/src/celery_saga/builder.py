@@ -21,6 +21,7 @@ from celery_saga.definition import (
     StepSpec,
 )
 from celery_saga.errors import SagaDefinitionError
+from celery_saga.retry import RetryPolicy
 from celery_saga.tasks import TaskRef, check_task_ref, is_task, task_name
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class StepEntry:
     no_compensation: bool
     input: InputSpec = field(default_factory=ContextInput)
     options: Mapping[str, Any] = field(default_factory=dict)
+    retry: RetryPolicy | None = None
+    compensation_retry: RetryPolicy | None = None
 
 
 @dataclass
@@ -81,6 +84,8 @@ def make_step_entry(
     no_compensation: bool = False,
     input: InputSpec | None = None,
     options: Mapping[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
+    compensation_retry: RetryPolicy | None = None,
     what: str = "step",
 ) -> StepEntry:
     """Validate a step and merge in what `@saga_step` said about it."""
@@ -95,12 +100,20 @@ def make_step_entry(
                 f"step {task_name(ref)!r}: unknown options {sorted(unknown)}; "
                 f"allowed: {sorted(STEP_OPTIONS)}"
             )
+    for name, policy in (("retry", retry), ("compensation_retry", compensation_retry)):
+        if policy is not None and not isinstance(policy, RetryPolicy):
+            raise SagaDefinitionError(
+                f"step {task_name(ref)!r}: {name} must be a RetryPolicy, "
+                f"got {type(policy).__name__}"
+            )
     return StepEntry(
         task=ref,
         compensate=comp_ref,
         no_compensation=bool(no_compensation or meta.no_compensation),
         input=input or ContextInput(),
         options=dict(options or {}),
+        retry=retry,
+        compensation_retry=compensation_retry,
     )
 
 
@@ -129,11 +142,21 @@ class Saga:
         backend: SagaBackend | str | None = None,
         *,
         app: Celery | None = None,
+        deadline: float | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise SagaDefinitionError(f"a saga needs a non-empty name, got {name!r}")
+        if deadline is not None:
+            total = getattr(deadline, "total_seconds", None)
+            deadline = total() if callable(total) else deadline
+            if not isinstance(deadline, int | float) or deadline <= 0:
+                raise SagaDefinitionError(
+                    f"saga {name!r}: deadline must be a positive number of seconds (or a "
+                    f"timedelta), got {deadline!r}"
+                )
         self.name = name
         self.backend = backend
+        self.deadline = None if deadline is None else float(deadline)
         self._app = app
         self._entries: list[Entry] = []
         self._output: OutputSpec | None = None
@@ -149,12 +172,15 @@ class Saga:
         no_compensation: bool = False,
         input: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         options: Mapping[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
+        compensation_retry: RetryPolicy | None = None,
     ) -> Saga:
         """Add a step: a Celery task (or task name) called with the context as kwargs.
 
         `compensate` overrides the one from `@saga_step`; `input` maps the context
         to the step's keyword arguments; `options` are Celery message options for
-        this step only (queue, priority, countdown, time limits...).
+        this step only (queue, priority, countdown, time_limit, soft_time_limit...);
+        `retry` and `compensation_retry` are saga-level `RetryPolicy` objects.
         """
         what = f"step {len(self._flat_steps())} of saga {self.name!r}"
         entry = make_step_entry(
@@ -163,6 +189,8 @@ class Saga:
             no_compensation=no_compensation,
             input=_mapper(input, what),
             options=options,
+            retry=retry,
+            compensation_retry=compensation_retry,
             what=what,
         )
         return self._append(entry)
@@ -171,6 +199,7 @@ class Saga:
         self,
         *tasks_or_tuples: Any,
         input: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Saga:
         """Add steps that run at the same time; each is a task or a (task, compensate) pair.
 
@@ -193,7 +222,9 @@ class Saga:
                 task, comp = item
             else:
                 task, comp = item, None
-            steps.append(make_step_entry(task, compensate=comp, input=mapper, what=what))
+            steps.append(
+                make_step_entry(task, compensate=comp, input=mapper, retry=retry, what=what)
+            )
         return self._append(ParallelEntry(steps))
 
     def add_transform(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Saga:
@@ -290,6 +321,8 @@ class Saga:
                         no_compensation=step.no_compensation,
                         input=step.input,
                         options=step.options,
+                        retry=step.retry,
+                        compensation_retry=step.compensation_retry,
                     )
                 )
                 index += 1
@@ -308,6 +341,7 @@ class Saga:
             app=self.app,
             final_transforms=tuple(pending),
             output=self._output,
+            deadline=self.deadline,
         )
 
     def outline(self) -> list[Any]:

@@ -82,6 +82,7 @@ def step_signature(
         attempt=attempt,
         definition_hash=definition.hash,
         queue=queue,
+        deadline_at=execution.deadline_at,
     )
     options: dict[str, Any] = dict(spec.options)
     if (
@@ -104,8 +105,13 @@ def compensation_signature(
     record: StepRecord,
     attempt: int,
     countdown: float | None = None,
+    round_start: int | None = None,
 ) -> Signature:
-    """The message that runs attempt `attempt` of the compensation of `record`."""
+    """The message that runs attempt `attempt` of the compensation of `record`.
+
+    `round_start` is the attempt that began this round of tries: the retry budget
+    counts from it, so an operator's retry gets a fresh budget.
+    """
     app = definition.app
     spec = definition.step(record.index)
     queue = reply_queue(app, execution.queue)
@@ -117,6 +123,7 @@ def compensation_signature(
         compensation=True,
         definition_hash=definition.hash,
         queue=queue,
+        round_start=attempt if round_start is None else round_start,
     )
     name = record.compensation_task_name or ""
     options: dict[str, Any] = {}

@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "saga_compensation_max_retries": 3,
     "saga_compensation_retry_backoff": 1.0,
     "saga_compensation_retry_backoff_max": 60.0,
+    "saga_output_max_bytes": 1_048_576,
+    "saga_recovery_stalled_after": 300.0,
 }
 
 _default: SagaBackend | str | None = None

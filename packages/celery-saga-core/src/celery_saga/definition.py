@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celery_saga.errors import SagaDefinitionError
+from celery_saga.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from celery import Celery, Task
@@ -102,6 +103,8 @@ class StepSpec:
     no_compensation: bool = False
     input: InputSpec = field(default_factory=ContextInput)
     options: Mapping[str, Any] = field(default_factory=dict)
+    retry: RetryPolicy | None = field(default=None, compare=False)
+    compensation_retry: RetryPolicy | None = field(default=None, compare=False)
 
     @property
     def by_name(self) -> bool:
@@ -136,6 +139,7 @@ class SagaDefinition:
     app: Celery = field(compare=False)
     final_transforms: tuple[ContextFn, ...] = ()
     output: OutputSpec | None = None
+    deadline: float | None = field(default=None, compare=False)
 
     @property
     def steps(self) -> tuple[StepSpec, ...]:

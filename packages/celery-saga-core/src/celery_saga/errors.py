@@ -76,3 +76,7 @@ class SagaCompensated(_SagaOutcomeError):
 
 class SagaFailed(_SagaOutcomeError):
     """The saga failed and at least one compensation could not be done."""
+
+
+class SagaCancelled(SagaCompensated):
+    """The saga was cancelled and every completed step was compensated."""

@@ -27,6 +27,7 @@ from celery_saga.definition import (
     TransformInput,
 )
 from celery_saga.errors import SagaDefinitionError
+from celery_saga.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -160,6 +161,8 @@ def step(
     compensate: Any = None,
     no_compensation: bool = False,
     input_fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    retry: RetryPolicy | None = None,
+    compensation_retry: RetryPolicy | None = None,
 ) -> StepRef:
     """Inside a @saga function: add a step and return a reference to its output.
 
@@ -172,6 +175,8 @@ def step(
         compensate=compensate,
         no_compensation=no_compensation,
         input=_input_spec(input_ref, input_fn),
+        retry=retry,
+        compensation_retry=compensation_retry,
         what=f"step {trace.count}",
     )
     ref = StepRef(trace.count, entry)
@@ -243,8 +248,13 @@ def saga(
     backend: SagaBackend | str | None = None,
     *,
     app: Celery | None = None,
+    deadline: float | None = None,
 ) -> Callable[[Callable[[Any], Any]], Saga]:
-    """Define a saga from a function of `input`, traced once into a `Saga`."""
+    """Define a saga from a function of `input`, traced once into a `Saga`.
+
+    `deadline` (seconds, or a timedelta) makes an execution compensate when it has
+    not completed that long after it started.
+    """
 
     def decorator(fn: Callable[[Any], Any]) -> Saga:
         trace = _Trace()
@@ -253,7 +263,7 @@ def saga(
             returned = fn(InputRef())
         finally:
             _current.reset(token)
-        result = Saga(name, backend=backend, app=app)
+        result = Saga(name, backend=backend, app=app, deadline=deadline)
         result.defined_in = f"{fn.__module__}.{fn.__qualname__}"
         result._output = _output_spec(returned)
         for entry in trace.entries:

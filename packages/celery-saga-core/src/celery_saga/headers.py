@@ -7,6 +7,7 @@ custom headers across retries, so a retried step is still recognised.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ class SagaHeader:
     compensation: bool = False
     definition_hash: str = ""
     queue: str | None = None
+    deadline_at: float | None = None
+    round_start: int | None = None
 
     @property
     def task_id(self) -> str:
@@ -51,6 +54,10 @@ class SagaHeader:
         }
         if self.queue:
             data["q"] = self.queue
+        if self.deadline_at is not None:
+            data["dl"] = self.deadline_at
+        if self.round_start is not None:
+            data["r"] = self.round_start
         return data
 
     @classmethod
@@ -67,21 +74,16 @@ class SagaHeader:
                 compensation=bool(data.get("c")),
                 definition_hash=str(data.get("h", "")),
                 queue=data.get("q") or None,
+                deadline_at=float(data["dl"]) if data.get("dl") is not None else None,
+                round_start=int(data["r"]) if data.get("r") is not None else None,
             )
         except (KeyError, TypeError, ValueError):
             return None
 
-    def next_attempt(self) -> SagaHeader:
-        """The same step's header for its next dispatch."""
-        return SagaHeader(
-            self.saga_id,
-            self.saga_name,
-            self.index,
-            self.attempt + 1,
-            self.compensation,
-            self.definition_hash,
-            self.queue,
-        )
+    @property
+    def deadline_passed(self) -> bool:
+        """True when the saga had a deadline and it is over."""
+        return self.deadline_at is not None and time.time() > self.deadline_at
 
 
 def header_of(request: Any) -> SagaHeader | None:

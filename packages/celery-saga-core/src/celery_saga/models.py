@@ -28,6 +28,7 @@ class SagaStatus(str, enum.Enum):
     COMPLETED = "completed"
     COMPENSATED = "compensated"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def is_terminal(self) -> bool:
@@ -48,7 +49,9 @@ class StepStatus(str, enum.Enum):
     SKIPPED = "skipped"
 
 
-TERMINAL_STATUSES = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+TERMINAL_STATUSES = frozenset(
+    {SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED, SagaStatus.CANCELLED}
+)
 ACTIVE_STATUSES = frozenset({SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING})
 #: Step statuses that end the forward part of a step (it will not run again).
 FINISHED_STEP_STATUSES = frozenset(
@@ -154,6 +157,8 @@ class SagaExecution:
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
     finished_at: float | None = None
+    deadline_at: float | None = None
+    cancelled_at: float | None = None
     schema: int = SCHEMA_VERSION
 
     # -- compatibility with celery-saga 0.1 ------------------------------------

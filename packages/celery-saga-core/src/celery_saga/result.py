@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from celery_saga.errors import SagaCompensated, SagaFailed
+from celery_saga.errors import SagaCancelled, SagaCompensated, SagaFailed
 from celery_saga.models import TERMINAL_STATUSES, SagaExecution, SagaStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from celery_saga.builder import Saga
 
 # Re-exported here because celery-saga 0.1 defined them in this module.
-__all__ = ["SagaCompensated", "SagaFailed", "SagaResult"]
+__all__ = ["SagaCancelled", "SagaCompensated", "SagaFailed", "SagaResult"]
 
 
 class SagaResult:
@@ -127,6 +127,12 @@ class SagaResult:
             for s in execution.steps
             if s.error and s.status is not StepStatus.SKIPPED
         )
+        if execution.status is SagaStatus.CANCELLED:
+            raise SagaCancelled(
+                f"saga {execution.saga_name} ({execution.saga_id}) was {execution.error}; "
+                "every step it had done was compensated",
+                execution=execution,
+            )
         if execution.status is SagaStatus.COMPENSATED:
             raise SagaCompensated(
                 f"saga {execution.saga_name} ({execution.saga_id}) was compensated. "
@@ -144,6 +150,22 @@ class SagaResult:
             f"Compensations that failed: {comp_failures or 'none recorded'}",
             execution=execution,
         )
+
+    def cancel(self, reason: str | None = None) -> bool:
+        """Cancel the saga: no new step starts, running steps finish, done ones are undone.
+
+        Returns True if this call cancelled it, False if it had already finished or
+        was already compensating. The final status is CANCELLED (FAILED if a
+        compensation cannot be done). Needs the saga's definition in this process.
+        """
+        from celery_saga import registry
+        from celery_saga.runtime.engine import Runtime, cancel
+
+        execution = self.execution
+        if execution is None:
+            raise LookupError(f"saga {self.saga_id} does not exist in {self._backend!r}")
+        saga = self._saga or registry.lookup(execution.saga_name)
+        return cancel(Runtime.of(saga), self.saga_id, reason)
 
     def __repr__(self) -> str:
         return f"<SagaResult saga_id={self.saga_id} status={self.status}>"

@@ -15,8 +15,10 @@ step_failed = Signal(name="step_failed", providing_args={"saga_id", "step", "err
 saga_completed = Signal(name="saga_completed", providing_args={"saga_id", "output"})
 saga_compensated = Signal(name="saga_compensated", providing_args={"saga_id", "error"})
 saga_failed = Signal(name="saga_failed", providing_args={"saga_id", "error"})
+saga_cancelled = Signal(name="saga_cancelled", providing_args={"saga_id", "error"})
 
 __all__ = [
+    "saga_cancelled",
     "saga_compensated",
     "saga_completed",
     "saga_failed",

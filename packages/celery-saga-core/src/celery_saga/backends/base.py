@@ -26,7 +26,9 @@ from celery_saga.models import (
 )
 
 #: Fields `update_saga` may change.
-SAGA_MUTABLE_FIELDS = frozenset({"status", "output", "error", "failed_step", "finished_at"})
+SAGA_MUTABLE_FIELDS = frozenset(
+    {"status", "output", "error", "failed_step", "finished_at", "cancelled_at"}
+)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """The saga state machine: every transition is a compare-and-set in the store.
 
 Called from the step's own worker (task objects), from reply tasks (steps named by
-task name), and from `Saga.run()`. Because each transition is a conditional write,
-a redelivered or duplicated message changes nothing twice: a step finishes once,
-a stage advances once (the store's counter names its last member), and each
-compensation runs once per step that needs it.
+task name), from `Saga.run()`, and from the recovery pass and operator commands.
+Because each transition is a conditional write, a redelivered or duplicated
+message changes nothing twice: a step finishes once, a stage advances once (the
+store's counter names its last member), and each compensation runs once per step
+that needs it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from celery_saga import registry
+from celery_saga import registry, signals
 from celery_saga.backends.base import SagaBackend, StepExpect
 from celery_saga.compiler import compensation_signature, header_of_signature, step_signature
 from celery_saga.config import backend_for, setting
@@ -28,12 +29,15 @@ from celery_saga.models import (
     StepStatus,
     now,
 )
-from celery_saga.response import ensure_json
+from celery_saga.response import ensure_json, normalize_result
 from celery_saga.result import SagaResult
+from celery_saga.retry import error_types
 from celery_saga.runtime.dispatch import send
 from celery_saga.runtime.log import log
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from celery import Celery, Signature
 
     from celery_saga.builder import Saga
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
 
 _FORWARD = frozenset({StepStatus.PENDING, StepStatus.RUNNING})
 _RUNNING = frozenset({SagaStatus.RUNNING})
+_COMPENSATING = frozenset({StepStatus.COMPENSATING})
 _MAX_ERROR = 4000
 
 
@@ -76,6 +81,28 @@ def describe_error(exc: BaseException) -> str:
     return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
 
 
+def outcome_of(rt: Runtime, header: SagaHeader, value: Any) -> tuple[dict[str, Any], Any]:
+    """A step's return value as (output, compensation data), checked for JSON and size.
+
+    Raises StepOutputError naming the step when either cannot be stored.
+    """
+    output, compensation_data = normalize_result(value)
+    name = rt.definition.step(header.index).task_name
+    text = ensure_json(output, f"the output of step {header.index} ({name})")
+    comp_text = ensure_json(
+        compensation_data, f"the compensation data of step {header.index} ({name})"
+    )
+    limit = setting(rt.app, "saga_output_max_bytes")
+    size = len(text.encode()) + len(comp_text.encode())
+    if limit and size > int(limit):
+        raise StepOutputError(
+            f"the output of step {header.index} ({name}) is {size} bytes with its compensation "
+            f"data, over the saga_output_max_bytes limit of {limit}: keep large data elsewhere "
+            "and return a reference to it (or raise the limit)"
+        )
+    return output, compensation_data
+
+
 # -- starting ------------------------------------------------------------------------------
 
 
@@ -86,6 +113,7 @@ def new_execution(
     queue: str | None,
 ) -> SagaExecution:
     """A PENDING execution of `definition`, with one PENDING record per step."""
+    created = now()
     return SagaExecution(
         saga_id=new_saga_id(),
         saga_name=definition.name,
@@ -93,6 +121,9 @@ def new_execution(
         idempotency_key=idempotency_key,
         definition_hash=definition.hash,
         queue=queue,
+        created_at=created,
+        updated_at=created,
+        deadline_at=None if definition.deadline is None else created + definition.deadline,
         steps=[
             StepRecord(
                 index=spec.index,
@@ -129,8 +160,6 @@ def start(
     if not created:
         return result
     log(logging.INFO, execution.saga_id, None, "saga %s started", saga.name)
-    from celery_saga import signals
-
     signals.saga_started.send(sender=saga.name, saga_id=execution.saga_id, input=input)
     dispatch_stage(rt, execution, 0)
     return result
@@ -139,50 +168,68 @@ def start(
 # -- forward progress -------------------------------------------------------------------------
 
 
-def dispatch_stage(rt: Runtime, execution: SagaExecution, stage_index: int) -> None:
-    """Compute each step's input from the records and send the stage's messages."""
-    stage = rt.definition.stages[stage_index]
-    signatures: list[Signature] = []
+def _inputs(
+    rt: Runtime, execution: SagaExecution, stage_index: int, indexes: Sequence[int]
+) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
+    """Each step's keyword arguments, or why they could not be computed."""
+    inputs: dict[int, dict[str, Any]] = {}
     failures: dict[int, str] = {}
     try:
         ctx = context_before(rt.definition, stage_index, execution)
     except InputResolutionError as exc:
-        failures = {spec.index: str(exc) for spec in stage.steps}
-    else:
-        for spec in stage.steps:
-            try:
-                kwargs = step_input(spec, ctx, execution)
-                ensure_json(kwargs, f"the input of step {spec.index} ({spec.task_name})")
-            except (InputResolutionError, StepOutputError) as exc:
-                failures[spec.index] = str(exc)
-                continue
-            attempt = execution.step(spec.index).attempt + 1
-            signatures.append(step_signature(rt.definition, execution, spec, attempt, kwargs))
+        return {}, {i: str(exc) for i in indexes}
+    for index in indexes:
+        spec = rt.definition.step(index)
+        try:
+            kwargs = step_input(spec, ctx, execution)
+            ensure_json(kwargs, f"the input of step {spec.index} ({spec.task_name})")
+        except (InputResolutionError, StepOutputError) as exc:
+            failures[index] = str(exc)
+        else:
+            inputs[index] = kwargs
+    return inputs, failures
+
+
+def dispatch_stage(rt: Runtime, execution: SagaExecution, stage_index: int) -> None:
+    """Compute each step's input from the records and send the stage's messages."""
+    stage = rt.definition.stages[stage_index]
+    indexes = [spec.index for spec in stage.steps]
+    inputs, failures = _inputs(rt, execution, stage_index, indexes)
     if failures:
         # Nothing of this stage is sent: the failing inputs fail their steps, the rest
         # are skipped, and the stage's last member starts the compensation.
-        for spec in stage.steps:
-            attempt = execution.step(spec.index).attempt + 1
-            if spec.index in failures:
+        for index in indexes:
+            attempt = execution.step(index).attempt + 1
+            if index in failures:
                 _finish(
                     rt,
                     execution.saga_id,
-                    spec.index,
+                    index,
                     attempt,
                     StepStatus.FAILED,
-                    {"error": failures[spec.index]},
+                    {"error": failures[index]},
                     failing=True,
                 )
             else:
                 _finish(
                     rt,
                     execution.saga_id,
-                    spec.index,
+                    index,
                     attempt,
                     StepStatus.SKIPPED,
                     {"error": "not started: another step of its stage could not start"},
                 )
         return
+    signatures = [
+        step_signature(
+            rt.definition,
+            execution,
+            rt.definition.step(index),
+            execution.step(index).attempt + 1,
+            inputs[index],
+        )
+        for index in indexes
+    ]
     send(rt.app, signatures, on_eager_error=_eager_error)
 
 
@@ -196,39 +243,35 @@ def _eager_error(sig: Signature, exc: Exception) -> None:
         compensation_failed(rt, header, describe_error(exc))
     else:
         data = exc.compensation_data if isinstance(exc, PermanentFailure) else None
-        step_failed(rt, header, describe_error(exc), data)
+        step_failed(rt, header, describe_error(exc), data, error_types(exc))
 
 
 def step_started(rt: Runtime, header: SagaHeader, task_id: str | None, retries: int = 0) -> bool:
     """Gate before a step's body runs: True if this attempt may run.
 
-    Refused when the step already finished, when a newer attempt owns it, or when
-    the saga is no longer RUNNING (then the step is recorded as skipped).
+    Refused when the step already finished or a newer attempt owns it. When the
+    saga is no longer RUNNING (a sibling failed, it was cancelled, its deadline
+    passed) a step that had not started is recorded as skipped; one that had
+    started and lost its worker may finish (it is in flight), but never as a retry.
     """
+    if header.deadline_passed:
+        expire(rt, header.saga_id)
+    changes = {
+        "status": StepStatus.RUNNING,
+        "attempt": header.attempt,
+        "task_id": task_id or header.task_id,
+        "started_at": now(),
+        "retries": retries,
+    }
     write = rt.backend.update_step(
         header.saga_id,
         header.index,
-        {
-            "status": StepStatus.RUNNING,
-            "attempt": header.attempt,
-            "task_id": task_id or header.task_id,
-            "started_at": now(),
-            "retries": retries,
-        },
+        changes,
         expect=StepExpect(status=_FORWARD, attempt_at_most=header.attempt, saga_status=_RUNNING),
     )
     if write.applied:
         return True
-    if write.status in _FORWARD and write.attempt <= header.attempt:
-        _finish(
-            rt,
-            header.saga_id,
-            header.index,
-            header.attempt,
-            StepStatus.SKIPPED,
-            {"error": f"not started: saga was {write.saga_status.value}"},
-        )
-    else:
+    if write.status not in _FORWARD or write.attempt > header.attempt:
         log(
             logging.INFO,
             header.saga_id,
@@ -238,6 +281,30 @@ def step_started(rt: Runtime, header: SagaHeader, task_id: str | None, retries: 
             write.status.value,
             write.attempt,
         )
+        return False
+    if (
+        write.status is StepStatus.RUNNING
+        and retries == 0
+        and write.saga_status in (SagaStatus.COMPENSATING, SagaStatus.PENDING)
+    ):
+        again = rt.backend.update_step(
+            header.saga_id,
+            header.index,
+            changes,
+            expect=StepExpect(
+                status=frozenset({StepStatus.RUNNING}), attempt_at_most=header.attempt
+            ),
+        )
+        if again.applied:
+            return True
+    _finish(
+        rt,
+        header.saga_id,
+        header.index,
+        header.attempt,
+        StepStatus.SKIPPED,
+        {"error": f"not started: saga was {write.saga_status.value}"},
+    )
     return False
 
 
@@ -254,26 +321,60 @@ def step_succeeded(
         "attempt": header.attempt,
     }
     if _finish(rt, header.saga_id, header.index, header.attempt, StepStatus.SUCCESS, changes):
-        from celery_saga import signals
-
         signals.step_succeeded.send(
             sender=rt.definition.name, saga_id=header.saga_id, step=header.index, output=output
         )
 
 
-def step_failed(rt: Runtime, header: SagaHeader, error: str, compensation_data: Any = None) -> None:
-    """Record a step's final failure; the saga turns to compensation."""
+def step_failed(
+    rt: Runtime,
+    header: SagaHeader,
+    error: str,
+    compensation_data: Any = None,
+    error_names: Sequence[str] = (),
+) -> None:
+    """Record a step's final failure (or retry it, if its policy says so)."""
+    if _retry_step(rt, header, error, error_names):
+        return
     changes: dict[str, Any] = {"error": error, "attempt": header.attempt}
     if compensation_data is not None:
         changes["compensation_data"] = compensation_data
     if _finish(
         rt, header.saga_id, header.index, header.attempt, StepStatus.FAILED, changes, failing=True
     ):
-        from celery_saga import signals
-
         signals.step_failed.send(
             sender=rt.definition.name, saga_id=header.saga_id, step=header.index, error=error
         )
+
+
+def _retry_step(rt: Runtime, header: SagaHeader, error: str, error_names: Sequence[str]) -> bool:
+    """Dispatch the step again as a new attempt when its RetryPolicy allows it."""
+    policy = rt.definition.step(header.index).retry
+    if policy is None or header.attempt > policy.max_retries or not policy.retries(error_names):
+        return False
+    attempt = header.attempt + 1
+    write = rt.backend.update_step(
+        header.saga_id,
+        header.index,
+        {"status": StepStatus.PENDING, "attempt": attempt, "error": error},
+        expect=StepExpect(status=_FORWARD, attempt=header.attempt, saga_status=_RUNNING),
+    )
+    if not write.applied:
+        return write.status is StepStatus.PENDING and write.attempt == attempt  # already done
+    delay = policy.delay(header.attempt)
+    log(
+        logging.WARNING,
+        header.saga_id,
+        header.index,
+        "attempt %s failed (%s); retrying in %.2fs",
+        header.attempt,
+        error,
+        delay,
+    )
+    execution = rt.backend.get(header.saga_id)
+    if execution is not None:
+        _redispatch(rt, execution, [execution.step(header.index)], countdown=delay, bump=False)
+    return True
 
 
 def _finish(
@@ -340,20 +441,17 @@ def stage_finished(
     """Every member of a stage has finished: advance, complete, or compensate."""
     if execution is None:
         execution = rt.backend.get(saga_id)
-    if execution is None:
-        return
-    if execution.definition_hash != rt.definition.hash:
-        error = SagaDefinitionMismatch(
-            f"saga {execution.saga_name} {saga_id} was started by definition "
-            f"{execution.definition_hash} but this worker has {rt.definition.hash}: it will not "
-            "guess how to go on. Run a worker with the original definition (or finish "
-            "old executions before deploying a changed saga)."
-        )
-        log(logging.ERROR, saga_id, None, "%s", error)
-        rt.backend.update_saga(saga_id, {"error": str(error)})
+    if execution is None or not _same_definition(rt, execution):
         return
     stage = rt.definition.stages[stage_index]
     members = [execution.step(spec.index) for spec in stage.steps]
+    if (
+        execution.status is SagaStatus.RUNNING
+        and execution.deadline_at
+        and now() > (execution.deadline_at)
+    ):
+        expire(rt, saga_id)
+        execution = rt.backend.get(saga_id) or execution
     if execution.status is SagaStatus.RUNNING and all(
         m.status is StepStatus.SUCCESS for m in members
     ):
@@ -363,6 +461,20 @@ def stage_finished(
             complete(rt, execution)
         return
     begin_compensation(rt, execution, members)
+
+
+def _same_definition(rt: Runtime, execution: SagaExecution) -> bool:
+    if execution.definition_hash == rt.definition.hash:
+        return True
+    error = SagaDefinitionMismatch(
+        f"saga {execution.saga_name} {execution.saga_id} was started by definition "
+        f"{execution.definition_hash} but this worker has {rt.definition.hash}: it will not "
+        "guess how to go on. Run a worker with the original definition (or let old "
+        "executions finish before deploying a changed saga), then `celery saga recover`."
+    )
+    log(logging.ERROR, execution.saga_id, None, "%s", error)
+    rt.backend.update_saga(execution.saga_id, {"error": str(error)})
+    return False
 
 
 def complete(rt: Runtime, execution: SagaExecution) -> None:
@@ -384,8 +496,6 @@ def complete(rt: Runtime, execution: SagaExecution) -> None:
         expect_status=_RUNNING,
     ):
         log(logging.INFO, execution.saga_id, None, "saga %s completed", execution.saga_name)
-        from celery_saga import signals
-
         signals.saga_completed.send(
             sender=execution.saga_name, saga_id=execution.saga_id, output=output
         )
@@ -393,7 +503,45 @@ def complete(rt: Runtime, execution: SagaExecution) -> None:
         compensate_next(rt, execution.saga_id)
 
 
-# -- compensation ---------------------------------------------------------------------------------
+# -- turning back: failure, deadline, cancellation ------------------------------------------------
+
+
+def expire(rt: Runtime, saga_id: str) -> bool:
+    """The saga's deadline passed: turn it to compensation (once)."""
+    deadline = rt.definition.deadline
+    turned = rt.backend.update_saga(
+        saga_id,
+        {
+            "status": SagaStatus.COMPENSATING,
+            "error": f"deadline exceeded: not completed within {deadline}s",
+        },
+        expect_status=_RUNNING,
+    )
+    if turned:
+        log(logging.WARNING, saga_id, None, "deadline of %ss exceeded: compensating", deadline)
+        compensate_next(rt, saga_id)
+    return turned
+
+
+def cancel(rt: Runtime, saga_id: str, reason: str | None = None) -> bool:
+    """Cancel a saga: no new step starts, running steps finish, done steps are compensated.
+
+    Returns False if the saga was not RUNNING or PENDING (already finished or
+    compensating). Its final status is CANCELLED (or FAILED if a compensation fails).
+    """
+    turned = rt.backend.update_saga(
+        saga_id,
+        {
+            "status": SagaStatus.COMPENSATING,
+            "cancelled_at": now(),
+            "error": f"cancelled{': ' + reason if reason else ''}",
+        },
+        expect_status={SagaStatus.RUNNING, SagaStatus.PENDING},
+    )
+    if turned:
+        log(logging.WARNING, saga_id, None, "cancelled%s", f": {reason}" if reason else "")
+        compensate_next(rt, saga_id)
+    return turned
 
 
 def begin_compensation(rt: Runtime, execution: SagaExecution, members: list[StepRecord]) -> None:
@@ -424,7 +572,18 @@ def compensate_next(rt: Runtime, saga_id: str) -> None:
         return
     if any(s.status is StepStatus.COMPENSATING for s in execution.steps):
         return  # one is under way; its outcome calls us again
-    if any(s.status in _FORWARD and s.attempt > 0 for s in execution.steps):
+    # A retry that was waiting to run is dropped: nothing forward retries now.
+    for s in execution.steps:
+        if s.status is StepStatus.PENDING and s.attempt > 0:
+            _finish(
+                rt,
+                saga_id,
+                s.index,
+                s.attempt,
+                StepStatus.SKIPPED,
+                {"error": "retry dropped: the saga is compensating"},
+            )
+    if any(s.status is StepStatus.RUNNING for s in execution.steps):
         return  # a step in flight finishes first; the last of its stage calls us again
     todo = [s for s in execution.steps if s.needs_compensation]
     if not todo:
@@ -435,11 +594,11 @@ def compensate_next(rt: Runtime, saga_id: str) -> None:
     write = rt.backend.update_step(
         saga_id,
         record.index,
-        {"status": StepStatus.COMPENSATING, "comp_attempt": attempt, "comp_error": None},
+        {"status": StepStatus.COMPENSATING, "comp_attempt": attempt},
         expect=StepExpect(status=frozenset({record.status}), comp_attempt=record.comp_attempt),
     )
     if write.applied:
-        _send_compensation(rt, execution, record, attempt)
+        _send_compensation(rt, execution, record, attempt, round_start=attempt)
 
 
 def _send_compensation(
@@ -448,14 +607,22 @@ def _send_compensation(
     record: StepRecord,
     attempt: int,
     countdown: float | None = None,
+    round_start: int | None = None,
 ) -> None:
-    sig = compensation_signature(rt.definition, execution, record, attempt, countdown)
+    sig = compensation_signature(
+        rt.definition, execution, record, attempt, countdown, round_start=round_start
+    )
     send(rt.app, [sig], on_eager_error=_eager_error)
 
 
 def _finalize(rt: Runtime, execution: SagaExecution) -> None:
     failed = [s for s in execution.steps if s.status is StepStatus.COMPENSATION_FAILED]
-    status = SagaStatus.FAILED if failed else SagaStatus.COMPENSATED
+    if failed:
+        status = SagaStatus.FAILED
+    elif execution.cancelled_at is not None:
+        status = SagaStatus.CANCELLED
+    else:
+        status = SagaStatus.COMPENSATED
     if rt.backend.update_saga(
         execution.saga_id,
         {"status": status, "finished_at": now()},
@@ -469,9 +636,10 @@ def _finalize(rt: Runtime, execution: SagaExecution) -> None:
             execution.saga_name,
             status.value,
         )
-        from celery_saga import signals
-
-        signal = signals.saga_failed if failed else signals.saga_compensated
+        signal = {
+            SagaStatus.FAILED: signals.saga_failed,
+            SagaStatus.CANCELLED: signals.saga_cancelled,
+        }.get(status, signals.saga_compensated)
         signal.send(sender=execution.saga_name, saga_id=execution.saga_id, error=execution.error)
 
 
@@ -481,7 +649,7 @@ def compensation_started(rt: Runtime, header: SagaHeader, task_id: str | None) -
         header.saga_id,
         header.index,
         {"comp_task_id": task_id or header.task_id, "comp_started_at": now()},
-        expect=StepExpect(status=frozenset({StepStatus.COMPENSATING}), comp_attempt=header.attempt),
+        expect=StepExpect(status=_COMPENSATING, comp_attempt=header.attempt),
     )
     return write.applied
 
@@ -492,7 +660,7 @@ def compensation_succeeded(rt: Runtime, header: SagaHeader) -> None:
         header.saga_id,
         header.index,
         {"status": StepStatus.COMPENSATED, "comp_finished_at": now(), "comp_error": None},
-        expect=StepExpect(status=frozenset({StepStatus.COMPENSATING}), comp_attempt=header.attempt),
+        expect=StepExpect(status=_COMPENSATING, comp_attempt=header.attempt),
     )
     if write.applied:
         log(logging.INFO, header.saga_id, header.index, "compensated")
@@ -501,9 +669,16 @@ def compensation_succeeded(rt: Runtime, header: SagaHeader) -> None:
 
 def compensation_failed(rt: Runtime, header: SagaHeader, error: str) -> None:
     """Retry a failed compensation with backoff, or record it failed and go on."""
-    retries = int(setting(rt.app, "saga_compensation_max_retries"))
-    expect = StepExpect(status=frozenset({StepStatus.COMPENSATING}), comp_attempt=header.attempt)
-    if header.attempt <= retries:
+    spec = rt.definition.step(header.index)
+    policy = spec.compensation_retry
+    max_retries = (
+        policy.max_retries
+        if policy is not None
+        else int(setting(rt.app, "saga_compensation_max_retries"))
+    )
+    tries = header.attempt - (header.round_start or header.attempt) + 1
+    expect = StepExpect(status=_COMPENSATING, comp_attempt=header.attempt)
+    if tries <= max_retries:
         write = rt.backend.update_step(
             header.saga_id,
             header.index,
@@ -511,13 +686,15 @@ def compensation_failed(rt: Runtime, header: SagaHeader, error: str) -> None:
             expect=expect,
         )
         if write.applied:
+            delay = policy.delay(tries) if policy is not None else _backoff(rt.app, tries)
             log(
                 logging.WARNING,
                 header.saga_id,
                 header.index,
-                "compensation attempt %s failed (%s); retrying",
+                "compensation attempt %s failed (%s); retrying in %.2fs",
                 header.attempt,
                 error,
+                delay,
             )
             execution = rt.backend.get(header.saga_id)
             if execution is not None:
@@ -526,7 +703,8 @@ def compensation_failed(rt: Runtime, header: SagaHeader, error: str) -> None:
                     execution,
                     execution.step(header.index),
                     header.attempt + 1,
-                    _backoff(rt.app, header.attempt),
+                    delay,
+                    round_start=header.round_start,
                 )
         return
     write = rt.backend.update_step(
@@ -540,15 +718,227 @@ def compensation_failed(rt: Runtime, header: SagaHeader, error: str) -> None:
             logging.ERROR,
             header.saga_id,
             header.index,
-            "compensation failed for good after %s attempts: %s",
-            header.attempt,
+            "compensation failed for good after %s tries: %s",
+            tries,
             error,
         )
         compensate_next(rt, header.saga_id)
 
 
-def _backoff(app: Celery, attempt: int) -> float:
-    """Exponential backoff with full jitter, capped."""
+def _backoff(app: Celery, retry: int) -> float:
+    """Exponential backoff with full jitter, capped (the compensation default)."""
     base = float(setting(app, "saga_compensation_retry_backoff"))
     cap = float(setting(app, "saga_compensation_retry_backoff_max"))
-    return random.uniform(0, min(cap, base * 2 ** (attempt - 1))) if base > 0 else 0.0
+    return random.uniform(0, min(cap, base * 2 ** (retry - 1))) if base > 0 else 0.0
+
+
+# -- operator actions and recovery ---------------------------------------------------------
+
+
+def retry_compensations(rt: Runtime, saga_id: str) -> bool:
+    """An operator's retry: a FAILED saga's failed compensations run again (fresh budget).
+
+    The failed steps go back to the outcome they had before compensation, the
+    saga to COMPENSATING, and compensation resumes in reverse completion order.
+    Each retried step's last error stays in its record until it succeeds.
+    """
+    execution = rt.backend.get(saga_id)
+    if execution is None:
+        return False
+    if execution.status is SagaStatus.FAILED:
+        for record in execution.steps:
+            if record.status is StepStatus.COMPENSATION_FAILED:
+                rt.backend.update_step(
+                    saga_id,
+                    record.index,
+                    {"status": StepStatus.FAILED if record.error else StepStatus.SUCCESS},
+                    expect=StepExpect(status=frozenset({StepStatus.COMPENSATION_FAILED})),
+                )
+        if not rt.backend.update_saga(
+            saga_id,
+            {"status": SagaStatus.COMPENSATING, "finished_at": None},
+            expect_status={SagaStatus.FAILED},
+        ):
+            return False
+        log(logging.WARNING, saga_id, None, "compensation retried by an operator")
+        compensate_next(rt, saga_id)
+        return True
+    if execution.status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.PENDING):
+        return resume(rt, execution).acted
+    return False
+
+
+def resolve_compensation(rt: Runtime, saga_id: str, index: int, note: str) -> bool:
+    """An operator undid a step by hand: record it, and finish the saga if nothing is left."""
+    execution = rt.backend.get(saga_id)
+    if execution is None:
+        return False
+    record = execution.step(index)
+    write = rt.backend.update_step(
+        saga_id,
+        index,
+        {
+            "status": StepStatus.COMPENSATED,
+            "comp_finished_at": now(),
+            "comp_error": f"resolved by hand: {note} (last error: {record.comp_error})",
+        },
+        expect=StepExpect(status=frozenset({StepStatus.COMPENSATION_FAILED})),
+    )
+    if not write.applied:
+        return False
+    log(logging.WARNING, saga_id, index, "compensation resolved by hand: %s", note)
+    execution = rt.backend.get(saga_id)
+    if (
+        execution is not None
+        and execution.status is SagaStatus.FAILED
+        and not any(s.status is StepStatus.COMPENSATION_FAILED for s in execution.steps)
+    ):
+        final = SagaStatus.CANCELLED if execution.cancelled_at else SagaStatus.COMPENSATED
+        rt.backend.update_saga(saga_id, {"status": final}, expect_status={SagaStatus.FAILED})
+    return True
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What `resume` did to one execution."""
+
+    saga_id: str
+    action: str
+    acted: bool
+
+
+def _redispatch(
+    rt: Runtime,
+    execution: SagaExecution,
+    records: Sequence[StepRecord],
+    countdown: float | None = None,
+    *,
+    bump: bool = True,
+) -> list[int]:
+    """Send steps again as new attempts (the store fences the old ones); return the indexes.
+
+    With ``bump=False`` the records already carry their new attempt (a retry).
+    """
+    if not records:
+        return []
+    stage_index = records[0].stage
+    sent: list[tuple[int, int]] = []
+    for record in records:
+        if not bump:
+            sent.append((record.index, record.attempt))
+            continue
+        attempt = max(record.attempt, 1) + 1
+        write = rt.backend.update_step(
+            execution.saga_id,
+            record.index,
+            {"attempt": attempt},
+            expect=StepExpect(status=_FORWARD, attempt=record.attempt),
+        )
+        if write.applied:
+            sent.append((record.index, attempt))
+    if not sent:
+        return []
+    inputs, failures = _inputs(rt, execution, stage_index, [i for i, _ in sent])
+    signatures = []
+    for index, attempt in sent:
+        if index in failures:
+            _finish(
+                rt,
+                execution.saga_id,
+                index,
+                attempt,
+                StepStatus.FAILED,
+                {"error": failures[index]},
+                failing=True,
+            )
+            continue
+        signatures.append(
+            step_signature(
+                rt.definition,
+                execution,
+                rt.definition.step(index),
+                attempt,
+                inputs[index],
+                countdown=countdown,
+            )
+        )
+    send(rt.app, signatures, on_eager_error=_eager_error)
+    return [i for i, _ in sent]
+
+
+def resume(rt: Runtime, execution: SagaExecution) -> Resumed:
+    """Move a stalled execution on (used by the recovery pass and operators).
+
+    Re-dispatches a lost step as a new attempt, advances a stage whose outcome was
+    recorded but not acted on, restarts a stalled compensation. Every action is a
+    compare-and-set, so two recoverers at once change nothing twice.
+    """
+    sid = execution.saga_id
+    if not _same_definition(rt, execution):
+        return Resumed(sid, "definition mismatch: left alone", False)
+    if execution.status is SagaStatus.PENDING:
+        if rt.backend.update_saga(
+            sid, {"status": SagaStatus.RUNNING}, expect_status={SagaStatus.PENDING}
+        ):
+            execution.status = SagaStatus.RUNNING
+            dispatch_stage(rt, execution, 0)
+            return Resumed(sid, "started", True)
+        return Resumed(sid, "already started", False)
+    if (
+        execution.status is SagaStatus.RUNNING
+        and execution.deadline_at
+        and (now() > execution.deadline_at)
+    ):
+        expire(rt, sid)
+        return Resumed(sid, "deadline exceeded: compensating", True)
+    if execution.status is SagaStatus.RUNNING:
+        for stage in rt.definition.stages:
+            members = [execution.step(spec.index) for spec in stage.steps]
+            if all(m.status is StepStatus.SUCCESS for m in members):
+                continue
+            lost = [m for m in members if m.status in _FORWARD]
+            if lost:
+                sent = _redispatch(rt, execution, lost)
+                return Resumed(sid, f"re-dispatched steps {sent}", bool(sent))
+            stage_finished(rt, sid, stage.index, execution)
+            return Resumed(sid, f"acted on the outcome of stage {stage.index}", True)
+        complete(rt, execution)
+        return Resumed(sid, "completed", True)
+    if execution.status is SagaStatus.COMPENSATING:
+        stalled = [s for s in execution.steps if s.status is StepStatus.COMPENSATING]
+        if stalled:
+            record = stalled[0]
+            attempt = record.comp_attempt + 1
+            write = rt.backend.update_step(
+                sid,
+                record.index,
+                {"comp_attempt": attempt},
+                expect=StepExpect(status=_COMPENSATING, comp_attempt=record.comp_attempt),
+            )
+            if write.applied:
+                _send_compensation(rt, execution, record, attempt, round_start=attempt)
+                return Resumed(sid, f"re-dispatched the compensation of step {record.index}", True)
+            return Resumed(sid, "compensation moved meanwhile", False)
+        in_flight = [s for s in execution.steps if s.status is StepStatus.RUNNING]
+        dispatched = _current_stage_pending(rt, execution)
+        if in_flight or dispatched:
+            by_stage = in_flight or dispatched
+            first = by_stage[0].stage
+            sent = _redispatch(rt, execution, [s for s in by_stage if s.stage == first])
+            return Resumed(sid, f"re-dispatched in-flight steps {sent}", bool(sent))
+        compensate_next(rt, sid)
+        return Resumed(sid, "compensation resumed", True)
+    return Resumed(sid, f"nothing to do: {execution.status.value}", False)
+
+
+def _current_stage_pending(rt: Runtime, execution: SagaExecution) -> list[StepRecord]:
+    """PENDING steps of the first unfinished stage that was dispatched (its count started)."""
+    for stage in rt.definition.stages:
+        members = [execution.step(spec.index) for spec in stage.steps]
+        pending = [m for m in members if m.status is StepStatus.PENDING]
+        if not pending:
+            continue
+        if len(pending) < len(members):
+            return pending  # some members moved: the stage was dispatched
+        return []
+    return []

@@ -27,7 +27,7 @@ from celery.utils.objects import mro_lookup
 
 from celery_saga.errors import PermanentFailure, SagaError, StepOutputError
 from celery_saga.headers import SagaHeader, header_of
-from celery_saga.response import ensure_json, normalize_result
+from celery_saga.retry import error_types
 from celery_saga.runtime import engine
 from celery_saga.runtime.log import log
 
@@ -135,29 +135,26 @@ def _run(
     except Retry:
         raise
     except _PermanentShield as shield:
+        failure = shield.failure
         _bookkeep(
             rt,
             header,
             engine.step_failed,
-            engine.describe_error(shield.failure),
-            shield.failure.compensation_data,
+            engine.describe_error(failure),
+            failure.compensation_data,
+            error_types(failure),
         )
-        raise shield.failure from None
-    except PermanentFailure as exc:
-        _bookkeep(rt, header, engine.step_failed, engine.describe_error(exc), exc.compensation_data)
-        raise
+        raise failure from None
     except Exception as exc:
-        _bookkeep(rt, header, engine.step_failed, engine.describe_error(exc))
+        data = exc.compensation_data if isinstance(exc, PermanentFailure) else None
+        _bookkeep(
+            rt, header, engine.step_failed, engine.describe_error(exc), data, error_types(exc)
+        )
         raise
     try:
-        output, compensation_data = normalize_result(value)
-        what = f"the output of step {header.index} ({task.name})"
-        ensure_json(output, what)
-        ensure_json(
-            compensation_data, f"the compensation data of step {header.index} ({task.name})"
-        )
+        output, compensation_data = engine.outcome_of(rt, header, value)
     except StepOutputError as exc:
-        _bookkeep(rt, header, engine.step_failed, str(exc))
+        _bookkeep(rt, header, engine.step_failed, str(exc), None, error_types(exc))
         raise
     _bookkeep(rt, header, engine.step_succeeded, output, compensation_data)
     return output

@@ -18,7 +18,8 @@ from celery.signals import task_success
 from celery_saga.compiler import REPLY_FAILURE, REPLY_SUCCESS
 from celery_saga.errors import PermanentFailure, SagaError, StepOutputError
 from celery_saga.headers import SagaHeader, header_of
-from celery_saga.response import StepResponse, ensure_json, normalize_result, to_plain
+from celery_saga.response import StepResponse, to_plain
+from celery_saga.retry import error_types
 from celery_saga.runtime import engine
 from celery_saga.runtime.instrument import HANDLED
 from celery_saga.runtime.log import log, logger
@@ -53,11 +54,9 @@ def reply_success(retval: Any = None, saga: Any = None) -> None:
         engine.compensation_succeeded(rt, header)
         return
     try:
-        output, compensation_data = normalize_result(retval)
-        ensure_json(output, f"the output of step {header.index}")
-        ensure_json(compensation_data, f"the compensation data of step {header.index}")
+        output, compensation_data = engine.outcome_of(rt, header, retval)
     except StepOutputError as exc:
-        engine.step_failed(rt, header, str(exc))
+        engine.step_failed(rt, header, str(exc), None, error_types(exc))
         return
     engine.step_succeeded(rt, header, output, compensation_data)
 
@@ -70,6 +69,7 @@ def reply_failure(
     saga: Any = None,
     error: str | None = None,
     compensation_data: Any = None,
+    error_names: list[str] | None = None,
 ) -> None:
     """A step or compensation failed for good: record it (forwarding it first if inline).
 
@@ -86,6 +86,7 @@ def reply_failure(
         details: dict[str, Any] = {
             "saga": saga,
             "error": engine.describe_error(exc) if exc is not None else None,
+            "error_names": error_types(exc) if isinstance(exc, BaseException) else [],
         }
         if isinstance(exc, PermanentFailure):
             details["compensation_data"] = exc.compensation_data
@@ -107,7 +108,7 @@ def reply_failure(
     if header.compensation:
         engine.compensation_failed(rt, header, message)
     else:
-        engine.step_failed(rt, header, message, compensation_data)
+        engine.step_failed(rt, header, message, compensation_data, error_names or ())
 
 
 def _peek_error(rt: engine.Runtime, task_id: str) -> str | None:

@@ -1,0 +1,12 @@
+"""``celery -A proj saga ...``: inspect and operate sagas from the command line.
+
+A Celery CLI plugin (entry-point group ``celery.commands``). Exit codes a script
+can rely on: 0 done, 1 refused (the saga is not in a state where that applies),
+2 bad input (a malformed id or option), 3 not found.
+"""
+
+from __future__ import annotations
+
+from celery_saga.cli.commands import EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, saga
+
+__all__ = ["EXIT_NOT_FOUND", "EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "saga"]

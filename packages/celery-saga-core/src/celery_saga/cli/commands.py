@@ -1,0 +1,340 @@
+"""The ``saga`` command group and its subcommands (click, like Celery's own commands)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from celery_saga import registry
+from celery_saga.config import backend_for
+from celery_saga.errors import InvalidSagaId, SagaError
+from celery_saga.ids import validate_saga_id
+from celery_saga.models import SagaExecution, SagaStatus, StepRecord, now
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from celery_saga.backends.base import SagaBackend
+    from celery_saga.runtime.engine import Runtime
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``2h``, ``7d`` or ``1w`` as seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
+    if match is None:
+        raise click.BadParameter(
+            f"{text!r} is not a duration: use a number of seconds or e.g. 30s, 15m, 2h, 7d, 1w"
+        )
+    return float(match[1]) * _UNITS.get(match[2] or "s", 1)
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """A click parameter type for durations."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+
+
+class SagaId(click.ParamType):  # type: ignore[type-arg]
+    """A click parameter type that validates saga ids before they reach a query."""
+
+    name = "saga_id"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        try:
+            return validate_saga_id(value)
+        except InvalidSagaId as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _app(ctx: click.Context) -> Celery:
+    app: Celery | None = getattr(ctx.find_root().obj, "app", None)
+    if app is None:  # run outside the `celery` command (tests call the group directly)
+        from celery import current_app
+
+        app = current_app._get_current_object()
+    return app
+
+
+def _store(ctx: click.Context) -> SagaBackend:
+    return backend_for(_app(ctx), ctx.meta.get("celery_saga.backend"))
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(ctx: click.Context, saga_id: str) -> SagaExecution:
+    store = _store(ctx)
+    execution = store.get(saga_id)
+    if execution is None:
+        _fail(f"no saga {saga_id} in {store!r}", EXIT_NOT_FOUND)
+    return execution
+
+
+def _runtime(ctx: click.Context, execution: SagaExecution) -> Runtime:
+    from celery_saga.runtime.engine import Runtime
+
+    try:
+        saga_obj = registry.lookup(execution.saga_name, _app(ctx))
+    except SagaError as exc:
+        _fail(
+            f"{exc}. Run this command with -A pointing at the module that defines the saga.",
+            EXIT_REFUSED,
+        )
+    return Runtime.of(saga_obj)
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _took(start: float | None, end: float | None) -> str:
+    return "-" if start is None or end is None else f"{(end - start) * 1000:.1f}ms"
+
+
+@click.group(name="saga")
+@click.option(
+    "--backend",
+    "backend",
+    default=None,
+    metavar="URL",
+    help="State store URL (default: the app's saga_backend setting).",
+)
+@click.pass_context
+def saga(ctx: click.Context, backend: str | None) -> None:
+    """Inspect and operate sagas: list, show, cancel, retry, resolve, recover, purge."""
+    ctx.meta["celery_saga.backend"] = backend
+
+
+@saga.command(name="list")
+@click.option("--status", type=click.Choice([s.value for s in SagaStatus]), default=None)
+@click.option("--name", default=None, help="Only executions of this saga.")
+@click.option("--older-than", type=Duration(), default=None, help="Created at least this long ago.")
+@click.option("--newer-than", type=Duration(), default=None, help="Created at most this long ago.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor", default=None, help="Resume after a previous page (see --json).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.pass_context
+def list_(
+    ctx: click.Context,
+    status: str | None,
+    name: str | None,
+    older_than: float | None,
+    newer_than: float | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+) -> None:
+    """List executions, newest first."""
+    store = _store(ctx)
+    try:
+        page = store.list(
+            status=status,
+            name=name,
+            limit=limit,
+            cursor=cursor,
+            created_before=None if older_than is None else now() - older_than,
+            created_after=None if newer_than is None else now() - newer_than,
+        )
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "items": [
+                        {
+                            "saga_id": s.saga_id,
+                            "name": s.saga_name,
+                            "status": s.status.value,
+                            "created_at": s.created_at,
+                            "updated_at": s.updated_at,
+                            "finished_at": s.finished_at,
+                            "error": s.error,
+                        }
+                        for s in page.items
+                    ],
+                    "cursor": page.cursor,
+                }
+            )
+        )
+        return
+    click.echo(f"{'SAGA ID':<36}  {'NAME':<24} {'STATUS':<13} {'CREATED':<19}  ERROR")
+    for s in page.items:
+        click.echo(
+            f"{s.saga_id:<36}  {s.saga_name[:24]:<24} {s.status.value:<13} "
+            f"{_when(s.created_at):<19}  {(s.error or '')[:60]}"
+        )
+    if page.cursor:
+        click.echo(f"(more: --cursor {page.cursor})")
+
+
+def _step_dict(s: StepRecord) -> dict[str, Any]:
+    return {
+        "index": s.index,
+        "task": s.task_name,
+        "stage": s.stage,
+        "status": s.status.value,
+        "attempt": s.attempt,
+        "retries": s.retries,
+        "task_id": s.task_id,
+        "started_at": s.started_at,
+        "finished_at": s.finished_at,
+        "error": s.error,
+        "output": s.output,
+        "compensation": s.compensation_task_name,
+        "compensation_attempts": s.comp_attempt,
+        "compensation_error": s.comp_error,
+        "compensated_at": s.comp_finished_at,
+    }
+
+
+@saga.command()
+@click.argument("saga_id", type=SagaId())
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.pass_context
+def show(ctx: click.Context, saga_id: str, as_json: bool) -> None:
+    """Show one execution: every step with status, attempts, durations, errors."""
+    ex = _load(ctx, saga_id)
+    if as_json:
+        data = ex.to_dict()
+        data["steps"] = [_step_dict(s) for s in ex.steps]
+        click.echo(json.dumps(data))
+        return
+    click.echo(f"saga {ex.saga_id}  {ex.saga_name}  {ex.status.value.upper()}")
+    click.echo(
+        f"  created {_when(ex.created_at)}  updated {_when(ex.updated_at)}  "
+        f"finished {_when(ex.finished_at)}"
+    )
+    if ex.idempotency_key:
+        click.echo(f"  idempotency key: {ex.idempotency_key}")
+    if ex.error:
+        click.echo(f"  error: {ex.error}")
+    for s in ex.steps:
+        click.echo(
+            f"  [{s.index}] stage {s.stage}  {s.task_name:<28} {s.status.value:<19} "
+            f"attempt {s.attempt}  {_took(s.started_at, s.finished_at)}"
+        )
+        if s.error:
+            click.echo(f"        error: {s.error}")
+        if s.compensation_task_name and s.comp_attempt:
+            click.echo(
+                f"        compensation {s.compensation_task_name}: "
+                f"{s.comp_attempt} attempt(s), "
+                f"{_took(s.comp_started_at, s.comp_finished_at)}"
+                + (f", {s.comp_error}" if s.comp_error else "")
+            )
+
+
+@saga.command()
+@click.argument("saga_id", type=SagaId())
+@click.option("--reason", default=None, help="Recorded with the cancellation.")
+@click.pass_context
+def cancel(ctx: click.Context, saga_id: str, reason: str | None) -> None:
+    """Cancel an execution: no new step starts, done steps are compensated."""
+    from celery_saga.runtime.engine import cancel as cancel_saga
+
+    ex = _load(ctx, saga_id)
+    if not cancel_saga(_runtime(ctx, ex), saga_id, reason):
+        _fail(
+            f"saga {saga_id} is {ex.status.value}: only running sagas can be cancelled",
+            EXIT_REFUSED,
+        )
+    click.echo(f"saga {saga_id}: cancelled; compensating")
+
+
+@saga.command()
+@click.argument("saga_id", type=SagaId())
+@click.pass_context
+def retry(ctx: click.Context, saga_id: str) -> None:
+    """Retry a FAILED saga's failed compensations, or move a stalled one on."""
+    from celery_saga.runtime.engine import retry_compensations
+
+    ex = _load(ctx, saga_id)
+    if not retry_compensations(_runtime(ctx, ex), saga_id):
+        _fail(f"saga {saga_id} is {ex.status.value}: nothing to retry", EXIT_REFUSED)
+    click.echo(f"saga {saga_id}: compensation resumed")
+
+
+@saga.command()
+@click.argument("saga_id", type=SagaId())
+@click.argument("step", type=click.IntRange(min=0))
+@click.option("--note", required=True, help="What was done by hand (recorded).")
+@click.pass_context
+def resolve(ctx: click.Context, saga_id: str, step: int, note: str) -> None:
+    """Mark a failed compensation as done by hand; the saga ends once none is left."""
+    from celery_saga.runtime.engine import resolve_compensation
+
+    ex = _load(ctx, saga_id)
+    if step >= len(ex.steps):
+        _fail(f"saga {saga_id} has no step {step} (it has {len(ex.steps)})", EXIT_USAGE)
+    if not resolve_compensation(_runtime(ctx, ex), saga_id, step, note):
+        _fail(
+            f"step {step} of saga {saga_id} is {ex.step(step).status.value}, not "
+            "compensation_failed",
+            EXIT_REFUSED,
+        )
+    click.echo(f"saga {saga_id}: step {step} resolved by hand")
+
+
+@saga.command()
+@click.option(
+    "--stalled-after",
+    type=Duration(),
+    default=None,
+    help="No progress for this long counts as stalled (default: setting).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.pass_context
+def recover(ctx: click.Context, stalled_after: float | None, as_json: bool) -> None:
+    """Resume stalled executions of the sagas this app defines (safe to run anywhere)."""
+    from celery_saga.runtime.recovery import recover as run_recovery
+
+    report = run_recovery(_app(ctx), stalled_after=stalled_after)
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        for item in report.resumed:
+            click.echo(f"{item.saga_id}  {item.action}")
+        click.echo(
+            f"examined {report.examined}, acted on {report.acted}, errors {len(report.errors)}"
+        )
+    if report.errors:
+        sys.exit(EXIT_REFUSED)
+
+
+@saga.command()
+@click.option(
+    "--older-than",
+    type=Duration(),
+    required=True,
+    help="Delete executions that finished at least this long ago.",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def purge(ctx: click.Context, older_than: float, yes: bool) -> None:
+    """Delete finished executions older than a retention period (never unfinished ones)."""
+    store = _store(ctx)
+    if not yes:
+        click.confirm(
+            f"Delete every finished saga older than {older_than:.0f}s from {store!r}?", abort=True
+        )
+    removed = store.purge(now() - older_than)
+    click.echo(f"purged {removed} finished executions")
