@@ -4,6 +4,7 @@
     nox -s "tests(memory, newest)"   # one cell (see `nox -l` for the names)
     nox -s demo                       # the order saga on an in-process worker
     nox -s lint build docs bench
+    nox -s plugin isolation           # a third-party store; each store installed alone
 
 The matrix axes are the constants below. Interpreters that are not installed are
 skipped, never failed. Tests install the packages from built wheels, not from
@@ -19,7 +20,7 @@ from typing import Any
 import nox
 
 nox.options.error_on_missing_interpreters = False
-nox.options.sessions = ["lint", "tests", "build", "docs", "demo"]
+nox.options.sessions = ["lint", "tests", "build", "docs", "demo", "plugin", "isolation"]
 nox.options.reuse_existing_virtualenvs = False
 
 ROOT = Path(__file__).parent
@@ -71,18 +72,25 @@ def _wheel_dir(session: nox.Session) -> Path:
 
 
 def install_packages(session: nox.Session, names: list[str], *extra: str) -> None:
-    """Build wheels of `names` and install them (plus `extra` requirements)."""
+    """Build wheels of `names` and install them (plus `extra` requirements).
+
+    A name is a key of PACKAGES or the path of another package (the example plugin).
+    """
     wheels = _wheel_dir(session)
     session.install("build")
     for name in names:
         session.run(
-            "python", "-m", "build", "--wheel", "--outdir", str(wheels), PACKAGES[name], silent=True
+            "python", "-m", "build", "--wheel", "--outdir", str(wheels), _path(name), silent=True
         )
     session.install("--find-links", str(wheels), *[_dist(name) for name in names], *extra)
 
 
+def _path(name: str) -> str:
+    return PACKAGES.get(name, name)
+
+
 def _dist(name: str) -> str:
-    return Path(PACKAGES[name]).name
+    return Path(_path(name)).name
 
 
 @nox.session(python=PYTHONS)
@@ -151,6 +159,42 @@ def bench(session: nox.Session) -> None:
         *session.posargs,
         env={"PYTHONPATH": str(ROOT / "benchmarks")},
     )
+
+
+#: The example third-party store (not one of our packages: see its README).
+PLUGIN = "tests/plugin/celery-saga-example-store"
+
+
+@nox.session(python="3.11")
+def plugin(session: nox.Session) -> None:
+    """The example store, built and installed as a wheel, found by its scheme, conformant."""
+    install_packages(session, ["core", PLUGIN], "pytest>=8")
+    # The plugin's own pyproject.toml is pytest's configuration and rootdir, so the
+    # workspace's pytest settings and tests/conftest.py stay out of its run.
+    own_config = ["--rootdir", PLUGIN, "-c", f"{PLUGIN}/pyproject.toml", "-p", "no:cacheprovider"]
+    session.run("python", "-m", "pytest", f"{PLUGIN}/tests", "-q", *own_config, *session.posargs)
+
+
+#: Store packages checked alone, with what their check needs besides core and celery.
+ISOLATED: dict[str, list[str]] = {"redis": [], "sql": [], "mongo": ["SecantusDB"]}
+
+
+@nox.session(python="3.11")
+@nox.parametrize("store", list(ISOLATED), ids=list(ISOLATED))
+def isolation(session: nox.Session, store: str) -> None:
+    """One store package alone with core: sagas run, no other store's driver is imported."""
+    # pip builds the wheels in its own isolated environments, so this venv holds only
+    # what is installed below (the `build` package would add itself and its deps).
+    wheels = _wheel_dir(session)
+    for name in ("core", store):
+        session.run(
+            "python", "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), PACKAGES[name]
+        )
+    session.install(
+        "--find-links", str(wheels), _dist("core"), _dist(store), "celery", *ISOLATED[store]
+    )
+    session.run("python", "-m", "pip", "list")
+    session.run("python", "tests/isolation/check_isolation.py", store)
 
 
 if os.environ.get("CELERY_SAGA_NOX_DEBUG"):

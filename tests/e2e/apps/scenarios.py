@@ -18,6 +18,7 @@ from celery import Celery
 from pydantic import BaseModel
 
 from celery_saga import (
+    RetryPolicy,
     Saga,
     StepResponse,
     current_step,
@@ -40,6 +41,8 @@ class Journal:
 
             self._client = redis.Redis.from_url(redis_url, decode_responses=True)
         self._memory: dict[str, list[str]] = defaultdict(list)
+        self._counters: dict[str, int] = {}
+        self._flags: dict[str, bool] = {}
         self._lock = threading.Lock()
 
     def record(self, event: str) -> None:
@@ -51,6 +54,32 @@ class Journal:
         else:
             with self._lock:
                 self._memory[saga_id].append(event)
+
+    def incr(self, key: str) -> int:
+        """Count something (shared between processes when the journal is in Redis)."""
+        if self._client is not None:
+            return int(self._client.incr(f"{self.prefix}n:{key}"))
+        with self._lock:
+            self._counters[key] = self._counters.get(key, 0) + 1
+            return self._counters[key]
+
+    def set_flag(self, key: str, value: bool) -> None:
+        """Turn a switch (a fault, a gate) on or off."""
+        if self._client is not None:
+            if value:
+                self._client.set(f"{self.prefix}f:{key}", 1)
+            else:
+                self._client.delete(f"{self.prefix}f:{key}")
+            return
+        with self._lock:
+            self._flags[key] = value
+
+    def flag(self, key: str) -> bool:
+        """Whether a switch is on."""
+        if self._client is not None:
+            return bool(self._client.exists(f"{self.prefix}f:{key}"))
+        with self._lock:
+            return self._flags.get(key, False)
 
     def events(self, saga_id: str) -> list[str]:
         """Everything recorded for one saga, in order."""
@@ -82,6 +111,12 @@ class Scenarios:
     by_name: Saga
     bad_output: Saga
     wide: Saga
+    flaky_compensation: Saga
+    broken_compensation: Saga
+    deadline: Saga
+    gated: Saga
+    retrying: Saga
+    big_output: Saga
     tasks: dict[str, Any]
 
 
@@ -280,6 +315,94 @@ def build(app: Celery, journal: Journal, *, tag: str = "") -> Scenarios:
 
     wide = Saga(f"{name}.wide").add_step(noop).add_parallel(*[wide_member(i) for i in range(20)])
 
+    @app.task(shared=False, name=f"{name}.flaky_undo")
+    def flaky_undo(data: Any) -> None:
+        header = current_step()
+        tries = journal.incr(f"flaky:{header.saga_id if header else '-'}")
+        journal.record(f"flaky_undo:try{tries}")
+        if tries <= 2:
+            raise ConnectionError(f"refund service unavailable (try {tries})")
+
+    @saga_step(compensate=flaky_undo)
+    @app.task(shared=False, name=f"{name}.flaky_step")
+    def flaky_step(**kw: Any) -> dict[str, Any]:
+        journal.record("flaky_step")
+        return {"flaky": True}
+
+    flaky_compensation = (
+        Saga(f"{name}.flaky_compensation").add_step(t["s1"]).add_step(flaky_step).add_step(t["s3"])
+    )
+
+    @app.task(shared=False, name=f"{name}.broken_undo")
+    def broken_undo(data: Any) -> None:
+        journal.record("broken_undo")
+        if journal.flag("refunds_broken"):
+            raise RuntimeError("refund system is down")
+
+    @saga_step(compensate=broken_undo)
+    @app.task(shared=False, name=f"{name}.broken_step")
+    def broken_step(**kw: Any) -> dict[str, Any]:
+        journal.record("broken_step")
+        return {"broken": True}
+
+    broken_compensation = (
+        Saga(f"{name}.broken_compensation")
+        .add_step(t["s1"])
+        .add_step(broken_step)
+        .add_step(t["s3"])
+    )
+
+    @saga_step(compensate=t["undo2"])
+    @app.task(shared=False, name=f"{name}.slow")
+    def slow(**kw: Any) -> dict[str, Any]:
+        journal.record("slow")
+        time.sleep(kw.get("sleep", 1.5))  # the work this step does: it takes a while
+        return {"slow": True}
+
+    deadline = (
+        Saga(f"{name}.deadline", deadline=1.0).add_step(t["s1"]).add_step(slow).add_step(t["s3"])
+    )
+
+    @saga_step(compensate=t["undo2"])
+    @app.task(shared=False, name=f"{name}.gate")
+    def gate(**kw: Any) -> dict[str, Any]:
+        journal.record("gate:entered")
+        deadline_at = time.monotonic() + 60
+        while journal.flag(f"hold:{kw['hold']}") and time.monotonic() < deadline_at:
+            time.sleep(0.01)  # the step waits for the test to release it
+        journal.record("gate:left")
+        return {"gated": True}
+
+    gated = Saga(f"{name}.gated").add_step(t["s1"]).add_step(gate).add_step(t["s3"])
+
+    @app.task(shared=False, name=f"{name}.flaky_forward")
+    def flaky_forward(**kw: Any) -> dict[str, Any]:
+        header = current_step()
+        tries = journal.incr(f"forward:{header.saga_id if header else '-'}")
+        journal.record(f"flaky_forward:try{tries}")
+        if tries <= kw.get("fail_times", 2):
+            raise ConnectionError(f"upstream unavailable (try {tries})")
+        return {"tries": tries}
+
+    retrying = (
+        Saga(f"{name}.retrying")
+        .add_step(t["s1"])
+        .add_step(
+            flaky_forward,
+            no_compensation=True,
+            retry=RetryPolicy(
+                max_retries=3, backoff=0.01, jitter=False, retry_on=(ConnectionError,)
+            ),
+        )
+    )
+
+    @app.task(shared=False, name=f"{name}.big")
+    def big(**kw: Any) -> dict[str, Any]:
+        journal.record("big")
+        return {"blob": "x" * kw["size"]}
+
+    big_output = Saga(f"{name}.big_output").add_step(t["s1"]).add_step(big).add_step(t["s3"])
+
     t.update(
         batch=batch,
         echo=echo,
@@ -307,6 +430,12 @@ def build(app: Celery, journal: Journal, *, tag: str = "") -> Scenarios:
         by_name=by_name,
         bad_output=bad,
         wide=wide,
+        flaky_compensation=flaky_compensation,
+        broken_compensation=broken_compensation,
+        deadline=deadline,
+        gated=gated,
+        retrying=retrying,
+        big_output=big_output,
         tasks=t,
     )
 

@@ -320,10 +320,7 @@ def step_succeeded(
         "error": None,
         "attempt": header.attempt,
     }
-    if _finish(rt, header.saga_id, header.index, header.attempt, StepStatus.SUCCESS, changes):
-        signals.step_succeeded.send(
-            sender=rt.definition.name, saga_id=header.saga_id, step=header.index, output=output
-        )
+    _finish(rt, header.saga_id, header.index, header.attempt, StepStatus.SUCCESS, changes)
 
 
 def step_failed(
@@ -339,12 +336,9 @@ def step_failed(
     changes: dict[str, Any] = {"error": error, "attempt": header.attempt}
     if compensation_data is not None:
         changes["compensation_data"] = compensation_data
-    if _finish(
+    _finish(
         rt, header.saga_id, header.index, header.attempt, StepStatus.FAILED, changes, failing=True
-    ):
-        signals.step_failed.send(
-            sender=rt.definition.name, saga_id=header.saga_id, step=header.index, error=error
-        )
+    )
 
 
 def _retry_step(rt: Runtime, header: SagaHeader, error: str, error_names: Sequence[str]) -> bool:
@@ -418,6 +412,14 @@ def _finish(
         status.value,
         f": {changes.get('error')}" if failing else "",
     )
+    if status is StepStatus.SUCCESS:
+        signals.step_succeeded.send(
+            sender=rt.definition.name, saga_id=saga_id, step=index, output=changes.get("output")
+        )
+    elif status is StepStatus.FAILED:
+        signals.step_failed.send(
+            sender=rt.definition.name, saga_id=saga_id, step=index, error=changes.get("error")
+        )
     if failing:
         rt.backend.update_saga(
             saga_id,
@@ -942,3 +944,64 @@ def _current_stage_pending(rt: Runtime, execution: SagaExecution) -> list[StepRe
             return pending  # some members moved: the stage was dispatched
         return []
     return []
+
+
+def record_unregistered(
+    app: Celery,
+    header: SagaHeader,
+    *,
+    succeeded: bool,
+    output: Any = None,
+    compensation_data: Any = None,
+    error: str | None = None,
+) -> bool:
+    """Store an outcome that reached a process without the saga's definition.
+
+    Nothing is lost: the step's outcome is recorded (its stage is read from the
+    record), the saga's error says what happened, and the recovery pass, run where
+    the saga is defined, moves it on.
+    """
+    backend = backend_for(app)
+    execution = backend.get(header.saga_id)
+    if execution is None:
+        return False
+    record = execution.step(header.index)
+    if header.compensation:
+        changes: dict[str, Any] = {
+            "status": StepStatus.COMPENSATED if succeeded else StepStatus.COMPENSATION_FAILED,
+            "comp_finished_at": now(),
+            "comp_error": error,
+        }
+        write = backend.update_step(
+            header.saga_id,
+            header.index,
+            changes,
+            expect=StepExpect(status=_COMPENSATING, comp_attempt=header.attempt),
+        )
+    else:
+        changes = {
+            "status": StepStatus.SUCCESS if succeeded else StepStatus.FAILED,
+            "finished_at": now(),
+            "attempt": header.attempt,
+            "error": error,
+        }
+        if succeeded:
+            changes.update(output=output, compensation_data=compensation_data)
+        elif compensation_data is not None:
+            changes["compensation_data"] = compensation_data
+        write = backend.update_step(
+            header.saga_id,
+            header.index,
+            changes,
+            expect=StepExpect(status=_FORWARD, attempt_at_most=header.attempt),
+            count_in=f"stage:{record.stage}",
+        )
+    if write.applied:
+        note = (
+            f"saga {header.saga_name!r} is not registered in the process that received the "
+            f"outcome of step {header.index}: the outcome is recorded; run `celery saga "
+            "recover` (or the recovery task) where the saga is defined to move it on"
+        )
+        log(logging.ERROR, header.saga_id, header.index, "%s", note)
+        backend.update_saga(header.saga_id, {"error": note})
+    return write.applied

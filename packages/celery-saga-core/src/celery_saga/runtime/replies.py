@@ -16,9 +16,9 @@ from celery import Signature, current_task, shared_task
 from celery.signals import task_success
 
 from celery_saga.compiler import REPLY_FAILURE, REPLY_SUCCESS
-from celery_saga.errors import PermanentFailure, SagaError, StepOutputError
+from celery_saga.errors import PermanentFailure, SagaError, SagaNotRegistered, StepOutputError
 from celery_saga.headers import SagaHeader, header_of
-from celery_saga.response import StepResponse, to_plain
+from celery_saga.response import StepResponse, normalize_result, to_plain
 from celery_saga.retry import error_types
 from celery_saga.runtime import engine
 from celery_saga.runtime.instrument import HANDLED
@@ -49,7 +49,18 @@ def reply_success(retval: Any = None, saga: Any = None) -> None:
     header = _header(saga)
     if header is None:
         return
-    rt = engine.Runtime.for_header(header, current_task.app)
+    try:
+        rt = engine.Runtime.for_header(header, current_task.app)
+    except SagaNotRegistered:
+        payload = normalize_result(retval)
+        engine.record_unregistered(
+            current_task.app,
+            header,
+            succeeded=True,
+            output=payload[0],
+            compensation_data=payload[1],
+        )
+        return
     if header.compensation:
         engine.compensation_succeeded(rt, header)
         return
