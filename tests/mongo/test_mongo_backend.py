@@ -581,3 +581,155 @@ def test_standalone_server_is_detected_and_wait_falls_back_to_polling(
             forced.get(str(uuid.uuid4()))
     finally:
         forced.close()
+
+
+# -- deadline_at, cancelled_at and the CANCELLED status ------------------------------------------
+
+
+def test_deadline_and_cancelled_at_round_trip_as_numbers(mongo_store: MongoSagaBackend) -> None:
+    deadline = time.time() + 3600.123456789
+    execution = make_execution(idempotency_key="with-deadline")
+    execution.deadline_at = deadline
+    mongo_store.create(execution)
+    raw = mongo_store.executions.find_one({"_id": execution.saga_id})
+    assert raw is not None
+    assert raw["deadline_at"] == deadline
+    assert isinstance(raw["deadline_at"], float)  # a BSON double, not JSON text
+    assert raw["cancelled_at"] is None
+    got = mongo_store.get(execution.saga_id)
+    assert got is not None
+    assert got.to_dict() | {"updated_at": 0} == execution.to_dict() | {"updated_at": 0}
+    found = mongo_store.find_by_idempotency_key("with-deadline")
+    assert found is not None
+    assert found.deadline_at == deadline
+
+    cancelled = time.time()
+    changes = {"status": SagaStatus.CANCELLED, "cancelled_at": cancelled, "finished_at": cancelled}
+    assert mongo_store.update_saga(execution.saga_id, changes, expect_status={SagaStatus.RUNNING})
+    later = {"status": SagaStatus.CANCELLED, "cancelled_at": cancelled + 5}
+    assert not mongo_store.update_saga(execution.saga_id, later, expect_status={SagaStatus.RUNNING})
+    got = mongo_store.get(execution.saga_id)
+    assert got is not None
+    assert (got.status, got.cancelled_at, got.finished_at, got.deadline_at) == (
+        SagaStatus.CANCELLED,
+        cancelled,
+        cancelled,
+        deadline,
+    )
+    raw = mongo_store.executions.find_one({"_id": execution.saga_id})
+    assert raw is not None
+    assert (raw["status"], raw["cancelled_at"]) == ("cancelled", cancelled)
+    assert isinstance(raw["cancelled_at"], float)
+    # An int is a number of seconds too: stored as a double.
+    assert mongo_store.update_saga(execution.saga_id, {"cancelled_at": int(cancelled)})
+    raw = mongo_store.executions.find_one({"_id": execution.saga_id})
+    assert raw is not None
+    assert raw["cancelled_at"] == float(int(cancelled))
+    assert isinstance(raw["cancelled_at"], float)
+    with pytest.raises(ValueError, match="cannot set"):  # fixed when the execution is created
+        mongo_store.update_saga(execution.saga_id, {"deadline_at": deadline + 1})
+    listed = mongo_store.list(status="cancelled").items
+    assert [(s.saga_id, s.status) for s in listed] == [(execution.saga_id, SagaStatus.CANCELLED)]
+
+
+@pytest.mark.parametrize("bad", ["2030-01-01", {"$gt": 0}, True, [1.0]])
+def test_times_that_are_not_numbers_are_refused_before_anything_is_sent(
+    watched: tuple[MongoSagaBackend, Commands], bad: Any
+) -> None:
+    store, commands = watched
+    execution = make_execution()
+    store.create(execution)
+    commands.clear()
+    with pytest.raises(ValueError, match="cancelled_at must be a number"):
+        store.update_saga(execution.saga_id, {"cancelled_at": bad})
+    refused = make_execution()
+    refused.deadline_at = bad
+    with pytest.raises(ValueError, match="deadline_at must be a number"):
+        store.create(refused)
+    assert commands.sent == []
+    got = store.get(execution.saga_id)
+    assert got is not None
+    assert got.cancelled_at is None
+
+
+def test_documents_written_without_the_new_fields_read_them_as_none(
+    mongo_store: MongoSagaBackend,
+) -> None:
+    """Documents from before deadline_at and cancelled_at existed need no migration."""
+    execution = make_execution()
+    mongo_store.create(execution)
+    mongo_store.executions.update_one(
+        {"_id": execution.saga_id}, {"$unset": {"deadline_at": "", "cancelled_at": ""}}
+    )
+    raw = mongo_store.executions.find_one({"_id": execution.saga_id})
+    assert raw is not None
+    assert "deadline_at" not in raw and "cancelled_at" not in raw
+    got = mongo_store.get(execution.saga_id)
+    assert got is not None
+    assert (got.deadline_at, got.cancelled_at) == (None, None)
+    assert got.to_dict() | {"updated_at": 0} == execution.to_dict() | {"updated_at": 0}
+    stamp = time.time()
+    assert mongo_store.update_saga(
+        execution.saga_id, {"status": SagaStatus.CANCELLED, "cancelled_at": stamp}
+    )
+    got = mongo_store.get(execution.saga_id)
+    assert got is not None
+    assert (got.status, got.cancelled_at, got.deadline_at) == (SagaStatus.CANCELLED, stamp, None)
+
+
+def test_cancelled_executions_are_finished_for_delete_and_purge(
+    mongo_store: MongoSagaBackend,
+) -> None:
+    old, recent, unstamped, running = (make_execution() for _ in range(4))
+    for execution in (old, recent, unstamped, running):
+        mongo_store.create(execution)
+    cutoff = time.time() + 30
+    for execution, at in ((old, cutoff - 100), (recent, cutoff + 100)):
+        mongo_store.update_saga(
+            execution.saga_id,
+            {"status": SagaStatus.CANCELLED, "cancelled_at": at, "finished_at": at},
+        )
+    # Cancelled without finished_at: purge goes by updated_at (before the cutoff).
+    mongo_store.update_saga(unstamped.saga_id, {"status": SagaStatus.CANCELLED})
+    assert mongo_store.purge(cutoff) == 2
+    assert mongo_store.get(old.saga_id) is None
+    assert mongo_store.get(unstamped.saga_id) is None
+    assert mongo_store.get(recent.saga_id) is not None
+    assert mongo_store.get(running.saga_id) is not None
+    with pytest.raises(ValueError, match="is running: only finished executions"):
+        mongo_store.delete(running.saga_id)
+    assert mongo_store.delete(recent.saga_id)
+    assert mongo_store.get(recent.saga_id) is None
+    assert not mongo_store.delete(recent.saga_id)
+    mongo_store.update_saga(running.saga_id, {"status": SagaStatus.CANCELLED})
+    assert mongo_store.delete(running.saga_id)
+
+
+@pytest.mark.parametrize("change_streams", [None, False], ids=["as-detected", "polling"])
+def test_wait_returns_a_cancelled_execution(
+    make_store: Callable[..., MongoSagaBackend], change_streams: bool | None
+) -> None:
+    store = make_store(change_streams=change_streams)
+    writer = make_store()
+    done, running = make_execution(), make_execution()
+    for execution in (done, running):
+        store.create(execution)
+    writer.update_saga(done.saga_id, {"status": SagaStatus.CANCELLED})
+    got = store.wait(done.saga_id, timeout=10)  # already cancelled: returns at once
+    assert got is not None
+    assert got.status is SagaStatus.CANCELLED
+
+    result: list[Any] = []
+    _, first_read = _counting_gets(store)
+    waiter = threading.Thread(target=lambda: result.append(store.wait(running.saga_id, 30)))
+    waiter.start()
+    assert first_read.wait(10)  # the waiter has seen it running; now cancel it
+    stamp = time.time()
+    writer.update_saga(running.saga_id, {"status": SagaStatus.CANCELLED, "cancelled_at": stamp})
+    waiter.join(30)
+    assert not waiter.is_alive()
+    assert result
+    assert result[0] is not None
+    assert (result[0].status, result[0].cancelled_at) == (SagaStatus.CANCELLED, stamp)
+    if change_streams is False:
+        assert store.change_streams is False

@@ -497,3 +497,124 @@ def test_text_and_json_keep_every_character(
     assert got.step(0).output == output
     assert got.step(0).error == "błąd 🎉"
     assert [s.saga_id for s in store.list(name="zamówienia 🎉").items] == [execution.saga_id]
+
+
+# -- deadline_at, cancelled_at and the CANCELLED status ------------------------------------------
+
+
+def test_deadline_and_cancelled_at_round_trip(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    store = make_store(database_url)
+    deadline = time.time() + 3600.123456789
+    execution = make_execution(idempotency_key="with-deadline")
+    execution.deadline_at = deadline
+    store.create(execution)
+    got = store.get(execution.saga_id)
+    assert got is not None
+    assert got.deadline_at == deadline  # a double holds the float exactly
+    assert got.cancelled_at is None
+    assert got.to_dict() | {"updated_at": 0} == execution.to_dict() | {"updated_at": 0}
+    found = store.find_by_idempotency_key("with-deadline")
+    assert found is not None
+    assert found.deadline_at == deadline
+
+    cancelled = time.time()
+    changes = {"status": SagaStatus.CANCELLED, "cancelled_at": cancelled, "finished_at": cancelled}
+    assert store.update_saga(execution.saga_id, changes, expect_status={SagaStatus.RUNNING})
+    # A second cancel is a refused compare-and-set and changes nothing.
+    later = {"status": SagaStatus.CANCELLED, "cancelled_at": cancelled + 5}
+    assert not store.update_saga(execution.saga_id, later, expect_status={SagaStatus.RUNNING})
+    got = store.get(execution.saga_id)
+    assert got is not None
+    assert (got.status, got.cancelled_at, got.finished_at, got.deadline_at) == (
+        SagaStatus.CANCELLED,
+        cancelled,
+        cancelled,
+        deadline,
+    )
+    with pytest.raises(ValueError, match="cannot set"):  # fixed when the execution is created
+        store.update_saga(execution.saga_id, {"deadline_at": deadline + 1})
+    assert store.update_saga(execution.saga_id, {"cancelled_at": None})
+    got = store.get(execution.saga_id)
+    assert got is not None
+    assert (got.cancelled_at, got.deadline_at) == (None, deadline)
+    # Stored as numbers in their own columns (not inside JSON text).
+    executions = store.tables.executions
+    query = select(executions.c.deadline_at, executions.c.cancelled_at, executions.c.status).where(
+        executions.c.saga_id == execution.saga_id
+    )
+    with store.read_engine.connect() as conn:
+        row = conn.execute(query).one()
+    assert tuple(row) == (deadline, None, "cancelled")
+    listed = store.list(status="cancelled").items
+    assert [(s.saga_id, s.status) for s in listed] == [(execution.saga_id, SagaStatus.CANCELLED)]
+
+
+def test_cancelled_executions_are_finished_for_delete_purge_and_wait(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    store = make_store(database_url)
+    old, recent, unstamped, running = (make_execution() for _ in range(4))
+    for execution in (old, recent, unstamped, running):
+        store.create(execution)
+        store.update_step(execution.saga_id, 0, {"status": StepStatus.SUCCESS}, count_in="s")
+    cutoff = time.time() + 30
+    for execution, at in ((old, cutoff - 100), (recent, cutoff + 100)):
+        store.update_saga(
+            execution.saga_id,
+            {"status": SagaStatus.CANCELLED, "cancelled_at": at, "finished_at": at},
+        )
+    # Cancelled without finished_at: purge goes by updated_at (before the cutoff).
+    store.update_saga(unstamped.saga_id, {"status": SagaStatus.CANCELLED})
+    assert store.purge(cutoff) == 2
+    assert store.get(old.saga_id) is None
+    assert store.get(unstamped.saga_id) is None
+    assert store.get(recent.saga_id) is not None
+    assert store.get(running.saga_id) is not None
+    assert _count_rows(store) == (2, 6, 2)  # their steps and counters went with them
+
+    got = store.wait(recent.saga_id, timeout=10)  # already cancelled: returns at once
+    assert got is not None
+    assert got.status is SagaStatus.CANCELLED
+
+    with pytest.raises(ValueError, match="only finished"):
+        store.delete(running.saga_id)
+    box: list[Any] = []
+    waiter = threading.Thread(target=lambda: box.append(store.wait(running.saga_id, timeout=30)))
+    waiter.start()
+    time.sleep(0.2)
+    stamp = time.time()
+    store.update_saga(running.saga_id, {"status": SagaStatus.CANCELLED, "cancelled_at": stamp})
+    waiter.join(timeout=10)
+    assert not waiter.is_alive()
+    assert box[0] is not None
+    assert (box[0].status, box[0].cancelled_at) == (SagaStatus.CANCELLED, stamp)
+
+    assert store.delete(recent.saga_id)
+    assert store.delete(running.saga_id)
+    assert _count_rows(store) == (0, 0, 0)
+
+
+def test_postgresql_cancelling_wakes_a_waiter_by_notify(
+    postgres_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    writer = make_store(postgres_url)
+    waiter = make_store(postgres_url)
+    waiter.poll_interval = 60.0  # type: ignore[misc]  # polling would take a minute
+    waiter.notify_recheck = 60.0  # type: ignore[misc]
+    execution = make_execution()
+    writer.create(execution)
+    waiter.get(execution.saga_id)
+    waiter.stats.reset()
+    thread, box = _waiting(waiter, execution.saga_id, timeout=30)
+    started = time.monotonic()
+    writer.update_saga(
+        execution.saga_id, {"status": SagaStatus.CANCELLED, "cancelled_at": time.time()}
+    )
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 2.0
+    assert box[0] is not None
+    assert box[0].status is SagaStatus.CANCELLED
+    assert waiter.stats.round_trips == 3  # LISTEN, a read before sleeping, a read after NOTIFY

@@ -81,6 +81,28 @@ class Journal:
         with self._lock:
             return self._flags.get(key, False)
 
+    def effect(self, kind: str, member: str) -> None:
+        """Record a side effect idempotently (a set: doing it twice records it once)."""
+        if self._client is not None:
+            self._client.sadd(f"{self.prefix}{kind}", member)
+            return
+        with self._lock:
+            self._memory[f"set:{kind}"].append(member)
+
+    def effects(self, kind: str) -> set[str]:
+        """Every side effect of one kind recorded so far."""
+        if self._client is not None:
+            return set(self._client.smembers(f"{self.prefix}{kind}"))
+        with self._lock:
+            return set(self._memory[f"set:{kind}"])
+
+    def count(self, key: str) -> int:
+        """The value of a counter made by `incr`."""
+        if self._client is not None:
+            return int(self._client.get(f"{self.prefix}n:{key}") or 0)
+        with self._lock:
+            return self._counters.get(key, 0)
+
     def events(self, saga_id: str) -> list[str]:
         """Everything recorded for one saga, in order."""
         if self._client is not None:
@@ -117,6 +139,9 @@ class Scenarios:
     gated: Saga
     retrying: Saga
     big_output: Saga
+    crash: Saga
+    timeout_hard: Saga
+    timeout_soft: Saga
     tasks: dict[str, Any]
 
 
@@ -359,6 +384,16 @@ def build(app: Celery, journal: Journal, *, tag: str = "") -> Scenarios:
         time.sleep(kw.get("sleep", 1.5))  # the work this step does: it takes a while
         return {"slow": True}
 
+    timeout_hard = (
+        Saga(f"{name}.timeout_hard").add_step(t["s1"]).add_step(slow, options={"time_limit": 1})
+    )
+    timeout_soft = (
+        Saga(f"{name}.timeout_soft")
+        .add_step(t["s1"])
+        .add_step(slow, options={"soft_time_limit": 0.5, "time_limit": 10})
+    )
+    t["slow"] = slow
+
     deadline = (
         Saga(f"{name}.deadline", deadline=1.0).add_step(t["s1"]).add_step(slow).add_step(t["s3"])
     )
@@ -403,6 +438,36 @@ def build(app: Celery, journal: Journal, *, tag: str = "") -> Scenarios:
 
     big_output = Saga(f"{name}.big_output").add_step(t["s1"]).add_step(big).add_step(t["s3"])
 
+    def crash_undo_task(n: int) -> Any:
+        @app.task(
+            shared=False, name=f"{name}.crash_undo{n}", acks_late=True, reject_on_worker_lost=True
+        )
+        def crash_undo(data: Any) -> None:
+            header = current_step()
+            saga_id = header.saga_id if header else "-"
+            journal.incr(f"undo-runs:{saga_id}")
+            journal.effect("undone", f"{saga_id}:{n}")
+
+        return crash_undo
+
+    def crash_step_task(n: int, undo: Any) -> Any:
+        @saga_step(compensate=undo)
+        @app.task(shared=False, name=f"{name}.crash{n}", acks_late=True, reject_on_worker_lost=True)
+        def crash_step(**kw: Any) -> dict[str, Any]:
+            header = current_step()
+            saga_id = header.saga_id if header else "-"
+            time.sleep(0.05)  # the work of the step
+            if kw.get("fail_at") == n:
+                raise RuntimeError(f"step {n} failed as planned")
+            journal.effect("effects", f"{saga_id}:{n}")
+            return {f"c{n}": n}
+
+        return crash_step
+
+    crash = Saga(f"{name}.crash")
+    for n in range(5):
+        crash.add_step(crash_step_task(n, crash_undo_task(n)))
+
     t.update(
         batch=batch,
         echo=echo,
@@ -436,6 +501,9 @@ def build(app: Celery, journal: Journal, *, tag: str = "") -> Scenarios:
         gated=gated,
         retrying=retrying,
         big_output=big_output,
+        crash=crash,
+        timeout_hard=timeout_hard,
+        timeout_soft=timeout_soft,
         tasks=t,
     )
 

@@ -56,6 +56,13 @@ if "SAGA_E2E_BROKER" in os.environ:
         prefix=os.environ.get("SAGA_E2E_JOURNAL_PREFIX", "journal:"),
     )
 
+    if os.environ.get("SAGA_E2E_HIDE_SAGAS"):
+        # A worker that has the tasks but not the saga definitions (a deployment mistake).
+        from celery_saga import registry
+
+        for saga_name in list(registry.registered()):
+            registry.unregister(saga_name)
+
     @worker_ready.connect
     def _announce(**_: Any) -> None:
         ready = os.environ.get("SAGA_E2E_READY")

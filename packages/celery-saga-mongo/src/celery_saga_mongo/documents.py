@@ -3,7 +3,8 @@
 One document per execution::
 
     {_id: <saga_id>, saga_name, status, input, idempotency_key, definition_hash, queue,
-     output, error, failed_step, created_at, updated_at, finished_at, schema,
+     output, error, failed_step, created_at, updated_at, finished_at, deadline_at,
+     cancelled_at, schema,
      steps: [{index, task_name, stage, ..., status, attempt, output, ...}, ...],
      counters: {<name>: <int>, ...}}
 
@@ -13,7 +14,11 @@ One document per execution::
 as JSON text: BSON cannot hold integers above 2**63-1, and keys containing ``.``
 or starting with ``$`` are awkward or refused, so storing the JSON text is the
 only way to give back exactly what was written. Everything else (statuses,
-counters, times, names) is stored natively so it can be filtered and indexed.
+counters, times, names) is stored natively so it can be filtered and indexed;
+the execution's times are doubles (or null), checked to be numbers before they
+are sent. A field missing from an older document reads back as its default, so
+documents written before ``deadline_at`` and ``cancelled_at`` existed need no
+migration.
 
 Values that reach a query filter (saga ids, idempotency keys, saga names) are
 checked here to be plain strings: a dict such as ``{"$ne": None}`` would
@@ -34,6 +39,10 @@ from celery_saga.models import SagaExecution, StepRecord
 SAGA_PAYLOAD_FIELDS = frozenset({"input", "output"})
 #: Step fields kept as JSON text.
 STEP_PAYLOAD_FIELDS = frozenset({"output", "compensation_data"})
+#: Execution fields holding a time (seconds since the epoch): stored as doubles, or null.
+SAGA_TIME_FIELDS = frozenset(
+    {"created_at", "updated_at", "finished_at", "deadline_at", "cancelled_at"}
+)
 #: Fields a listing reads (the execution without its steps).
 SUMMARY_PROJECTION = {
     "_id": 1,
@@ -85,9 +94,11 @@ def encode_step_value(name: str, value: Any) -> Any:
 
 
 def encode_saga_value(name: str, value: Any) -> Any:
-    """An execution field's value as stored (enums by value, payloads as JSON text)."""
+    """An execution field's value as stored: enums by value, payloads as JSON, times as floats."""
     if name in SAGA_PAYLOAD_FIELDS:
         return dump_payload(value, f"saga {name}")
+    if name in SAGA_TIME_FIELDS and value is not None:
+        return check_number(value, name)
     return plain_value(value)
 
 

@@ -30,10 +30,37 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, func, insert, inspect, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Double,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.schema import CreateColumn
 
 from celery_saga.errors import SagaError, SchemaVersionError
-from celery_saga_sql.schema import Tables, build_tables
+from celery_saga_sql.schema import (
+    EXACT_NAME,
+    LONG_TEXT,
+    MYSQL_TABLE_OPTIONS,
+    NAME,
+    SAGA_ID,
+    STATUS,
+    Tables,
+    build_tables,
+)
 from celery_saga_sql.version import __version__
 
 #: Seconds to wait for another process that is upgrading the same tables.
@@ -62,12 +89,73 @@ class UpgradeResult:
     applied: tuple[int, ...]
 
 
+def _v1_executions(prefix: str, metadata: MetaData) -> Table:
+    """The executions table as version 1 created it (frozen: version 2 altered it)."""
+    return Table(
+        f"{prefix}executions",
+        metadata,
+        Column("saga_id", SAGA_ID, primary_key=True),
+        Column("saga_name", EXACT_NAME, nullable=False),
+        Column("status", STATUS, nullable=False),
+        Column("idempotency_key", EXACT_NAME, nullable=True),
+        Column("definition_hash", String(128), nullable=False),
+        Column("queue", NAME, nullable=True),
+        Column("input", LONG_TEXT, nullable=False),
+        Column("output", LONG_TEXT, nullable=False),
+        Column("error", LONG_TEXT, nullable=True),
+        Column("failed_step", Integer, nullable=True),
+        Column("created_at", Double, nullable=False),
+        Column("updated_at", Double, nullable=False),
+        Column("finished_at", Double, nullable=True),
+        Column("schema", Integer, nullable=False),
+        UniqueConstraint("idempotency_key", name=f"{prefix}uq_executions_idempotency_key"),
+        Index(f"{prefix}ix_executions_status_created", "status", "created_at", "saga_id"),
+        Index(f"{prefix}ix_executions_name_created", "saga_name", "created_at", "saga_id"),
+        Index(f"{prefix}ix_executions_created", "created_at", "saga_id"),
+        Index(f"{prefix}ix_executions_updated", "updated_at"),
+        **MYSQL_TABLE_OPTIONS,
+    )
+
+
 def _v1_create_tables(conn: Connection, tables: Tables) -> None:
-    tables.metadata.create_all(conn, tables=tables.data_tables, checkfirst=True)
+    metadata = MetaData()
+    created = [
+        _v1_executions(tables.prefix, metadata),
+        # Not changed since version 1: the current definitions are the version 1 shape.
+        tables.steps.to_metadata(metadata),
+        tables.counters.to_metadata(metadata),
+    ]
+    metadata.create_all(conn, tables=created, checkfirst=True)
+
+
+def _add_columns(conn: Connection, table: Table, names: tuple[str, ...]) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for each of `names` the table lacks yet.
+
+    Columns already there are skipped, so the migration can run again after an
+    interruption (MySQL/MariaDB commit each ALTER on their own).
+    """
+    present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+    quoted = conn.dialect.identifier_preparer.format_table(table)
+    for name in names:
+        if name not in present:
+            spec = CreateColumn(table.c[name]).compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {quoted} ADD COLUMN {spec}"))
+
+
+def _v2_deadline_and_cancelled(conn: Connection, tables: Tables) -> None:
+    # Nullable without a default: rows written before read back as None. On
+    # PostgreSQL and SQLite adding them changes only the catalog, no row is
+    # rewritten; MySQL 8 and MariaDB 10.3+ add such a last column in place too.
+    _add_columns(conn, tables.executions, ("deadline_at", "cancelled_at"))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the executions, steps and counters tables", _v1_create_tables),
+    Migration(
+        2,
+        "add the deadline_at and cancelled_at columns to the executions table",
+        _v2_deadline_and_cancelled,
+    ),
 )
 #: The schema version this package writes.
 LATEST = MIGRATIONS[-1].version

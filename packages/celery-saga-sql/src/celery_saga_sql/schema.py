@@ -84,7 +84,8 @@ NAME = String(255)
 EXACT_NAME = ExactString(255)
 STATUS = String(24)
 
-_MYSQL: dict[str, Any] = {
+#: Table options on MySQL/MariaDB (ignored by the other databases).
+MYSQL_TABLE_OPTIONS: dict[str, Any] = {
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
     "mysql_collate": "utf8mb4_bin",
@@ -114,7 +115,11 @@ class Tables:
 
 
 def build_tables(prefix: str) -> Tables:
-    """Define the tables for `prefix` (nothing is created; see `migrations`)."""
+    """Define the tables for `prefix` at the latest schema version.
+
+    Nothing is created here: `migrations` creates and alters the tables, version
+    by version. A change to a table here needs a migration that makes it.
+    """
     prefix = validate_table_prefix(prefix)
     metadata = MetaData()
     executions = Table(
@@ -134,13 +139,16 @@ def build_tables(prefix: str) -> Tables:
         Column("updated_at", Double, nullable=False),
         Column("finished_at", Double, nullable=True),
         Column("schema", Integer, nullable=False),
+        # Added by schema version 2 (ALTER TABLE ... ADD COLUMN, so they come last).
+        Column("deadline_at", Double, nullable=True),
+        Column("cancelled_at", Double, nullable=True),
         UniqueConstraint("idempotency_key", name=f"{prefix}uq_executions_idempotency_key"),
         # Listing is newest first by (created_at, saga_id), optionally by status or name.
         Index(f"{prefix}ix_executions_status_created", "status", "created_at", "saga_id"),
         Index(f"{prefix}ix_executions_name_created", "saga_name", "created_at", "saga_id"),
         Index(f"{prefix}ix_executions_created", "created_at", "saga_id"),
         Index(f"{prefix}ix_executions_updated", "updated_at"),
-        **_MYSQL,
+        **MYSQL_TABLE_OPTIONS,
     )
     steps = Table(
         f"{prefix}steps",
@@ -167,7 +175,7 @@ def build_tables(prefix: str) -> Tables:
         Column("comp_finished_at", Double, nullable=True),
         Column("comp_error", LONG_TEXT, nullable=True),
         PrimaryKeyConstraint("saga_id", "idx", name=f"{prefix}pk_steps"),
-        **_MYSQL,
+        **MYSQL_TABLE_OPTIONS,
     )
     counters = Table(
         f"{prefix}counters",
@@ -176,7 +184,7 @@ def build_tables(prefix: str) -> Tables:
         Column("name", NAME, nullable=False),
         Column("value", Integer, nullable=False),
         PrimaryKeyConstraint("saga_id", "name", name=f"{prefix}pk_counters"),
-        **_MYSQL,
+        **MYSQL_TABLE_OPTIONS,
     )
     schema_version = Table(
         f"{prefix}schema_version",
@@ -184,7 +192,7 @@ def build_tables(prefix: str) -> Tables:
         Column("id", Integer, primary_key=True, autoincrement=False),
         Column("version", Integer, nullable=False),
         Column("updated_at", Double, nullable=False),
-        **_MYSQL,
+        **MYSQL_TABLE_OPTIONS,
     )
     return Tables(prefix, metadata, executions, steps, counters, schema_version)
 
