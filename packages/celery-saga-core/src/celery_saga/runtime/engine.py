@@ -201,15 +201,7 @@ def dispatch_stage(rt: Runtime, execution: SagaExecution, stage_index: int) -> N
         for index in indexes:
             attempt = execution.step(index).attempt + 1
             if index in failures:
-                _finish(
-                    rt,
-                    execution.saga_id,
-                    index,
-                    attempt,
-                    StepStatus.FAILED,
-                    {"error": failures[index]},
-                    failing=True,
-                )
+                _fail_unstartable(rt, execution.saga_id, index, attempt, failures[index])
             else:
                 _finish(
                     rt,
@@ -231,6 +223,11 @@ def dispatch_stage(rt: Runtime, execution: SagaExecution, stage_index: int) -> N
         for index in indexes
     ]
     send(rt.app, signatures, on_eager_error=_eager_error)
+
+
+def _fail_unstartable(rt: Runtime, saga_id: str, index: int, attempt: int, error: str) -> None:
+    """A step whose input could not be computed fails without being sent."""
+    _finish(rt, saga_id, index, attempt, StepStatus.FAILED, {"error": error}, failing=True)
 
 
 def _eager_error(sig: Signature, exc: Exception) -> None:
@@ -844,15 +841,7 @@ def _redispatch(
     signatures = []
     for index, attempt in sent:
         if index in failures:
-            _finish(
-                rt,
-                execution.saga_id,
-                index,
-                attempt,
-                StepStatus.FAILED,
-                {"error": failures[index]},
-                failing=True,
-            )
+            _fail_unstartable(rt, execution.saga_id, index, attempt, failures[index])
             continue
         signatures.append(
             step_signature(

@@ -120,16 +120,7 @@ def _run(
     setattr(request, HANDLED, True)
     if header.compensation:
         return _run_compensation(task, rt, request, header, body, args, kwargs)
-    try:
-        allowed = _bookkeep(
-            rt, header, engine.step_started, header.task_id, request.retries or 0, gate=True
-        )
-    except SagaError:
-        raise
-    except Exception as exc:  # the store is unreachable: run nothing, try again later
-        raise task.retry(exc=exc, countdown=2, max_retries=None) from exc
-    if not allowed:
-        raise Ignore()
+    _gate(task, rt, header, engine.step_started, header.task_id, request.retries or 0)
     try:
         value = body()
     except Retry:
@@ -169,14 +160,7 @@ def _run_compensation(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    try:
-        allowed = _bookkeep(rt, header, engine.compensation_started, header.task_id, gate=True)
-    except SagaError:
-        raise
-    except Exception as exc:
-        raise task.retry(exc=exc, countdown=2, max_retries=None) from exc
-    if not allowed:
-        raise Ignore()
+    _gate(task, rt, header, engine.compensation_started, header.task_id)
     model = _compensation_model(task)
     if model is not None and args and isinstance(args[0], dict):
         body = functools.partial(task.run, model.model_validate(args[0]), *args[1:], **kwargs)
@@ -189,6 +173,20 @@ def _run_compensation(
         raise
     _bookkeep(rt, header, engine.compensation_succeeded)
     return value
+
+
+def _gate(
+    task: Task, rt: engine.Runtime, header: SagaHeader, fn: Callable[..., bool], *args: Any
+) -> None:
+    """Record that an attempt starts, or refuse it (Ignore) or put it off (retry)."""
+    try:
+        allowed = _bookkeep(rt, header, fn, *args, gate=True)
+    except SagaError:
+        raise
+    except Exception as exc:  # the store is unreachable: run nothing, try again later
+        raise task.retry(exc=exc, countdown=2, max_retries=None) from exc
+    if not allowed:
+        raise Ignore()
 
 
 def _compensation_model(task: Task) -> Any:
