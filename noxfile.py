@@ -112,9 +112,10 @@ def tests(session: nox.Session, backend: str, celery: str) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format) on everything; mypy --strict on celery-saga-core."""
+    """ruff (lint and format) on everything; mypy --strict on every package."""
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
-    session.install("-e", PACKAGES["core"], "pytest", "pydantic")
+    editable = [arg for name in ("core", "redis", "sql", "mongo") for arg in ("-e", PACKAGES[name])]
+    session.install(*editable, "pytest", "pydantic", "click")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
