@@ -60,10 +60,23 @@ ENVIRONMENTS = _environments()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Without a store that processes can share, tests with worker processes do not apply."""
-    if SHARED_STORES:
-        return
-    dropped = [item for item in items if item.get_closest_marker("processes")]
+    """Drop tests that do not apply to the stores under test.
+
+    Tests with worker processes need a store that processes can share; a test
+    marked ``only_store(kind)`` runs once, for that store, when it is under test.
+    """
+
+    def applies(item: pytest.Item) -> bool:
+        if item.get_closest_marker("processes") and not SHARED_STORES:
+            return False
+        only = item.get_closest_marker("only_store")
+        if only is not None:
+            param = getattr(item, "callspec", None)
+            store = param.params.get("processes") if param else None
+            return store == only.args[0]
+        return True
+
+    dropped = [item for item in items if not applies(item)]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if item not in dropped]

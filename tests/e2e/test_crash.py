@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import ProcessSetup, WorkerProcess, wait_for
-from support import IN_CI, POSTGRES_URL, SHARED_STORES
+from support import IN_CI, POSTGRES_URL
 
 from celery_saga import SagaCompensated, SagaStatus, StepStatus, recover
 
@@ -224,7 +224,7 @@ def _outage_run(
         assert {f"{result.saga_id}:{n}" for n in range(5)} <= effects
 
 
-@pytest.mark.skipif("redis" not in SHARED_STORES, reason="the redis store is not under test")
+@pytest.mark.only_store("redis")
 def test_redis_store_restarted_during_a_run_loses_nothing(
     processes: ProcessSetup, worker_processes: Callable[..., WorkerProcess], own_redis: OwnRedis
 ) -> None:
@@ -232,9 +232,7 @@ def test_redis_store_restarted_during_a_run_loses_nothing(
     _outage_run(processes, worker_processes, store, own_redis.stop, own_redis.start)
 
 
-@pytest.mark.skipif(
-    "postgresql" not in SHARED_STORES, reason="the PostgreSQL store is not under test"
-)
+@pytest.mark.only_store("postgresql")
 def test_postgresql_restarted_during_a_run_loses_nothing(
     processes: ProcessSetup, worker_processes: Callable[..., WorkerProcess], unique: str
 ) -> None:
