@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
-from collections.abc import Iterator
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -123,6 +129,13 @@ def state_store(kind: str, tag: str, tmp_dir: str) -> Iterator[Any]:
             yield f"{REDIS_URL}/{STORE_DB}?prefix={prefix}"
         finally:
             drop_prefix(REDIS_URL, STORE_DB, prefix)
+    elif kind == "redis-cluster":
+        base = redis_cluster_url()
+        prefix = f"e2e-{tag}:"
+        try:
+            yield f"{base}/0?cluster=true&prefix={prefix}"
+        finally:
+            drop_cluster_prefix(base, prefix)
     elif kind in ("postgresql", "mysql", "sqlite"):
         base = {
             "postgresql": POSTGRES_URL,
@@ -153,3 +166,307 @@ def state_store(kind: str, tag: str, tmp_dir: str) -> Iterator[Any]:
             client.close()
     else:
         raise ValueError(f"no test store for {kind!r}")
+
+
+# -- throwaway redis-server processes: a 3-master cluster, TLS and ACL servers -------------
+
+
+class ServiceUnavailable(RuntimeError):
+    """A local service could not be started (binary missing, ports taken, ...)."""
+
+
+def unavailable(message: str) -> NoReturn:
+    """Fail (CI) or skip (elsewhere): the pattern of `require`, for services we start."""
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: every service must be up)")
+    pytest.skip(message)
+
+
+def free_ports(count: int, *, bus: bool = False) -> list[int]:
+    """`count` loopback ports the OS reports free (with port+10000 free too when `bus`).
+
+    A cluster node also listens on its bus port (port + 10000), so with `bus`
+    only ports below 55535 whose bus port is free are chosen.
+    """
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        for _ in range(count * 200):
+            if len(ports) == count:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            held.append(sock)
+            port = sock.getsockname()[1]
+            if bus:
+                if port >= 55535:
+                    continue
+                bus_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    bus_sock.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    bus_sock.close()
+                    continue
+                held.append(bus_sock)
+            ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    if len(ports) < count:
+        raise ServiceUnavailable(f"could not find {count} free loopback ports")
+    return ports
+
+
+def _redis_ready(client: Any) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `condition` until truthy; raise ServiceUnavailable after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+class RedisProcess:
+    """One `redis-server` child process with a directory of its own."""
+
+    def __init__(self, directory: Path, port: int, args: list[str], name: str = "redis") -> None:
+        self.directory = directory
+        self.port = port
+        self.name = name
+        directory.mkdir(parents=True, exist_ok=True)
+        self.logfile = directory / "redis.log"
+        self._log = open(self.logfile, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(directory),
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.logfile.read_text(errors="replace")[-3000:]
+
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+REDIS_SERVER = os.environ.get("CELERY_SAGA_REDIS_SERVER", "redis-server")
+REDIS_CLI = os.environ.get("CELERY_SAGA_REDIS_CLI", "redis-cli")
+#: An existing cluster to use instead of starting one (``redis://host:port``).
+REDIS_CLUSTER_URL = os.environ.get("CELERY_SAGA_REDIS_CLUSTER_URL", "").strip()
+
+
+def _need_binaries(*names: str) -> None:
+    for name in names:
+        if shutil.which(name) is None:
+            raise ServiceUnavailable(f"{name} is not installed (or not on PATH)")
+
+
+class LocalRedisCluster:
+    """A Redis Cluster of `masters` redis-server processes on loopback ports."""
+
+    def __init__(self, nodes: list[RedisProcess], directory: Path) -> None:
+        self.nodes = nodes
+        self.directory = directory
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """A seed URL; the cluster client discovers the other nodes from it."""
+        return f"redis://127.0.0.1:{self.ports[0]}"
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_redis_cluster(
+    masters: int = 3, timeout: float = 60.0, attempts: int = 3
+) -> LocalRedisCluster:
+    """Start a Redis Cluster of `masters` nodes and wait until every node says it is ok.
+
+    Raises `ServiceUnavailable` when redis-server/redis-cli are missing or the
+    cluster cannot be formed (a port taken between choosing and binding is
+    retried with new ports).
+    """
+    _need_binaries(REDIS_SERVER, REDIS_CLI)
+    last: ServiceUnavailable | None = None
+    for _ in range(attempts):
+        try:
+            return _start_redis_cluster_once(masters, timeout)
+        except ServiceUnavailable as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
+def _start_redis_cluster_once(masters: int, timeout: float) -> LocalRedisCluster:
+    import redis
+
+    directory = Path(tempfile.mkdtemp(prefix="saga-redis-cluster-"))
+    nodes: list[RedisProcess] = []
+    clients: list[Any] = []
+    try:
+        for port in free_ports(masters, bus=True):
+            node_dir = directory / f"node-{port}"
+            nodes.append(
+                RedisProcess(
+                    node_dir,
+                    port,
+                    [
+                        "--port",
+                        str(port),
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(node_dir / f"nodes-{port}.conf"),
+                        "--cluster-node-timeout",
+                        "5000",
+                    ],
+                    name=f"cluster node {port}",
+                )
+            )
+        clients = [redis.Redis(host="127.0.0.1", port=n.port, socket_timeout=5) for n in nodes]
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), 0.1)
+
+        for node, client in zip(nodes, clients):
+
+            def up(node: RedisProcess = node, client: Any = client) -> bool:
+                if node.exited():
+                    raise ServiceUnavailable(f"{node.name} exited:\n{node.log()}")
+                return _redis_ready(client)
+
+            wait_until(up, left(), f"{node.name} to accept connections")
+        create = subprocess.run(
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in (n.port for n in nodes)),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=left(),
+            stdin=subprocess.DEVNULL,
+        )
+        if create.returncode != 0:
+            raise ServiceUnavailable(
+                f"redis-cli --cluster create failed ({create.returncode}):\n"
+                f"{create.stdout[-2000:]}{create.stderr[-2000:]}"
+            )
+
+        def formed() -> bool:
+            for client in clients:
+                info = client.cluster("INFO")
+                if isinstance(info, bytes):
+                    info = info.decode()
+                if isinstance(info, str):
+                    info = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+                if str(info.get("cluster_state")) != "ok":
+                    return False
+                if int(info.get("cluster_known_nodes", 0)) != masters:
+                    return False
+                if int(info.get("cluster_slots_ok", 0)) != 16384:
+                    return False
+            return True
+
+        wait_until(formed, left(), "cluster_state:ok on every node")
+        return LocalRedisCluster(nodes, directory)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    finally:
+        for client in clients:
+            client.close()
+
+
+def drop_cluster_prefix(url: str, prefix: str) -> None:
+    """Delete every key starting with `prefix` on every master of a cluster."""
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster.from_url(url)
+    try:
+        for node in client.get_primaries():
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000, target_nodes=node))
+            for key in keys:
+                client.delete(key)
+    finally:
+        client.close()
+
+
+_cluster: list[LocalRedisCluster] = []
+_cluster_failure: list[str] = []
+_cluster_lock = threading.Lock()
+
+
+def redis_cluster_url() -> str:
+    """CELERY_SAGA_REDIS_CLUSTER_URL, else a local cluster started once per process.
+
+    Calls `unavailable` (fail in CI, skip elsewhere) when it cannot be started.
+    """
+    if REDIS_CLUSTER_URL:
+        return REDIS_CLUSTER_URL
+    with _cluster_lock:
+        if _cluster_failure:  # tried once in this process already: do not wait again
+            unavailable(_cluster_failure[0])
+        if not _cluster:
+            import atexit
+
+            try:
+                cluster = start_redis_cluster()
+            except ServiceUnavailable as exc:
+                _cluster_failure.append(f"cannot start a local Redis Cluster: {exc}")
+                unavailable(_cluster_failure[0])
+            atexit.register(cluster.stop)
+            _cluster.append(cluster)
+        return _cluster[0].url

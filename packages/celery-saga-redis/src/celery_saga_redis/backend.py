@@ -4,6 +4,21 @@ One hash per execution holds the execution fields (``h:*``), each step's fields
 (``s:<i>:*``, one JSON value per field, so a step write touches only that step),
 and counters (``c:*``). Compare-and-set runs in Lua on that one key. Listing uses
 sorted sets per status and saga name; completion waits use pub/sub.
+
+On a standalone server, create and status changes are single scripts that also
+move the index entries. On a Redis Cluster every script touches one slot (the
+execution's hash tag), so the indexes are kept around them with these rules:
+
+- an index entry is written before the write that makes it true (create: after a
+  ``creating`` marker in the execution's slot; status change: before the
+  compare-and-set), so an interrupted write leaves an extra entry, never a
+  missing one;
+- the winner of a status change re-asserts the new entries, removes the old ones,
+  then re-reads the status and restores the old entries if the status went back
+  to it meanwhile;
+- readers check every entry against the execution: a status or name that does
+  not match is skipped, and an entry is removed only when neither the execution
+  nor its ``creating`` marker exists.
 """
 
 from __future__ import annotations
@@ -48,7 +63,17 @@ URL_OPTIONS = ("prefix", "ttl", "cluster")
 HEADER_FIELDS = ("saga_id", "saga_name", "idempotency_key", "definition_hash", "queue", "schema")
 #: Step fields kept apart from the step blob: user data, stored verbatim.
 PAYLOAD_FIELDS = ("output", "compensation_data")
+#: Seconds to wait for a cluster create that claimed an idempotency key to finish
+#: before taking the key over.
 _IDEMPOTENCY_WAIT = 5.0
+#: Seconds a cluster create's ``creating`` marker lives (a create takes milliseconds).
+_CREATING_TTL = 3600
+#: (name, created_at) of this many executions are remembered for cluster status changes.
+_HEADS_CACHED = 4096
+
+# Module-level aliases: inside the class, `list` names the listing method.
+_Ids = list[str]
+_Summaries = list[SagaSummary]
 
 
 def _dumps(value: Any) -> str:
@@ -102,12 +127,17 @@ class RedisSagaBackend(SagaBackend):
         self.cluster = bool(cluster) or isinstance(redis_client, redis.cluster.RedisCluster)
         self.ttl = int(ttl) if ttl else 0
         self._url = url
+        self._begin_create = redis_client.register_script(scripts.BEGIN_CREATE)
         self._create = redis_client.register_script(scripts.CREATE)
+        self._claim = redis_client.register_script(scripts.CLAIM)
         self._create_indexed = redis_client.register_script(scripts.CREATE_INDEXED)
         self._update_step = redis_client.register_script(scripts.UPDATE_STEP)
         self._update_saga = redis_client.register_script(scripts.UPDATE_SAGA)
+        self._tidied = redis_client.register_script(scripts.TIDIED)
         self._delete_finished = redis_client.register_script(scripts.DELETE_FINISHED)
         self._lock = threading.Lock()
+        #: saga id -> (saga name, created_at): immutable, read before a cluster status change.
+        self._heads: dict[str, tuple[str, float]] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisSagaBackend:
@@ -154,27 +184,31 @@ class RedisSagaBackend(SagaBackend):
                     steps[int(index)] = json.loads(value)
             elif field[0] == "h" and len(field) > 1:
                 header[field[2:]] = json.loads(value)
-        for index, name, value in payloads:
-            steps[index][name] = json.loads(value)
+        for step_index, payload_name, payload in payloads:
+            steps[step_index][payload_name] = json.loads(payload)
         header["steps"] = [steps[i] for i in sorted(steps)]
         return SagaExecution.from_dict(header)
 
     # -- create and read ----------------------------------------------------------------------
     def create(self, execution: SagaExecution) -> tuple[SagaExecution, bool]:
         fields = self._fields(execution)
+        if self.cluster:
+            return self._create_on_cluster(execution, fields)
         key = execution.idempotency_key
         hash_key = self.keys.execution(execution.saga_id)
-        if not self.cluster:
+        keys = [hash_key] if key is None else [hash_key, self.keys.idempotency(key)]
+        gone_owner = ""
+        for _ in range(10):
             self.stats.add(1, payload_size(*fields))
-            idem = self.keys.idempotency(key) if key is not None else ""
             reply = self._create_indexed(
-                keys=[hash_key, idem],
+                keys=keys,
                 args=[
                     self.keys.index_prefix,
                     execution.saga_name,
                     execution.status.value,
                     repr(execution.created_at),
                     execution.saga_id,
+                    gone_owner,
                     *fields,
                 ],
             )
@@ -182,49 +216,95 @@ class RedisSagaBackend(SagaBackend):
                 return execution, True
             if reply == 0:
                 raise ValueError(f"saga id {execution.saga_id} already exists")
-            assert key is not None
-            existing = self._await_idempotent(key)
-            if existing is None:  # claimed by a creator that never wrote: take it over
+            existing = self.get(reply)
+            if existing is not None:
+                return existing, False
+            # The owner was created atomically with its claim, so it is gone (expired
+            # or deleted): take the key over, unless someone else did meanwhile.
+            gone_owner = reply
+        raise RuntimeError(f"idempotency key {key!r} keeps naming executions that are gone")
+
+    def _create_on_cluster(
+        self, execution: SagaExecution, fields: list[str]
+    ) -> tuple[SagaExecution, bool]:
+        """Mark, claim the idempotency key, index, write: each step within one slot."""
+        saga_id = execution.saga_id
+        hash_key, creating = self.keys.execution(saga_id), self.keys.creating(saga_id)
+        self.stats.add()
+        if not self._begin_create(keys=[hash_key, creating], args=[_CREATING_TTL]):
+            raise ValueError(f"saga id {saga_id} already exists")
+        if execution.idempotency_key is not None:
+            existing = self._claim_idempotency_key(execution.idempotency_key, saga_id)
+            if existing is not None:
                 self.stats.add()
-                self.client.set(idem, execution.saga_id)
-                return self.create(execution)
-            return existing, False
-        # Cluster: the idempotency key, the execution and the indexes live in different
-        # slots. Claim the key first; index before writing so no entry is ever missing.
-        if key is not None:
-            self.stats.add(1, payload_size(execution.saga_id))
-            claimed = self.client.set(self.keys.idempotency(key), execution.saga_id, nx=True)
-            if not claimed:
-                existing = self._await_idempotent(key)
-                if existing is not None:
-                    return existing, False
-                self.stats.add()
-                self.client.set(self.keys.idempotency(key), execution.saga_id)
-        self._reindex(
-            execution.saga_id, execution.saga_name, execution.status.value, execution.created_at
-        )
-        self.stats.add(1, payload_size(*fields))
-        if not self._create(keys=[hash_key], args=fields):
-            raise ValueError(f"saga id {execution.saga_id} already exists")
+                self.client.delete(creating)
+                return existing, False
+        self._reindex(saga_id, execution.saga_name, execution.status.value, execution.created_at)
+        self._write_created(execution, fields)
         return execution, True
 
-    def _await_idempotent(self, key: str) -> SagaExecution | None:
-        deadline = time.monotonic() + _IDEMPOTENCY_WAIT
-        delay = 0.005
+    def _write_created(self, execution: SagaExecution, fields: list[str]) -> None:
+        saga_id = execution.saga_id
+        self.stats.add(1, payload_size(*fields))
+        keys = [self.keys.execution(saga_id), self.keys.creating(saga_id)]
+        if not self._create(keys=keys, args=fields):
+            raise ValueError(f"saga id {saga_id} already exists")
+        self._remember(saga_id, execution.saga_name, execution.created_at)
+
+    def _claim_idempotency_key(self, key: str, saga_id: str) -> SagaExecution | None:
+        """Claim `key` for `saga_id` (None), or return the execution that holds it.
+
+        An owner whose execution and ``creating`` marker are both missing is gone
+        (expired, deleted, or its create failed) and is taken over at once; one still
+        being created is waited for, and taken over if it does not finish in time.
+        """
+        idem = self.keys.idempotency(key)
+        gone_owner, watched = "", ""
+        deadline, delay = 0.0, 0.005
         while True:
-            saga_id = self.client.get(self.keys.idempotency(key))
-            if saga_id:
-                found = self.get(saga_id)
-                if found is not None:
-                    return found
-            if time.monotonic() > deadline:
+            self.stats.add(1, payload_size(saga_id))
+            owner = self._claim(keys=[idem], args=[saga_id, gone_owner])
+            if owner == saga_id:
                 return None
+            found = self.get(owner)
+            if found is not None:
+                return found
+            if owner != watched:
+                watched, deadline, delay = owner, time.monotonic() + _IDEMPOTENCY_WAIT, 0.005
+            self.stats.add()
+            pending = self.client.exists(self.keys.creating(owner), self.keys.execution(owner))
+            if not pending or time.monotonic() > deadline:
+                gone_owner = owner
+                continue
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
 
     def get(self, saga_id: str) -> SagaExecution | None:
         self.stats.add()
-        return self._decode(self.client.hgetall(self.keys.execution(saga_id)))
+        execution = self._decode(self.client.hgetall(self.keys.execution(saga_id)))
+        if execution is not None and self.cluster:
+            self._remember(saga_id, execution.saga_name, execution.created_at)
+        return execution
+
+    def _remember(self, saga_id: str, name: str, created_at: float) -> None:
+        if not self.cluster:
+            return
+        with self._lock:
+            if saga_id not in self._heads and len(self._heads) >= _HEADS_CACHED:
+                self._heads.pop(next(iter(self._heads)))
+            self._heads[saga_id] = (name, created_at)
+
+    def _head(self, saga_id: str) -> tuple[str, float] | None:
+        """The execution's saga name and created_at (remembered: both are immutable)."""
+        head = self._heads.get(saga_id)
+        if head is None:
+            self.stats.add()
+            raw, created_at = self.client.hmget(self.keys.execution(saga_id), "h", "h:created_at")
+            if raw is None or created_at is None:
+                return None
+            head = (json.loads(raw)["saga_name"], json.loads(created_at))
+            self._remember(saga_id, *head)
+        return head
 
     def find_by_idempotency_key(self, key: str) -> SagaExecution | None:
         self.stats.add()
@@ -248,30 +328,55 @@ class RedisSagaBackend(SagaBackend):
         if not self.cluster or "status" not in changes:
             self.stats.add(1, payload_size(*pairs))
             index_prefix = "" if self.cluster else self.keys.index_prefix
-            applied, _, _ = self._update_saga(keys=[key], args=[*lead, index_prefix, *pairs])
-            return bool(applied)
-        # Cluster: index under the new status first, so a crash between the two
-        # leaves an extra entry (readers verify it), never a missing one.
-        self.stats.add()
-        head, created_at = self.client.hmget(key, "h", "h:created_at")
-        if head is None:
-            return False
-        name, created_at = json.loads(head)["saga_name"], json.loads(created_at)
-        new_status = plain_value(changes["status"])
-        self.stats.add()
-        pipe = self.client.pipeline(transaction=False)
-        for index in self.keys.indexes_for(name, new_status):
-            pipe.zadd(index, {saga_id: created_at})
-        pipe.execute()
-        self.stats.add(1, payload_size(*pairs))
-        applied, old, new = self._update_saga(keys=[key], args=[*lead, "", *pairs])
-        if applied and old != new:
+            applied, _, _ = self._update_saga(keys=[key], args=[*lead, index_prefix, "", *pairs])
+            return bool(applied == 1)
+        return self._update_status_on_cluster(saga_id, plain_value(changes["status"]), lead, pairs)
+
+    def _update_status_on_cluster(
+        self, saga_id: str, new_status: str, lead: list[Any], pairs: list[Any]
+    ) -> bool:
+        """A status change on a cluster: index first, compare-and-set, tidy up, announce."""
+        key = self.keys.execution(saga_id)
+        channel = lead[3]
+        lead = [*lead[:3], ""]  # announced once the indexes are tidy, not by the CAS
+        for _ in range(2):
+            head = self._head(saga_id)
+            if head is None:
+                return False
+            name, created_at = head
             self.stats.add()
             pipe = self.client.pipeline(transaction=False)
+            for index in self.keys.indexes_for(name, new_status):
+                pipe.zadd(index, {saga_id: created_at})
+            pipe.execute()
+            self.stats.add(1, payload_size(*pairs))
+            applied, old, new = self._update_saga(
+                keys=[key], args=[*lead, "", _dumps(created_at), *pairs]
+            )
+            if applied != -1:
+                break
+            with self._lock:  # the id now names another execution: read it afresh
+                self._heads.pop(saga_id, None)
+        else:
+            return False
+        if applied == 1 and old != new:
+            self.stats.add()
+            pipe = self.client.pipeline(transaction=False)
+            for index in self.keys.indexes_for(name, new):
+                pipe.zadd(index, {saga_id: created_at})  # a racing tidy-up may have removed it
             for index in self.keys.indexes_for(name, old):
                 pipe.zrem(index, saga_id)
             pipe.execute()
-        return bool(applied)
+            self.stats.add()
+            terminal = SagaStatus(new) in TERMINAL_STATUSES
+            raw = self._tidied(keys=[key], args=[channel if terminal else "", new])
+            if raw is not None and json.loads(raw) == old:  # it went back meanwhile
+                self.stats.add()
+                pipe = self.client.pipeline(transaction=False)
+                for index in self.keys.indexes_for(name, old):
+                    pipe.zadd(index, {saga_id: created_at})
+                pipe.execute()
+        return bool(applied == 1)
 
     def update_step(
         self,
@@ -331,7 +436,10 @@ class RedisSagaBackend(SagaBackend):
             count=int(count) if count is not None else None,
             comp_attempt=int(comp_attempt),
         )
-        return write, self._decode(everything) if everything else None
+        execution = self._decode(everything) if everything else None
+        if execution is not None:
+            self._remember(saga_id, execution.saga_name, execution.created_at)
+        return write, execution
 
     # -- indexes -----------------------------------------------------------------------------
     def _reindex(self, saga_id: str, name: str, status: str, created_at: float) -> None:
@@ -403,7 +511,7 @@ class RedisSagaBackend(SagaBackend):
 
     def _summaries(
         self, rows: Iterable[tuple[str, float]], status: SagaStatus | None, name: str | None
-    ) -> tuple[list[SagaSummary], list[str]]:
+    ) -> tuple[_Summaries, _Ids]:
         rows = list(rows)
         if not rows:
             return [], []
@@ -411,10 +519,10 @@ class RedisSagaBackend(SagaBackend):
         for saga_id, _ in rows:
             pipe.hmget(self.keys.execution(saga_id), *self._SUMMARY_FIELDS)
         found: list[SagaSummary] = []
-        gone: list[str] = []
+        missing: list[str] = []
         for (saga_id, _), values in zip(rows, pipe.execute(), strict=True):
             if values[0] is None:
-                gone.append(saga_id)
+                missing.append(saga_id)
                 continue
             data = json.loads(values[0])
             for field, value in zip(self._SUMMARY_FIELDS[1:], values[1:], strict=True):
@@ -425,7 +533,18 @@ class RedisSagaBackend(SagaBackend):
             if name is not None and summary.saga_name != name:
                 continue
             found.append(summary)
-        return found, gone
+        return found, self._gone(missing)
+
+    def _gone(self, saga_ids: _Ids) -> _Ids:
+        """Of executions found missing, those that are gone rather than being created."""
+        if not self.cluster or not saga_ids:
+            return saga_ids  # a standalone create writes the execution with its entries
+        pipe = self.client.pipeline(transaction=False)
+        for saga_id in saga_ids:
+            # One command on one slot: the marker is cleared by the write that
+            # creates the execution, so "neither exists" cannot race a create.
+            pipe.exists(self.keys.creating(saga_id), self.keys.execution(saga_id))
+        return [saga_id for saga_id, n in zip(saga_ids, pipe.execute(), strict=True) if not n]
 
     def delete(self, saga_id: str) -> bool:
         execution = self.get(saga_id)
@@ -451,6 +570,8 @@ class RedisSagaBackend(SagaBackend):
         if execution.idempotency_key:
             pipe.delete(self.keys.idempotency(execution.idempotency_key))
         pipe.execute()
+        with self._lock:
+            self._heads.pop(saga_id, None)
 
     def purge(self, finished_before: float) -> int:
         removed = 0
@@ -468,7 +589,10 @@ class RedisSagaBackend(SagaBackend):
                 for saga_id in ids:
                     execution = self.get(saga_id)
                     if execution is None:
-                        self.client.zrem(index, saga_id)
+                        if self._gone([saga_id]):
+                            self.client.zrem(index, saga_id)
+                        else:
+                            kept += 1  # still being created
                         continue
                     done = self._delete_finished(
                         keys=[self.keys.execution(saga_id)], args=[repr(finished_before)]
@@ -483,24 +607,39 @@ class RedisSagaBackend(SagaBackend):
 
     # -- waiting -----------------------------------------------------------------------------------
     def wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
-        """Subscribe to the execution's completion channel, then check, then wait."""
+        """Subscribe to the execution's completion channel, then check, then wait.
+
+        The first read happens once the server has confirmed the subscription, so a
+        completion after that read is always announced. On a cluster the channel
+        carries the execution's hash tag: the subscription goes to the node that
+        runs the execution's scripts (PUBLISH reaches every node anyway).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.client.pubsub()
         try:
             pubsub.subscribe(self.keys.done_channel(saga_id))
             while True:
-                execution = self.get(saga_id)
-                if execution is not None and execution.status in TERMINAL_STATUSES:
-                    return execution
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    return None
-                pubsub.get_message(timeout=min(left, 5.0) if left is not None else 5.0)
+                    execution = self.get(saga_id)  # a last look
+                    return execution if _terminal(execution) else None
+                # A message, the subscription's confirmation, or every few seconds
+                # as a safety net: read the execution.
+                pubsub.get_message(timeout=5.0 if left is None else min(left, 5.0))
+                if deadline is not None and time.monotonic() >= deadline:
+                    continue
+                execution = self.get(saga_id)
+                if _terminal(execution):
+                    return execution
         finally:
             pubsub.close()
 
     def close(self) -> None:
         self.client.close()
+
+
+def _terminal(execution: SagaExecution | None) -> bool:
+    return execution is not None and execution.status in TERMINAL_STATUSES
 
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:

@@ -3,7 +3,9 @@
 Every key of one execution carries the hash tag ``{<saga id>}``, so each atomic
 script touches a single cluster slot. Listing indexes are sorted sets of their
 own (scored by creation time); they are updated around status changes without
-cross-slot transactions, and readers verify what they list.
+cross-slot transactions, and readers verify what they list. The idempotency key
+is named after the caller's key, so it lives in a slot of its own and is only
+ever touched by single-key commands on a cluster.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ class Keys:
     def execution(self, saga_id: str) -> str:
         """Hash holding the execution (``h:*`` fields), its steps (``s:<i>:*``) and counters."""
         return f"{self.prefix}{{{saga_id}}}"
+
+    def creating(self, saga_id: str) -> str:
+        """Marker set while a cluster create is under way (before its index entries).
+
+        Readers that find an index entry without its execution remove the entry only
+        when this marker is absent too: the execution is gone, not still being written.
+        """
+        return f"{self.prefix}creating:{{{saga_id}}}"
 
     def done_channel(self, saga_id: str) -> str:
         """Pub/sub channel announcing that the execution reached a terminal status."""

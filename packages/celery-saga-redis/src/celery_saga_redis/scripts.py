@@ -18,26 +18,52 @@ local function allowed(list, value)
 end
 """
 
+# Cluster create, in three steps that each touch one slot: BEGIN_CREATE marks the
+# execution as being created, the client indexes it, CREATE writes it and clears
+# the mark. A reader that meets an index entry whose execution is missing removes
+# the entry only when the mark is absent too (the execution is gone, not pending).
+BEGIN_CREATE = """
+-- KEYS[1] execution hash, KEYS[2] its 'creating' marker; ARGV[1] marker lifetime (s)
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+return 1
+"""
+
 CREATE = """
--- KEYS[1] execution hash; ARGV: field, value, field, value, ...
+-- KEYS[1] execution hash, KEYS[2] its 'creating' marker
+-- ARGV: field, value, field, value, ...
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
+redis.call('DEL', KEYS[2])
 return 1
+"""
+
+# One key (any slot): claim an idempotency key, or take it over from an owner that
+# is known to be gone. Returns the owner after the call.
+CLAIM = """
+-- KEYS[1] idempotency key; ARGV[1] claiming saga id, ARGV[2] owner it may replace
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[2] then return owner end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
 """
 
 # Standalone servers only (it touches index keys built here, outside KEYS): create
 # the execution, claim its idempotency key and index it in one atomic step.
 CREATE_INDEXED = """
--- KEYS[1] execution hash, KEYS[2] idempotency key ('' when none)
+-- KEYS[1] execution hash, KEYS[2] idempotency key (absent when none: an empty key
+-- name would fall outside an ACL user's key patterns)
 -- ARGV[1] index prefix, ARGV[2] saga name, ARGV[3] status, ARGV[4] created_at,
--- ARGV[5] saga id, ARGV[6..] field, value pairs
-if KEYS[2] ~= '' then
-  local owner = redis.call('GET', KEYS[2])
-  if owner then return owner end
+-- ARGV[5] saga id, ARGV[6] an owner of the idempotency key known to be gone (''),
+-- ARGV[7..] field, value pairs. Returns 1 (created), 0 (the id exists) or the owner.
+local idem = KEYS[2]
+if idem then
+  local owner = redis.call('GET', idem)
+  if owner and owner ~= ARGV[6] then return owner end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[5]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+if idem then redis.call('SET', idem, ARGV[5]) end
 local ix = ARGV[1]
 for _, key in ipairs({ix .. 'all', ix .. 'name:' .. ARGV[2], ix .. 'status:' .. ARGV[3],
                       ix .. 'name:' .. ARGV[2] .. ':status:' .. ARGV[3]}) do
@@ -99,15 +125,21 @@ UPDATE_SAGA = (
     + """
 -- KEYS[1] execution hash
 -- ARGV[1] now, ARGV[2] allowed statuses (space separated), ARGV[3] TTL seconds for a
--- terminal status (0: keep), ARGV[4] done channel, ARGV[5] index prefix: when not
+-- terminal status (0: keep), ARGV[4] done channel ('' to leave the announcement to
+-- the caller: TIDIED on a cluster), ARGV[5] index prefix: when not
 -- empty (standalone servers only) the status indexes are moved here too,
--- ARGV[6..] field, JSON value pairs
+-- ARGV[6] the created_at the caller knows the execution by ('' to skip the check;
+-- a mismatch returns -1: the id now names another execution),
+-- ARGV[7..] field, JSON value pairs
 local h = KEYS[1]
 local raw = redis.call('HGET', h, 'h:status')
 if not raw then return {0, false, false} end
+if ARGV[6] ~= '' and redis.call('HGET', h, 'h:created_at') ~= ARGV[6] then
+  return {-1, false, false}
+end
 local status = cjson.decode(raw)
 if not allowed(ARGV[2], status) then return {0, status, status} end
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   redis.call('HSET', h, 'h:' .. ARGV[i], ARGV[i + 1])
 end
 redis.call('HSET', h, 'h:updated_at', ARGV[1])
@@ -123,21 +155,31 @@ if new ~= status then
     redis.call('ZADD', ix .. 'status:' .. new, created, id)
     redis.call('ZADD', ix .. 'name:' .. name .. ':status:' .. new, created, id)
   end
-  if new == 'completed' or new == 'compensated' or new == 'failed' then
+  if new == 'completed' or new == 'compensated' or new == 'failed' or new == 'cancelled' then
     if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', h, tonumber(ARGV[3])) end
-    redis.call('PUBLISH', ARGV[4], new)
+    if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], new) end
   end
 end
 return {1, status, new}
 """
 )
 
+# Cluster status change, last step, once the indexes are tidy: announce a terminal
+# status, and return the status now (one that came back meanwhile gets its entries
+# back). The channel carries the execution's hash tag, so this runs on one node.
+TIDIED = """
+-- KEYS[1] execution hash; ARGV[1] done channel ('' for none), ARGV[2] the status
+if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return redis.call('HGET', KEYS[1], 'h:status')
+"""
+
 DELETE_FINISHED = """
 -- KEYS[1] execution hash; ARGV[1] finished-before cutoff ('' for any)
 local raw = redis.call('HGET', KEYS[1], 'h:status')
 if not raw then return 0 end
 local status = cjson.decode(raw)
-if status ~= 'completed' and status ~= 'compensated' and status ~= 'failed' then
+if status ~= 'completed' and status ~= 'compensated' and status ~= 'failed'
+   and status ~= 'cancelled' then
   return -1
 end
 if ARGV[1] ~= '' then
