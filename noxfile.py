@@ -43,7 +43,7 @@ BACKENDS: dict[str, dict[str, Any]] = {
     "redis": {
         "packages": ["core", "redis"],
         "tests": ["tests/redis", "tests/e2e"],
-        "stores": "redis",
+        "stores": "redis,redis-cluster",
     },
     "sql": {
         "packages": ["core", "sql"],
