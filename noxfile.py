@@ -150,16 +150,36 @@ def demo(session: nox.Session) -> None:
     session.run("python", "examples/demo.py")
 
 
+#: The package this project grew from, benchmarked in a venv of its own (it has the
+#: same import name, `celery_saga`), on the same Celery as our packages.
+ORIGINAL = ["celery-saga==0.1.1", *CELERY["newest"]]
+
+
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """The benchmark harness: sagas against plain Celery chains, ratios and counts."""
-    install_packages(session, ["core", "redis"], *CELERY["newest"])
-    session.run(
-        "python",
-        "benchmarks/run.py",
-        *session.posargs,
-        env={"PYTHONPATH": str(ROOT / "benchmarks")},
+    """W1-W5 against plain Celery chains and celery-saga 0.1.1; docs/performance.md.
+
+    Prints one table and writes benchmarks/results.json. Arguments after `--` go to
+    benchmarks/run.py (e.g. `nox -s bench -- --quick`; see `--help`).
+    """
+    install_packages(
+        session,
+        ["core", "redis", "sql", "mongo"],
+        *CELERY["newest"],
+        *nox.project.dependency_groups(PYPROJECT, "bench"),
     )
+    original = Path(session.create_tmp()) / "celery-saga-0.1.1"
+    session.run("python", "-m", "venv", "--clear", str(original))
+    orig_python = str(original / "bin" / "python")
+    session.run(orig_python, "-m", "pip", "install", "-q", *ORIGINAL, external=True)
+    env = {"PYTHONPATH": str(ROOT / "benchmarks")}
+    session.run(
+        "python", "benchmarks/run.py", "--orig-python", orig_python, *session.posargs, env=env
+    )
+    if (ROOT / "benchmarks" / "stores.py").exists():
+        quick = ["--quick"] if "--quick" in session.posargs else []
+        session.run("python", "benchmarks/stores.py", *quick, env=env)
+    session.run("python", "benchmarks/report.py", env=env)
 
 
 #: The example third-party store (not one of our packages: see its README).

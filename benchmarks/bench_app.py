@@ -1,18 +1,25 @@
-"""The Celery app the benchmark workers run: the same five no-op tasks for every contender.
+"""The Celery app the benchmark workers run: the same tasks for every contender.
 
-Configured from the environment by `run.py`: ``BENCH_ROLE`` is ``saga`` (state store,
-no result backend: the saga needs none) or ``chain`` (a plain Celery chain of the same
-tasks, with a Redis result backend to learn when it finished). ``BENCH_COUNT=1`` makes
-every process report broker publishes and state-store round trips to Redis.
+Configured from the environment by `run.py`: ``BENCH_ROLE`` is ``saga`` (state store
+``BENCH_STORE``, no result backend: the saga needs none) or ``chain`` (plain Celery
+chains of the same tasks, with a Redis result backend to learn when they finished);
+``BENCH_BROKER`` is the broker. ``BENCH_COUNT=1`` makes every process report broker
+publishes and state-store round trips to Redis.
+
+Two sagas are defined on each app: ``bench.five`` (five no-op steps: W1, W3, W4, W5)
+and ``bench.fanout`` (one step, then a parallel group of four: W2), with the task
+bodies of `bench_tasks`.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 import redis
+from bench_tasks import fan, noop
 from celery import Celery
 from celery.signals import after_task_publish, task_postrun, worker_ready
 
@@ -26,11 +33,26 @@ COUNTING = os.environ.get("BENCH_COUNT") == "1"
 QUEUE = os.environ.get("BENCH_QUEUE", "bench")
 
 
-def make(role: str, queue: str, store: str | None = None) -> tuple[Celery, Saga, list[Any]]:
-    """An app for `role` with the five no-op tasks and the saga of those five steps."""
+@dataclass(frozen=True)
+class BenchApp:
+    """One contender's app with its tasks and the two benchmark sagas."""
+
+    app: Celery
+    five: Saga
+    noops: list[Any]
+    fanout: Saga
+    fans: list[Any]
+
+
+def build(role: str, queue: str, store: str | None = None, broker: str | None = None) -> BenchApp:
+    """An app for `role` with the no-op and fan-out tasks and both sagas.
+
+    `store` (the saga role's state store) and `broker` default to ``BENCH_STORE``
+    and ``BENCH_BROKER``.
+    """
     app = Celery(
         f"bench-{role}",
-        broker=os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/3"),
+        broker=broker or os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/3"),
         set_as_current=False,
     )
     app.conf.update(
@@ -47,19 +69,35 @@ def make(role: str, queue: str, store: str | None = None) -> tuple[Celery, Saga,
 
     def noop_task(n: int) -> Any:
         @app.task(name=f"bench.noop{n}", shared=False)
-        def noop(*args: Any, **kwargs: Any) -> dict[str, Any]:
-            return {}
+        def noop_step(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            return noop(*args, **kwargs)
 
-        return noop
+        return noop_step
+
+    def fan_task(n: int) -> Any:
+        @app.task(name=f"bench.fan{n}", shared=False)
+        def fan_step(**kwargs: Any) -> dict[str, Any]:
+            return fan(n, kwargs)
+
+        return fan_step
 
     noops = [noop_task(n) for n in range(1, 6)]
-    saga = Saga("bench.five", app=app)
+    five = Saga("bench.five", app=app)
     for task in noops:
-        saga.add_step(task)
-    return app, saga, noops
+        five.add_step(task)
+    fans = [fan_task(n) for n in range(1, 6)]
+    fanout = Saga("bench.fanout", app=app).add_step(fans[0]).add_parallel(*fans[1:])
+    return BenchApp(app, five, noops, fanout, fans)
 
 
-app, SAGA5, NOOPS = make(ROLE, QUEUE)
+def make(role: str, queue: str, store: str | None = None) -> tuple[Celery, Saga, list[Any]]:
+    """An app for `role` with the five no-op tasks and the saga of those five steps."""
+    bench = build(role, queue, store)
+    return bench.app, bench.five, bench.noops
+
+
+BENCH = build(ROLE, QUEUE)
+app, SAGA5, NOOPS = BENCH.app, BENCH.five, BENCH.noops
 
 
 def store_stats() -> dict[str, int]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ProcessSetup, WorkerProcess, wait_for
+from e2e_support import ProcessSetup, WorkerProcess, wait_for
 from support import IN_CI, POSTGRES_URL
 
 from celery_saga import SagaCompensated, SagaStatus, StepStatus, recover

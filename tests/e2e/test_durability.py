@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import Env, wait_for
+from e2e_support import Env, wait_for
 
 from celery_saga import (
     SagaCancelled,

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 
 import pytest
-from conftest import ProcessSetup, WorkerProcess
+from e2e_support import ProcessSetup, WorkerProcess
 
 from celery_saga import SagaCompensated, SagaStatus, StepStatus
 

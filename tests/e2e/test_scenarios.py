@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from celery import Celery
 from celery.backends.base import DisabledBackend
-from conftest import Env
+from e2e_support import Env
 
 from celery_saga import SagaCompensated, SagaStatus, StepOutputError, StepStatus
 

@@ -353,6 +353,102 @@ def test_round_trips_per_operation(watched: tuple[MongoSagaBackend, Commands]) -
     assert store.stats.bytes_written == 0
 
 
+def test_the_member_that_completes_a_stage_reads_the_execution_in_the_same_command(
+    watched: tuple[MongoSagaBackend, Commands],
+) -> None:
+    store, commands = watched
+    execution = make_execution(stages=[0, 0, 1])
+    store.create(execution)
+    sid = execution.saga_id
+    done = {"status": StepStatus.SUCCESS, "output": {"n": 1}}
+    commands.clear()
+    store.stats.reset()
+    first, none = store.update_step_and_get(sid, 0, done, count_in="stage:0", get_at=2)
+    assert first.applied and first.count == 1 and none is None
+    last, whole = store.update_step_and_get(sid, 1, done, count_in="stage:0", get_at=2)
+    assert last.applied and last.count == 2
+    assert whole is not None and whole == store.get(sid)
+    assert [s.status for s in whole.steps[:2]] == [StepStatus.SUCCESS, StepStatus.SUCCESS]
+    assert whole.steps[1].seq == 2 and whole.steps[1].output == {"n": 1}
+    assert store.stats.round_trips == 3 and len(commands.named("findAndModify")) == 2
+    # A write that is refused reads nothing, even with the counter at `get_at`.
+    expect = StepExpect(status=_FORWARD)
+    refused, nothing = store.update_step_and_get(
+        sid, 1, done, expect=expect, count_in="stage:0", get_at=2
+    )
+    assert not refused.applied and nothing is None
+    # Without a counter there is nothing to reach.
+    plain, nothing = store.update_step_and_get(sid, 2, {"error": "e"}, get_at=0)
+    assert plain.applied and nothing is None
+
+
+def test_completing_a_stage_can_mark_the_next_one_started(mongo_store: MongoSagaBackend) -> None:
+    from celery_saga.backends.base import StartNext
+
+    execution = make_execution(stages=[0, 1, 1])
+    mongo_store.create(execution)
+    sid = execution.saga_id
+    started = {"status": StepStatus.RUNNING, "attempt": 1}
+    start_next = StartNext(check=(0,), start=(1, 2), changes={1: started, 2: started})
+    write, whole = mongo_store.update_step_and_get(
+        sid, 0, {"status": StepStatus.SUCCESS}, count_in="stage:0", get_at=1, start_next=start_next
+    )
+    assert write.applied and whole is not None
+    stored = mongo_store.get(sid)
+    assert stored is not None and whole.steps == stored.steps
+    assert [(s.status, s.attempt) for s in whole.steps[1:]] == [(StepStatus.RUNNING, 1)] * 2
+
+
+def test_listing_reads_the_span_that_filled_its_last_page_then_the_rest(
+    watched: tuple[MongoSagaBackend, Commands],
+) -> None:
+    store, commands = watched
+    base = time.time() - 10_000
+    made = []
+    # Ten old executions, then a burst of twenty recent ones (ties on created_at).
+    for i in range(30):
+        at = base + i if i < 10 else base + 9_000 + (i - 10) // 2
+        execution = make_execution(name="span", created_at=at)
+        store.create(execution)
+        made.append(execution)
+    expected = [
+        e.saga_id for e in sorted(made, key=lambda e: (e.created_at, e.saga_id), reverse=True)
+    ]
+
+    def walk(limit: int) -> tuple[list[str], list[int]]:
+        seen: list[str] = []
+        trips: list[int] = []
+        cursor = None
+        while True:
+            store.stats.reset()
+            page = store.list(name="span", limit=limit, cursor=cursor)
+            trips.append(store.stats.round_trips)
+            seen += [s.saga_id for s in page.items]
+            cursor = page.cursor
+            if cursor is None:
+                return seen, trips
+
+    for limit in (4, 7, 30, 50, 4):
+        seen, trips = walk(limit)
+        assert seen == expected
+        # The learned span, the rest of the range, and once more when ties on the
+        # cursor's created_at filled the batch.
+        assert max(trips) <= 3
+    # Once learned, the span that filled the newest page is all the next one reads.
+    store.list(name="span", limit=3)
+    commands.clear()
+    page = store.list(name="span", limit=3)
+    assert [s.saga_id for s in page.items] == expected[:3]
+    assert len(commands.named("find")) == 1
+    assert store.list(name="span", created_after=base + 5, limit=50).items[-1].saga_id == (
+        made[6].saga_id
+    )
+    assert [s.saga_id for s in store.list(name="span", created_before=base + 2).items] == [
+        made[1].saga_id,
+        made[0].saga_id,
+    ]
+
+
 def test_bytes_written_count_the_changes_only(watched: tuple[MongoSagaBackend, Commands]) -> None:
     store, _ = watched
     sid = _big_execution(store, steps=5)

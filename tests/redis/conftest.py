@@ -9,10 +9,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from redis_support import AclUser, TlsRedis
 from support import (
     REDIS_CLUSTER_URL,
     REDIS_SERVER,
@@ -95,18 +95,6 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
         cwd=directory,
     )  # fmt: skip
     return directory / "ca.pem", directory / "server.pem", directory / "server.key"
-
-
-@dataclass(frozen=True)
-class TlsRedis:
-    """A redis-server that only speaks TLS, and the CA that signed its certificate."""
-
-    port: int
-    ca: Path
-
-    def url(self, query: str = "") -> str:
-        tls = f"ssl_cert_reqs=required&ssl_ca_certs={self.ca}"
-        return f"rediss://127.0.0.1:{self.port}/0?{tls}" + (f"&{query}" if query else "")
 
 
 @pytest.fixture(scope="session")
@@ -194,20 +182,6 @@ def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     finally:
         client.close()
         server.stop()
-
-
-@dataclass(frozen=True)
-class AclUser:
-    """A user allowed only the keys and channels under `prefix`."""
-
-    port: int
-    name: str
-    password: str
-    prefix: str
-
-    def url(self, password: str | None = None, db: int = 0) -> str:
-        secret = self.password if password is None else password
-        return f"redis://{self.name}:{secret}@127.0.0.1:{self.port}/{db}?prefix={self.prefix}"
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from conftest import AclUser, TlsRedis
+from redis_support import AclUser, TlsRedis
 
 from celery_saga.backends import SagaBackend
 from celery_saga.models import SagaStatus

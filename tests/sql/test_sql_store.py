@@ -140,7 +140,7 @@ def test_postgresql_rewrites_no_other_step_row(
 # -- round trips, as counted and as sent ---------------------------------------------------------
 
 #: (plain write, write with count_in, refused write) round trips per database.
-EXPECTED_TRIPS = {"postgresql": (4, 4, 3), "mysql": (3, 4, 2), "sqlite": (5, 6, 3)}
+EXPECTED_TRIPS = {"postgresql": (1, 1, 1), "mysql": (3, 4, 2), "sqlite": (5, 6, 3)}
 
 
 def _three_writes(store: SQLSagaBackend) -> tuple[int, int, int]:
@@ -235,7 +235,7 @@ def test_counted_round_trips_match_what_psycopg_sends(
             for line in trace.read().splitlines()
             if "\tF\t" in line and ("\tSync" in line or "\tQuery\t" in line)
         ]
-    assert store.stats.round_trips == len(sent) == 5, sent
+    assert store.stats.round_trips == len(sent) == 2, sent
 
 
 # -- PostgreSQL: wait() by LISTEN/NOTIFY ----------------------------------------------------------

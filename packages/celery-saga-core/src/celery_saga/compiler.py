@@ -71,8 +71,14 @@ def step_signature(
     attempt: int,
     kwargs: dict[str, Any],
     countdown: float | None = None,
+    *,
+    started: bool = False,
 ) -> Signature:
-    """The message that runs attempt `attempt` of step `spec` with `kwargs`."""
+    """The message that runs attempt `attempt` of step `spec` with `kwargs`.
+
+    `started` says the store already marked this attempt RUNNING (in the write
+    that completed the previous stage), so the step needs no gate of its own.
+    """
     app = definition.app
     queue = reply_queue(app, execution.queue)
     header = SagaHeader(
@@ -83,6 +89,7 @@ def step_signature(
         definition_hash=definition.hash,
         queue=queue,
         deadline_at=execution.deadline_at,
+        started=started,
     )
     options: dict[str, Any] = dict(spec.options)
     if (

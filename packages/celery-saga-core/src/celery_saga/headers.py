@@ -30,6 +30,7 @@ class SagaHeader:
     queue: str | None = None
     deadline_at: float | None = None
     round_start: int | None = None
+    started: bool = False
 
     @property
     def task_id(self) -> str:
@@ -58,6 +59,8 @@ class SagaHeader:
             data["dl"] = self.deadline_at
         if self.round_start is not None:
             data["r"] = self.round_start
+        if self.started:
+            data["g"] = 1
         return data
 
     @classmethod
@@ -76,6 +79,7 @@ class SagaHeader:
                 queue=data.get("q") or None,
                 deadline_at=float(data["dl"]) if data.get("dl") is not None else None,
                 round_start=int(data["r"]) if data.get("r") is not None else None,
+                started=bool(data.get("g")),
             )
         except (KeyError, TypeError, ValueError):
             return None

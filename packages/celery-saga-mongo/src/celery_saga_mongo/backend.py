@@ -12,8 +12,16 @@ command, so no transactions are needed:
 - ``update_saga`` is one ``updateOne`` filtered on the expected status;
 - ``create`` is one ``insertOne``; a unique partial index on ``idempotency_key``
   makes concurrent creators with one key produce one execution;
-- listing walks the (status | name | both | neither, created_at, _id) indexes
-  newest first with a keyset cursor, never ``skip()``.
+- the step write that completes a stage (``update_step_and_get``) gets the whole
+  execution back from the same ``findAndModify``: its projection returns the
+  document only when the counter's new value is the stage's size;
+- listing reads the (status | name | both | neither, created_at, _id) indexes
+  newest first with a keyset cursor, never ``skip()``, and every query is an
+  equality plus one ``created_at`` range. It first reads the span of creation
+  times that filled the previous page of the same listing (half as much again), and the
+  rest of the range only if that was not enough, so a server that reads every
+  match before it sorts and limits (SecantusDB) reads about a page, not the
+  whole index; MongoDB answers either query from the index in one round trip.
 
 `wait` uses a change stream on the execution where the server has them (replica
 sets and sharded clusters; SecantusDB advertises a single-node replica set), and
@@ -22,7 +30,9 @@ the base class's bounded polling elsewhere. Requires MongoDB 4.4 or newer.
 
 from __future__ import annotations
 
+import builtins
 import logging
+import math
 import threading
 import time
 from collections.abc import Collection, Mapping
@@ -36,6 +46,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from celery_saga.backends.base import (
     Page,
     SagaBackend,
+    StartNext,
     StepExpect,
     StepWrite,
     check_limit,
@@ -91,6 +102,15 @@ _CREATE_TRIES = 8
 #: Longest single wait on a change stream before the deadline is checked again.
 _STREAM_AWAIT_MS = 1000
 _NEWEST_FIRST = [("created_at", -1), ("_id", -1)]
+#: A listing first reads the span of creation times that filled its previous page,
+#: times this slack, and the rest of the range only if that was not enough (see `list`).
+_SPAN_SLACK = 1.5
+#: Shortest span a listing starts with (seconds).
+_MIN_SPAN = 0.001
+#: Listings (status, name) whose span is remembered.
+_SPANS_KEPT = 1024
+#: Field of a step write's reply that carries the whole document (see `_step_projection`).
+_WHOLE = "execution"
 
 #: Index name -> keys. Listing uses the four (…, created_at, _id) indexes newest
 #: first; the idempotency index is unique over documents whose key is a string.
@@ -181,6 +201,8 @@ class MongoSagaBackend(SagaBackend):
         self._create_indexes = create_indexes is not False
         self._ready = threading.Event()
         self._lock = threading.Lock()
+        #: (status, name) -> seconds of creation time the last full page of that listing spanned.
+        self._spans: dict[tuple[str | None, str | None], float] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MongoSagaBackend:
@@ -314,13 +336,59 @@ class MongoSagaBackend(SagaBackend):
         expect: StepExpect | None = None,
         count_in: str | None = None,
     ) -> StepWrite:
+        return self._write_step(saga_id, index, changes, expect, count_in, None)[0]
+
+    def update_step_and_get(
+        self,
+        saga_id: str,
+        index: int,
+        changes: Mapping[str, Any],
+        *,
+        expect: StepExpect | None = None,
+        count_in: str | None = None,
+        get_at: int | None = None,
+        start_next: StartNext | None = None,
+    ) -> tuple[StepWrite, SagaExecution | None]:
+        """One ``findAndModify``: the step write, and the whole execution if `get_at` is hit.
+
+        The projection returns the document after the write only when the
+        counter's new value is `get_at` (an aggregation expression evaluated by
+        the server), so the member that completes its stage reads the execution
+        in the same round trip and every other write still returns O(that step).
+        The steps of `start_next` are then marked started as the contract says,
+        one compare-and-set each.
+        """
+        write, execution = self._write_step(saga_id, index, changes, expect, count_in, get_at)
+        if execution is not None and start_next is not None and start_next.ready(execution):
+            pending = StepExpect(
+                status=frozenset({StepStatus.PENDING}),
+                attempt=0,
+                saga_status=frozenset({SagaStatus.RUNNING}),
+            )
+            for i in start_next.start:
+                if self.update_step(saga_id, i, start_next.changes[i], expect=pending).applied:
+                    start_next.apply(execution, i)
+        return write, execution
+
+    def _write_step(
+        self,
+        saga_id: str,
+        index: int,
+        changes: Mapping[str, Any],
+        expect: StepExpect | None,
+        count_in: str | None,
+        get_at: int | None,
+    ) -> tuple[StepWrite, SagaExecution | None]:
+        """The one-command step write of `update_step_and_get`."""
         saga_id = check_saga_id(saga_id)
         index = check_step_index(index)
         check_step_changes(changes)
         values = {name: encode_step_value(name, value) for name, value in changes.items()}
         counter = None if count_in is None else counter_field(count_in)
         query = _step_query(saga_id, index, expect)
-        projection = _step_projection(index)
+        if get_at is not None and (isinstance(get_at, bool) or not isinstance(get_at, int)):
+            raise TypeError(f"get_at must be an int, got {get_at!r}")
+        projection = _step_projection(index, counter if get_at is not None else None, get_at)
         written = payload_size(*values, *values.values())
         self._prepare()
         state: dict[str, Any] = {}
@@ -332,7 +400,9 @@ class MongoSagaBackend(SagaBackend):
             )
             if document is not None:
                 state = _read_state(document, index, saga_id)
-                return _step_write(True, state, state.get("seq") if counter else None)
+                write = _step_write(True, state, state.get("seq") if counter else None)
+                whole = document.get(_WHOLE)
+                return write, None if whole is None else execution_from_document(whole)
             # Refused: read why. The conditions are checked again in Python with the
             # contract's own `refusal`; if they hold now, the refusal raced with a write
             # that restored them, and the write is tried again.
@@ -350,8 +420,8 @@ class MongoSagaBackend(SagaBackend):
                 SagaStatus(state["saga_status"]),
             )
             if reason is not None:
-                return _step_write(False, state, None)
-        return _step_write(False, state, None)
+                return _step_write(False, state, None), None
+        return _step_write(False, state, None), None
 
     # -- listing and housekeeping --------------------------------------------------------------
     def list(
@@ -367,40 +437,91 @@ class MongoSagaBackend(SagaBackend):
         wanted = normalize_status(status)
         check_limit(limit)
         position = decode_cursor(cursor) if cursor else None
-        query: dict[str, Any] = {}
+        base: dict[str, Any] = {}
         if wanted is not None:
-            query["status"] = wanted.value
+            base["status"] = wanted.value
         if name is not None:
-            query["saga_name"] = check_text(name, "saga name")
-        created: dict[str, float] = {}
-        if created_before is not None:
-            created["$lt"] = check_number(created_before, "created_before")
-        if created_after is not None:
-            created["$gt"] = check_number(created_after, "created_after")
-        if position is not None:
-            # (created_at, _id) < position, written so the index bounds created_at.
-            last_created, last_id = position
-            created["$lte"] = last_created
-            query["$or"] = [{"created_at": {"$lt": last_created}}, {"_id": {"$lt": last_id}}]
-        if created:
-            query["created_at"] = created
+            base["saga_name"] = check_text(name, "saga name")
+        before = None if created_before is None else check_number(created_before, "created_before")
+        after = None if created_after is None else check_number(created_after, "created_after")
+        # The newest end: created_before (exclusive), or the cursor's position when it
+        # is older (inclusive: ties on created_at are split by _id in `_list_slice`).
+        high: tuple[float, bool] | None = None if before is None else (before, False)
+        split: tuple[float, str] | None = None
+        if position is not None and (high is None or position[0] < high[0]):
+            high, split = (position[0], True), position
+        low = None if after is None else (after, False)
         self._prepare()
-        self.stats.add()
-        documents = list(
-            self.executions.find(
-                query,
-                projection=SUMMARY_PROJECTION,
-                sort=_NEWEST_FIRST,
-                limit=limit + 1,
-                hint=_listing_index(wanted, name),
-            )
-        )
+        want = limit + 1
+        key = (base.get("status"), base.get("saga_name"))
+        top = now() if high is None else high[0]
+        span = self._spans.get(key)
+        if span is not None and (after is None or after < top - span):
+            # The span that filled the last page of this listing, newest first; the
+            # rest of the range only if that was not enough.
+            edge = top - span
+            documents = self._list_slice(base, (edge, True), high, split, want)
+            if len(documents) < want:
+                documents += self._list_slice(base, low, (edge, False), None, want - len(documents))
+        else:
+            documents = self._list_slice(base, low, high, split, want)
+        if len(documents) == want:
+            self._learn_span(key, top - float(documents[-1]["created_at"]))
         items = [SagaSummary.from_dict(summary_dict(d)) for d in documents[:limit]]
         next_cursor = None
         if len(documents) > limit:
             last = items[-1]
             next_cursor = encode_cursor(last.created_at, last.saga_id)
         return Page(items, next_cursor)
+
+    def _list_slice(
+        self,
+        base: Mapping[str, Any],
+        low: tuple[float, bool] | None,
+        high: tuple[float, bool] | None,
+        split: tuple[float, str] | None,
+        want: int,
+    ) -> builtins.list[dict[str, Any]]:
+        """Up to `want` summaries newest first with `low` < created_at < `high`.
+
+        Each bound is (value, inclusive). With `split`, documents at or after that
+        (created_at, _id) position are left out: they share the bound's created_at,
+        sort first, and are dropped here (asking again for more if they filled the
+        batch), so the filter stays an equality plus one range, which every server
+        serves from the (…, created_at, _id) indexes.
+        """
+        created: dict[str, float] = {}
+        if low is not None:
+            created["$gte" if low[1] else "$gt"] = low[0]
+        if high is not None:
+            # An inclusive bound as the exclusive bound just above it: some servers
+            # (SecantusDB) compare the bound with the whole compound index key, so
+            # ``$lte`` there would leave out the documents that sit exactly on it.
+            created["$lt"] = math.nextafter(high[0], math.inf) if high[1] else high[0]
+        query = dict(base)
+        if created:
+            query["created_at"] = created
+        extra = 0
+        while True:
+            self.stats.add()
+            documents = list(
+                self.executions.find(
+                    query, projection=SUMMARY_PROJECTION, sort=_NEWEST_FIRST, limit=want + extra
+                )
+            )
+            if split is None:
+                return documents
+            kept = [d for d in documents if (d["created_at"], d["_id"]) < split]
+            dropped = len(documents) - len(kept)
+            if dropped <= extra or len(documents) < want + extra:
+                return kept[:want]
+            extra = dropped
+
+    def _learn_span(self, key: tuple[str | None, str | None], needed: float) -> None:
+        """Remember how far back a full page of this listing reached (with slack)."""
+        if len(self._spans) >= _SPANS_KEPT:
+            self._spans.clear()
+        self._spans[key] = max(needed * _SPAN_SLACK, _MIN_SPAN)
 
     def delete(self, saga_id: str) -> bool:
         saga_id = check_saga_id(saga_id)
@@ -571,9 +692,15 @@ def _step_update(
     ]
 
 
-def _step_projection(index: int) -> dict[str, Any]:
-    """Only what a `StepWrite` reports: the saga status and four fields of step `index`."""
-    return {
+def _step_projection(
+    index: int, counter: str | None = None, get_at: int | None = None
+) -> dict[str, Any]:
+    """Only what a `StepWrite` reports: the saga status and four fields of step `index`.
+
+    With `counter` and `get_at`, also the whole document (as ``_WHOLE``) when the
+    counter's value is `get_at`, and nothing more otherwise.
+    """
+    projection: dict[str, Any] = {
         "_id": 0,
         "status": 1,
         "step": {
@@ -589,6 +716,11 @@ def _step_projection(index: int) -> dict[str, Any]:
             }
         },
     }
+    if counter is not None and get_at is not None:
+        projection[_WHOLE] = {
+            "$cond": [{"$eq": [f"${counter}", {"$literal": int(get_at)}]}, "$$ROOT", "$$REMOVE"]
+        }
+    return projection
 
 
 def _read_state(document: Mapping[str, Any], index: int, saga_id: str) -> dict[str, Any]:
@@ -613,14 +745,3 @@ def _step_write(applied: bool, state: Mapping[str, Any], count: Any) -> StepWrit
         count=None if count is None else int(count),
         comp_attempt=int(state["comp_attempt"]),
     )
-
-
-def _listing_index(status: SagaStatus | None, name: str | None) -> str:
-    """The index that serves a listing with these filters."""
-    if status is not None and name is not None:
-        return "name_status_created"
-    if status is not None:
-        return "status_created"
-    if name is not None:
-        return "name_created"
-    return "created"

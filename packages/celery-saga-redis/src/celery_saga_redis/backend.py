@@ -35,6 +35,7 @@ import redis
 from celery_saga.backends.base import (
     Page,
     SagaBackend,
+    StartNext,
     StepExpect,
     StepWrite,
     check_limit,
@@ -400,8 +401,9 @@ class RedisSagaBackend(SagaBackend):
         expect: StepExpect | None = None,
         count_in: str | None = None,
         get_at: int | None = None,
+        start_next: StartNext | None = None,
     ) -> tuple[StepWrite, SagaExecution | None]:
-        """One script: compare-and-set the step, and read the execution if `get_at` is hit."""
+        """One script: compare-and-set the step; at `get_at`, start the next stage and read."""
         check_step_changes(changes)
         e = expect or StepExpect()
         args: list[Any] = [
@@ -415,6 +417,18 @@ class RedisSagaBackend(SagaBackend):
             _opt(e.comp_attempt_at_most),
             count_in or "",
             _opt(get_at),
+            ""
+            if start_next is None
+            else _dumps(
+                {
+                    "check": list(start_next.check),
+                    "start": list(start_next.start),
+                    "changes": {
+                        str(i): {k: plain_value(v) for k, v in c.items()}
+                        for i, c in start_next.changes.items()
+                    },
+                }
+            ),
         ]
         for name, value in changes.items():
             args += [name, _dumps(value)]

@@ -80,7 +80,10 @@ UPDATE_STEP = (
 -- ARGV[4] attempt ==, ARGV[5] attempt <=, ARGV[6] allowed saga statuses
 -- ARGV[7] comp_attempt ==, ARGV[8] comp_attempt <=, ARGV[9] counter name
 -- ARGV[10] return the whole hash when the counter reaches this value ('' never)
--- ARGV[11..] field, JSON value pairs
+-- ARGV[11] JSON {check: [i...], start: [i...], changes: {"i": {...}}} or '': when the
+-- counter reaches ARGV[10], the saga is running and every `check` step succeeded,
+-- the `start` steps still pending at attempt 0 get their changes (the next stage starts)
+-- ARGV[12..] field, JSON value pairs
 local h = KEYS[1]
 local p = 's:' .. ARGV[1]
 local saga_status = redis.call('HGET', h, 'h:status')
@@ -97,7 +100,7 @@ if ok and ARGV[5] ~= '' and attempt > tonumber(ARGV[5]) then ok = false end
 if ok and ARGV[7] ~= '' and comp_attempt ~= tonumber(ARGV[7]) then ok = false end
 if ok and ARGV[8] ~= '' and comp_attempt > tonumber(ARGV[8]) then ok = false end
 if not ok then return {0, step.status, attempt, comp_attempt, saga_status, false, false} end
-for i = 11, #ARGV, 2 do
+for i = 12, #ARGV, 2 do
   local k = ARGV[i]
   if k == 'output' or k == 'compensation_data' then
     redis.call('HSET', h, p .. ':' .. k, ARGV[i + 1])
@@ -113,6 +116,24 @@ end
 redis.call('HSET', h, p, cjson.encode(step), 'h:updated_at', ARGV[2])
 local all = false
 if count and ARGV[10] ~= '' and count == tonumber(ARGV[10]) then
+  if ARGV[11] ~= '' and saga_status == 'running' then
+    local spec = cjson.decode(ARGV[11])
+    local ready = true
+    for _, i in ipairs(spec.check) do
+      local other = cjson.decode(redis.call('HGET', h, 's:' .. i))
+      if other.status ~= 'success' then ready = false end
+    end
+    if ready then
+      for _, i in ipairs(spec.start) do
+        local key = 's:' .. i
+        local next_step = cjson.decode(redis.call('HGET', h, key))
+        if next_step.status == 'pending' and tonumber(next_step.attempt or 0) == 0 then
+          for k, v in pairs(spec.changes[tostring(i)]) do next_step[k] = v end
+          redis.call('HSET', h, key, cjson.encode(next_step))
+        end
+      end
+    end
+  end
   all = redis.call('HGETALL', h)
 end
 return {1, step.status, tonumber(step.attempt or 0), tonumber(step.comp_attempt or 0),

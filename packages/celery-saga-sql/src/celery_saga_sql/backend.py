@@ -3,12 +3,17 @@
 One row per execution, one row per step, one row per counter (see `schema`).
 How each operation stays atomic and small:
 
-- `update_step` is one write transaction: lock the execution row and the step
-  row (``SELECT ... FOR UPDATE``; on SQLite the transaction began with ``BEGIN
-  IMMEDIATE``), check the expectations in Python with `StepExpect.refusal`,
-  then bump the counter with a single upsert that returns its new value, update
-  that one step row (its ``seq`` included) and the execution's ``updated_at``.
-  Every writer of a saga locks its execution row first, so writers of one saga
+- `update_step` on PostgreSQL is one statement, so one round trip with no
+  BEGIN/COMMIT: a CTE locks the execution row and the step row (``SELECT ...
+  FOR UPDATE``), the expectations are checked on them by the server, and
+  data-modifying CTEs bump the counter, update that one step row (its ``seq``
+  included) and the execution's ``updated_at`` only if they hold.
+- On MySQL/MariaDB and SQLite it is one write transaction: lock the same rows
+  (on SQLite the transaction began with ``BEGIN IMMEDIATE``), check the
+  expectations in Python with `StepExpect.refusal`, then bump the counter with a
+  single upsert that returns its new value, and update the step row and the
+  execution's ``updated_at``.
+- Every writer of a saga locks its execution row first, so writers of one saga
   queue there and never deadlock on each other.
 - `update_saga` is one conditional ``UPDATE ... WHERE saga_id = ? AND status IN
   (...)``: the row lock the UPDATE takes makes it a compare-and-set (PostgreSQL
@@ -35,6 +40,7 @@ from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     BindParameter,
+    ColumnElement,
     Connection,
     CursorResult,
     Executable,
@@ -42,9 +48,13 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    cast,
     delete,
+    exists,
     func,
     insert,
+    literal,
+    literal_column,
     or_,
     select,
     update,
@@ -112,6 +122,26 @@ def _transient(exc: DBAPIError) -> bool:
     if args and args[0] in _RETRY_MYSQL_ERRNOS:
         return True
     return isinstance(orig, sqlite3.OperationalError) and "locked" in str(orig)
+
+
+def _expected(cur: Any, expect: StepExpect | None) -> list[ColumnElement[bool]]:
+    """`StepExpect` as SQL conditions on the locked state (agrees with `StepExpect.refusal`)."""
+    if expect is None:
+        return []
+    clauses: list[ColumnElement[bool]] = []
+    if expect.status is not None:
+        clauses.append(cur.c.status.in_(sorted(s.value for s in expect.status)))
+    for column, equal, at_most in (
+        (cur.c.attempt, expect.attempt, expect.attempt_at_most),
+        (cur.c.comp_attempt, expect.comp_attempt, expect.comp_attempt_at_most),
+    ):
+        if equal is not None:
+            clauses.append(column == int(equal))
+        if at_most is not None:
+            clauses.append(column <= int(at_most))
+    if expect.saga_status is not None:
+        clauses.append(cur.c.saga_status.in_(sorted(s.value for s in expect.saga_status)))
+    return clauses
 
 
 def _backoff(attempt: int) -> None:
@@ -478,6 +508,8 @@ class SQLSagaBackend(SagaBackend):
             if name == "status":
                 plain = StepStatus(plain).value
             values[name] = _dumps(plain) if name in STEP_JSON else plain
+        if self._postgres:
+            return self._update_step_in_one_statement(saga_id, index, values, expect, count_in)
         key = {"saga_id": saga_id, "idx": index}
 
         def write(tx: _Tx) -> StepWrite:
@@ -502,35 +534,90 @@ class SQLSagaBackend(SagaBackend):
 
         return self._write(write)
 
+    def _update_step_in_one_statement(
+        self,
+        saga_id: str,
+        index: int,
+        values: dict[str, Any],
+        expect: StepExpect | None,
+        count_in: str | None,
+    ) -> StepWrite:
+        """`update_step` on PostgreSQL: one statement in autocommit, one round trip.
+
+        ``cur`` locks the execution row and the step row (``SELECT ... FOR
+        UPDATE``: after waiting for another writer it returns the rows as that
+        writer committed them); the expectations are evaluated on ``cur`` by the
+        server, in the same terms as `StepExpect.refusal`; the counter upsert, the
+        step update and the ``updated_at`` touch are data-modifying CTEs that run
+        only if they hold, and the counter's new value reaches the step's ``seq``
+        through ``RETURNING``. The statement commits as a whole or not at all.
+        """
+        e, s = self.tables.executions, self.tables.steps
+        stamp = now()
+        row = dict(values)
+        written = payload_size(*row, *row.values(), "updated_at", stamp)
+        if count_in is not None:
+            written += payload_size(saga_id, count_in, 1)
+        cur = (
+            select(e.c.status.label("saga_status"), s.c.status, s.c.attempt, s.c.comp_attempt)
+            .select_from(e.join(s, s.c.saga_id == e.c.saga_id))
+            .where(e.c.saga_id == saga_id, s.c.idx == index)
+            .with_for_update()
+            .cte("cur")
+        )
+        holds = exists(select(literal_column("1")).select_from(cur).where(*_expected(cur, expect)))
+        ctes = []
+        columns: list[Any] = [
+            cur.c.saga_status,
+            cur.c.status,
+            cur.c.attempt,
+            cur.c.comp_attempt,
+            holds.label("applied"),
+        ]
+        if count_in is not None:
+            bumped = self._upsert_counter(saga_id, count_in, only_if=holds).cte("bumped")
+            row["seq"] = select(bumped.c.value).scalar_subquery()
+            columns.append(select(bumped.c.value).scalar_subquery().label("bumped_to"))
+            ctes.append(bumped)
+        if row:
+            step = update(s).where(s.c.saga_id == saga_id, s.c.idx == index, holds)
+            ctes.append(step.values(row).returning(s.c.idx).cte("stepped"))
+        touch = update(e).where(e.c.saga_id == saga_id, holds).values(updated_at=stamp)
+        ctes.append(touch.returning(e.c.saga_id).cte("touched"))
+        stmt = select(*columns).add_cte(*ctes)
+        found = self._autocommit(
+            lambda conn: conn.execute(stmt).one_or_none(), written=written, idempotent=False
+        )
+        if found is None:
+            raise KeyError(f"no step {index} in saga {saga_id}")
+        saga_status = SagaStatus(found.saga_status)
+        status = StepStatus(found.status)
+        attempt, comp_attempt = int(found.attempt), int(found.comp_attempt)
+        if not found.applied:
+            return StepWrite(False, status, attempt, saga_status, None, comp_attempt)
+        return StepWrite(
+            True,
+            StepStatus(values.get("status", status.value)),
+            int(values.get("attempt", attempt)),
+            saga_status,
+            None if count_in is None else int(found.bumped_to),
+            int(values.get("comp_attempt", comp_attempt)),
+        )
+
     def _apply_step(
         self, tx: _Tx, saga_id: str, index: int, row: dict[str, Any], count_in: str | None
     ) -> int | None:
         """Write one step row, the counter and the execution's ``updated_at`` (rows locked).
 
-        PostgreSQL does it in one statement (data-modifying CTEs), MySQL/MariaDB in
-        one multi-table UPDATE after the counter upsert, SQLite in one statement
-        per table (no network: statements cost no round trip there).
+        MySQL/MariaDB do it in one multi-table UPDATE after the counter upsert,
+        SQLite in one statement per table (no network: statements cost no round
+        trip there). PostgreSQL writes steps in `_update_step_in_one_statement`.
         """
         e, s = self.tables.executions, self.tables.steps
         stamp = now()
         written = payload_size(*row, *row.values(), "updated_at", stamp)
         if count_in is not None:
             written += payload_size(saga_id, count_in, 1)
-        if self._postgres:
-            touch = update(e).where(e.c.saga_id == saga_id).values(updated_at=stamp)
-            step = update(s).where(s.c.saga_id == saga_id, s.c.idx == index)
-            if count_in is not None:
-                bumped = self._upsert_counter(saga_id, count_in).cte("bumped")
-                row["seq"] = select(bumped.c.value).scalar_subquery()
-                touch = touch.add_cte(bumped).returning(row["seq"])
-            if row:
-                touch = touch.add_cte(step.values(row).returning(s.c.idx).cte("stepped"))
-            result = tx.execute(touch, written=written)
-            if count_in is None:
-                return None
-            bumped_to = int(result.scalar_one())
-            row["seq"] = bumped_to
-            return bumped_to
         count: int | None = None
         if count_in is not None:
             count = self._bump(tx, saga_id, count_in)
@@ -550,19 +637,29 @@ class SQLSagaBackend(SagaBackend):
         tx.execute(self._touch, {"b_saga_id": saga_id, "b_updated_at": stamp}, written=written)
         return count
 
-    def _upsert_counter(self, saga_id: str, name: str) -> Any:
-        """``INSERT ... ON CONFLICT DO UPDATE value = value + 1 RETURNING value``."""
+    def _upsert_counter(
+        self, saga_id: str, name: str, only_if: ColumnElement[bool] | None = None
+    ) -> Any:
+        """``INSERT ... ON CONFLICT DO UPDATE value = value + 1 RETURNING value``.
+
+        With `only_if`, the row is inserted or bumped only when that holds.
+        """
         counters = self.tables.counters
         dialect_insert = pg_dialect.insert if self._postgres else sqlite_dialect.insert
-        return (
-            dialect_insert(counters)
-            .values(saga_id=saga_id, name=name, value=1)
-            .on_conflict_do_update(
-                index_elements=[counters.c.saga_id, counters.c.name],
-                set_={"value": counters.c.value + 1},
-            )
-            .returning(counters.c.value)
-        )
+        stmt = dialect_insert(counters)
+        if only_if is None:
+            stmt = stmt.values(saga_id=saga_id, name=name, value=1)
+        else:
+            source = select(
+                cast(literal(saga_id), counters.c.saga_id.type),
+                cast(literal(name), counters.c.name.type),
+                literal_column("1"),
+            ).where(only_if)
+            stmt = stmt.from_select(["saga_id", "name", "value"], source)
+        return stmt.on_conflict_do_update(
+            index_elements=[counters.c.saga_id, counters.c.name],
+            set_={"value": counters.c.value + 1},
+        ).returning(counters.c.value)
 
     def _bump(self, tx: _Tx, saga_id: str, name: str) -> int:
         """Increment the execution's counter `name` in one upsert; return its new value."""

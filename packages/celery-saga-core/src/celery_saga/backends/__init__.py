@@ -10,7 +10,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from celery_saga.backends.base import Page, SagaBackend, StepExpect, StepWrite, StoreStats
+from celery_saga.backends.base import (
+    Page,
+    SagaBackend,
+    StartNext,
+    StepExpect,
+    StepWrite,
+    StoreStats,
+)
 from celery_saga.backends.memory import MemorySagaBackend
 from celery_saga.backends.registry import (
     ENTRY_POINT_GROUP,
@@ -40,6 +47,7 @@ __all__ = [
     "RedisSagaBackend",
     "SQLSagaBackend",
     "SagaBackend",
+    "StartNext",
     "StepExpect",
     "StepWrite",
     "StoreStats",

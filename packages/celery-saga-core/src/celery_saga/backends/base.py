@@ -110,6 +110,34 @@ class StoreStats:
         return {"round_trips": self.round_trips, "bytes_written": self.bytes_written}
 
 
+_RUNNING_ONLY = frozenset({SagaStatus.RUNNING})
+
+
+@dataclass(frozen=True)
+class StartNext:
+    """Steps to mark started in the write that completes a stage.
+
+    `check`: steps that must all be SUCCESS; `start`: steps to move from PENDING
+    (attempt 0) to ``changes[i]`` (RUNNING, attempt 1, their task id...).
+    """
+
+    check: tuple[int, ...]
+    start: tuple[int, ...]
+    changes: Mapping[int, Mapping[str, Any]]
+
+    def ready(self, execution: SagaExecution) -> bool:
+        """Whether `execution` (read after the write) lets the next stage start."""
+        return execution.status is SagaStatus.RUNNING and all(
+            execution.step(i).status is StepStatus.SUCCESS for i in self.check
+        )
+
+    def apply(self, execution: SagaExecution, index: int) -> None:
+        """Reflect step `index`'s start in an execution read before it."""
+        record = execution.step(index)
+        for name, value in self.changes[index].items():
+            setattr(record, name, StepStatus(value) if name == "status" else value)
+
+
 @dataclass(frozen=True)
 class Page:
     """One page of a listing; pass `cursor` back to get the next one (None: no more)."""
@@ -199,17 +227,33 @@ class SagaBackend(abc.ABC):
         expect: StepExpect | None = None,
         count_in: str | None = None,
         get_at: int | None = None,
+        start_next: StartNext | None = None,
     ) -> tuple[StepWrite, SagaExecution | None]:
         """`update_step`, plus the whole execution when the counter reaches `get_at`.
 
         The runtime calls this when a step finishes: the member that completes its
-        stage needs the records to decide what comes next. This default makes two
-        requests; stores that can read in the same round trip override it.
+        stage needs the records to decide what comes next. With `start_next`, when
+        the counter reaches `get_at`, the execution is RUNNING and every step of
+        ``start_next.check`` is SUCCESS, the steps of ``start_next.start`` that are
+        still PENDING at attempt 0 get ``start_next.changes`` (they are marked
+        started, so their messages need no gate). This default makes several
+        requests; stores that can do it in one round trip override it.
         """
         write = self.update_step(saga_id, index, changes, expect=expect, count_in=count_in)
-        if write.applied and get_at is not None and write.count == get_at:
-            return write, self.get(saga_id)
-        return write, None
+        if not (write.applied and get_at is not None and write.count == get_at):
+            return write, None
+        execution = self.get(saga_id)
+        if execution is not None and start_next is not None and start_next.ready(execution):
+            started = frozenset({StepStatus.PENDING})
+            for i in start_next.start:
+                if self.update_step(
+                    saga_id,
+                    i,
+                    start_next.changes[i],
+                    expect=StepExpect(status=started, attempt=0, saga_status=_RUNNING_ONLY),
+                ).applied:
+                    start_next.apply(execution, i)
+        return write, execution
 
     # -- listing and housekeeping -----------------------------------------------
     @abc.abstractmethod

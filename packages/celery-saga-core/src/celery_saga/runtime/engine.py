@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery_saga import registry, signals
-from celery_saga.backends.base import SagaBackend, StepExpect
+from celery_saga.backends.base import SagaBackend, StartNext, StepExpect
 from celery_saga.compiler import compensation_signature, header_of_signature, step_signature
 from celery_saga.config import backend_for, setting
 from celery_saga.context import InputResolutionError, context_before, saga_output, step_input
 from celery_saga.errors import PermanentFailure, SagaDefinitionMismatch, StepOutputError
-from celery_saga.ids import new_saga_id, validate_idempotency_key
+from celery_saga.ids import new_saga_id, step_task_id, validate_idempotency_key
 from celery_saga.models import (
     SagaExecution,
     SagaStatus,
@@ -152,9 +152,13 @@ def start(
         raise ValueError(f"queue must be a non-empty string, got {queue!r}")
     ensure_json(input, f"the input of saga {saga.name!r}")
     execution = new_execution(rt.definition, input, idempotency_key, queue)
-    # Created RUNNING: its first stage is dispatched right below. (PENDING is for an
-    # execution created and not yet started; the recovery pass starts those.)
+    # Created RUNNING with its first stage started: it is dispatched right below.
+    # (PENDING is for an execution created and not yet started; recovery starts those.)
     execution.status = SagaStatus.RUNNING
+    for spec in rt.definition.stages[0].steps:
+        record = execution.step(spec.index)
+        for name, value in _start_changes(execution.saga_id, spec.index).items():
+            setattr(record, name, value)
     stored, created = rt.backend.create(execution)
     result = SagaResult(stored.saga_id, rt.backend, saga=saga)
     if not created:
@@ -199,7 +203,8 @@ def dispatch_stage(rt: Runtime, execution: SagaExecution, stage_index: int) -> N
         # Nothing of this stage is sent: the failing inputs fail their steps, the rest
         # are skipped, and the stage's last member starts the compensation.
         for index in indexes:
-            attempt = execution.step(index).attempt + 1
+            record = execution.step(index)
+            attempt = record.attempt if _was_started(record) else record.attempt + 1
             if index in failures:
                 _fail_unstartable(rt, execution.saga_id, index, attempt, failures[index])
             else:
@@ -212,17 +217,52 @@ def dispatch_stage(rt: Runtime, execution: SagaExecution, stage_index: int) -> N
                     {"error": "not started: another step of its stage could not start"},
                 )
         return
-    signatures = [
-        step_signature(
-            rt.definition,
-            execution,
-            rt.definition.step(index),
-            execution.step(index).attempt + 1,
-            inputs[index],
+    signatures = []
+    for index in indexes:
+        record = execution.step(index)
+        started = _was_started(record)
+        attempt = record.attempt if started else record.attempt + 1
+        signatures.append(
+            step_signature(
+                rt.definition,
+                execution,
+                rt.definition.step(index),
+                attempt,
+                inputs[index],
+                started=started,
+            )
         )
-        for index in indexes
-    ]
     send(rt.app, signatures, on_eager_error=_eager_error)
+
+
+def _start_changes(saga_id: str, index: int) -> dict[str, Any]:
+    """What marking attempt 1 of a step started writes (before its message is sent)."""
+    return {
+        "status": StepStatus.RUNNING,
+        "attempt": 1,
+        "task_id": step_task_id(saga_id, index, 1),
+        "started_at": now(),
+    }
+
+
+def _was_started(record: StepRecord) -> bool:
+    """True for a first attempt the store marked started when its stage was reached."""
+    return (
+        record.status is StepStatus.RUNNING and record.attempt == 1 and record.finished_at is None
+    )
+
+
+def _start_next(rt: Runtime, saga_id: str, stage_index: int) -> StartNext | None:
+    """The next stage's steps, to mark started in the write that completes this stage."""
+    stages = rt.definition.stages
+    if stage_index + 1 >= len(stages):
+        return None
+    nxt = [spec.index for spec in stages[stage_index + 1].steps]
+    return StartNext(
+        check=tuple(spec.index for spec in stages[stage_index].steps),
+        start=tuple(nxt),
+        changes={i: _start_changes(saga_id, i) for i in nxt},
+    )
 
 
 def _fail_unstartable(rt: Runtime, saga_id: str, index: int, attempt: int, error: str) -> None:
@@ -306,7 +346,11 @@ def step_started(rt: Runtime, header: SagaHeader, task_id: str | None, retries: 
 
 
 def step_succeeded(
-    rt: Runtime, header: SagaHeader, output: dict[str, Any], compensation_data: Any
+    rt: Runtime,
+    header: SagaHeader,
+    output: dict[str, Any],
+    compensation_data: Any,
+    started_at: float | None = None,
 ) -> None:
     """Record a step's output; the stage's last member moves the saga on."""
     changes = {
@@ -317,7 +361,17 @@ def step_succeeded(
         "error": None,
         "attempt": header.attempt,
     }
-    _finish(rt, header.saga_id, header.index, header.attempt, StepStatus.SUCCESS, changes)
+    if started_at is not None:
+        changes["started_at"] = started_at
+    _finish(
+        rt,
+        header.saga_id,
+        header.index,
+        header.attempt,
+        StepStatus.SUCCESS,
+        changes,
+        start_next=header.definition_hash in ("", rt.definition.hash),
+    )
 
 
 def step_failed(
@@ -326,11 +380,14 @@ def step_failed(
     error: str,
     compensation_data: Any = None,
     error_names: Sequence[str] = (),
+    started_at: float | None = None,
 ) -> None:
     """Record a step's final failure (or retry it, if its policy says so)."""
     if _retry_step(rt, header, error, error_names):
         return
     changes: dict[str, Any] = {"error": error, "attempt": header.attempt}
+    if started_at is not None:
+        changes["started_at"] = started_at
     if compensation_data is not None:
         changes["compensation_data"] = compensation_data
     _finish(
@@ -377,8 +434,14 @@ def _finish(
     changes: dict[str, Any],
     *,
     failing: bool = False,
+    start_next: bool = True,
 ) -> bool:
-    """End a step's forward part once; True if this call was the one that did."""
+    """End a step's forward part once; True if this call was the one that did.
+
+    A success that completes its stage also marks the next stage started, in the
+    same write, unless `start_next` is false (the message came from a different
+    definition, which this worker will not advance).
+    """
     spec = rt.definition.step(index)
     stage_size = len(rt.definition.stages[spec.stage].steps)
     write, execution = rt.backend.update_step_and_get(
@@ -388,6 +451,11 @@ def _finish(
         expect=StepExpect(status=_FORWARD, attempt_at_most=attempt),
         count_in=f"stage:{spec.stage}",
         get_at=None if failing else stage_size,
+        start_next=(
+            _start_next(rt, saga_id, spec.stage)
+            if start_next and status is StepStatus.SUCCESS
+            else None
+        ),
     )
     if not write.applied:
         log(
@@ -450,6 +518,7 @@ def stage_finished(
         and now() > (execution.deadline_at)
     ):
         expire(rt, saga_id)
+        _unstart(rt, execution, stage_index + 1)
         execution = rt.backend.get(saga_id) or execution
     if execution.status is SagaStatus.RUNNING and all(
         m.status is StepStatus.SUCCESS for m in members
@@ -460,6 +529,22 @@ def stage_finished(
             complete(rt, execution)
         return
     begin_compensation(rt, execution, members)
+
+
+def _unstart(rt: Runtime, execution: SagaExecution, stage_index: int) -> None:
+    """Skip a next stage that was marked started but will not be sent after all."""
+    if stage_index >= len(rt.definition.stages):
+        return
+    for spec in rt.definition.stages[stage_index].steps:
+        if _was_started(execution.step(spec.index)):
+            _finish(
+                rt,
+                execution.saga_id,
+                spec.index,
+                1,
+                StepStatus.SKIPPED,
+                {"error": "not started: the saga stopped before this stage was sent"},
+            )
 
 
 def _same_definition(rt: Runtime, execution: SagaExecution) -> bool:

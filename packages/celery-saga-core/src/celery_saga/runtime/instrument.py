@@ -120,7 +120,12 @@ def _run(
     setattr(request, HANDLED, True)
     if header.compensation:
         return _run_compensation(task, rt, request, header, body, args, kwargs)
-    _gate(task, rt, header, engine.step_started, header.task_id, request.retries or 0)
+    started_at: float | None = None
+    redelivered = bool((getattr(request, "delivery_info", None) or {}).get("redelivered"))
+    if header.started and not request.retries and not redelivered:
+        started_at = time.time()  # marked started with its stage: no gate of its own
+    else:
+        _gate(task, rt, header, engine.step_started, header.task_id, request.retries or 0)
     try:
         value = body()
     except Retry:
@@ -134,20 +139,27 @@ def _run(
             engine.describe_error(failure),
             failure.compensation_data,
             error_types(failure),
+            started_at,
         )
         raise failure from None
     except Exception as exc:
         data = exc.compensation_data if isinstance(exc, PermanentFailure) else None
         _bookkeep(
-            rt, header, engine.step_failed, engine.describe_error(exc), data, error_types(exc)
+            rt,
+            header,
+            engine.step_failed,
+            engine.describe_error(exc),
+            data,
+            error_types(exc),
+            started_at,
         )
         raise
     try:
         output, compensation_data = engine.outcome_of(rt, header, value)
     except StepOutputError as exc:
-        _bookkeep(rt, header, engine.step_failed, str(exc), None, error_types(exc))
+        _bookkeep(rt, header, engine.step_failed, str(exc), None, error_types(exc), started_at)
         raise
-    _bookkeep(rt, header, engine.step_succeeded, output, compensation_data)
+    _bookkeep(rt, header, engine.step_succeeded, output, compensation_data, started_at)
     return output
 
 

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from celery_saga.backends.base import SagaBackend, StepExpect
+from celery_saga.backends.base import SagaBackend, StartNext, StepExpect
 from celery_saga.models import SagaExecution, SagaStatus, StepRecord, StepStatus
 
 _FORWARD = frozenset({StepStatus.PENDING, StepStatus.RUNNING})
@@ -257,6 +257,73 @@ class BackendConformance:
         got = backend.get(execution.saga_id)
         assert got is not None
         assert sorted(s.seq for s in got.steps[1:] if s.seq is not None) == list(range(1, size + 1))
+
+    def test_finishing_a_stage_reads_the_saga_and_starts_the_next_stage(
+        self, backend: SagaBackend
+    ) -> None:
+        sid = self._two_stages(backend)
+        done = {"status": StepStatus.SUCCESS, "output": {"ok": 1}}
+        start = StartNext(
+            check=(0, 1),
+            start=(2, 3),
+            changes={
+                i: {"status": StepStatus.RUNNING, "attempt": 1, "task_id": f"t{i}"} for i in (2, 3)
+            },
+        )
+        first, none = backend.update_step_and_get(
+            sid,
+            0,
+            done,
+            expect=StepExpect(status=_FORWARD),
+            count_in="stage:0",
+            get_at=2,
+            start_next=start,
+        )
+        assert first.count == 1 and none is None
+        last, execution = backend.update_step_and_get(
+            sid,
+            1,
+            done,
+            expect=StepExpect(status=_FORWARD),
+            count_in="stage:0",
+            get_at=2,
+            start_next=start,
+        )
+        assert last.count == 2 and execution is not None
+        assert execution.step(1).status is StepStatus.SUCCESS and execution.step(1).seq == 2
+        for i in (2, 3):
+            assert (execution.step(i).status, execution.step(i).attempt) == (StepStatus.RUNNING, 1)
+        stored = backend.get(sid)
+        assert stored is not None and stored.step(3).task_id == "t3"
+
+    def test_next_stage_is_not_started_unless_the_saga_can_go_on(
+        self, backend: SagaBackend
+    ) -> None:
+        done = {"status": StepStatus.SUCCESS}
+        for spoil in ("saga", "member"):
+            sid = self._two_stages(backend)
+            if spoil == "saga":
+                backend.update_saga(sid, {"status": SagaStatus.COMPENSATING})
+                backend.update_step(sid, 0, done, count_in="stage:0")
+            else:
+                backend.update_step(sid, 0, {"status": StepStatus.FAILED}, count_in="stage:0")
+            start = StartNext(
+                check=(0, 1),
+                start=(2, 3),
+                changes={i: {"status": StepStatus.RUNNING, "attempt": 1} for i in (2, 3)},
+            )
+            write, execution = backend.update_step_and_get(
+                sid, 1, done, count_in="stage:0", get_at=2, start_next=start
+            )
+            assert write.count == 2 and execution is not None
+            assert [execution.step(i).status for i in (2, 3)] == [StepStatus.PENDING] * 2
+            stored = backend.get(sid)
+            assert stored is not None and stored.step(2).status is StepStatus.PENDING
+
+    def _two_stages(self, backend: SagaBackend) -> str:
+        execution = make_execution(stages=[0, 0, 1, 1])
+        backend.create(execution)
+        return execution.saga_id
 
     def test_counter_not_bumped_when_refused(self, backend: SagaBackend) -> None:
         execution = make_execution(stages=[0, 0])

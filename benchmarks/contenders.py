@@ -1,0 +1,322 @@
+"""The contenders: this project's sagas, plain Celery chains, celery-saga 0.1.1.
+
+Each contender starts work the way its users would and learns that it finished the
+same way as the others: the caller reads the record of the oldest unfinished item
+(saga record, or the chain's last result) every `processes.POLL` seconds, moving on
+as soon as it is finished. That adds one read per poll to the store or result
+backend, the same for every contender, and nothing to the workers.
+
+After every run, not timed, the contender deletes what the run left (saga records,
+task results), so each repetition starts from the same, empty, state: a store that
+slows down as it fills would otherwise be slower in every repetition than in the one
+before.
+
+W2's "lost outputs": each fan-out step adds ``"<i>:<n>"`` to a Redis set when it
+runs (`bench_tasks.fan`). Once every saga finished, a saga counts as having lost an
+output when a step that ran has no ``out<n>`` in the record its contender keeps:
+this project's state store, 0.1.1's ``celery_saga:<id>`` JSON record, or for the
+plain chain the step's result in the result backend.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis
+from bench_app import BenchApp
+from celery import chain, group
+from processes import POLL, OrigDriver, Worker, group_cpu_seconds
+
+from celery_saga.config import backend_for
+from celery_saga.models import SagaStatus
+
+
+@dataclass
+class Run:
+    """One timed run of one contender."""
+
+    seconds: float
+    #: Sagas (or chains) that did not end COMPLETED (SUCCESS for chains).
+    not_completed: int = 0
+    #: Sagas whose record lacks the output of a step that ran (W2 only).
+    lost: int | None = None
+    statuses: dict[str, int] = field(default_factory=dict)
+    #: CPU seconds used meanwhile by the contender's worker processes and its caller.
+    worker_cpu: float = 0.0
+    caller_cpu: float = 0.0
+
+
+class Contender(Protocol):
+    """What every workload asks of a contender."""
+
+    key: str
+    label: str
+
+    def throughput(self, saga: str, n: int, ran: str | None = None) -> Run:
+        """Start `n` sagas of `saga` (``five`` or ``fanout``), return when all finished."""
+        ...
+
+    def latency(self, n: int) -> list[float]:
+        """Run `n` five-step sagas one at a time, blocking on each; their seconds."""
+        ...
+
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds used so far by (its worker processes, its caller process)."""
+        ...
+
+
+class _InProcessCaller:
+    """CPU accounting for contenders whose caller is this process."""
+
+    worker: Worker
+
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds used so far by (the worker's processes, this process)."""
+        return self.worker.cpu_seconds(), time.process_time()
+
+
+def wait_in_order(ids: list[str], finished: Callable[[str], bool], timeout: float) -> int:
+    """Poll the oldest unfinished id until all are finished; return how many never did."""
+    deadline = time.monotonic() + timeout
+    done = 0
+    while done < len(ids):
+        if finished(ids[done]):
+            done += 1
+        elif time.monotonic() > deadline:
+            break
+        else:
+            time.sleep(POLL)
+    return len(ids) - done
+
+
+def ran_steps(marks: redis.Redis, key: str) -> dict[int, set[int]]:
+    """Read and delete the set of ``"<i>:<n>"`` markers: saga i -> steps n that ran."""
+    members = marks.smembers(key)
+    marks.delete(key)
+    ran: dict[int, set[int]] = defaultdict(set)
+    for member in members:
+        i, n = (member.decode() if isinstance(member, bytes) else member).split(":")
+        ran[int(i)].add(int(n))
+    return ran
+
+
+def count_lost(
+    ran: dict[int, set[int]], outputs: Iterable[tuple[int, dict[int, Any]]], expected: int
+) -> int:
+    """Sagas where a step that ran has no ``out<n>`` in its recorded output.
+
+    `outputs` yields (saga number, {step n: recorded output}); a saga whose steps
+    did not all run (fewer than `expected` markers) also counts, since the run
+    then lost a step, not only its output.
+    """
+    lost = 0
+    for i, recorded in outputs:
+        steps = ran.get(i, set())
+        missing = [
+            n
+            for n in steps
+            if not isinstance(recorded.get(n), dict) or f"out{n}" not in recorded[n]
+        ]
+        if missing or len(steps) < expected:
+            lost += 1
+    return lost
+
+
+class OurSaga(_InProcessCaller):
+    """This project: a saga of the tasks, state in one of its stores, no result backend."""
+
+    def __init__(
+        self, key: str, label: str, bench: BenchApp, worker: Worker, marks: redis.Redis
+    ) -> None:
+        self.key, self.label, self.bench, self.marks = key, label, bench, marks
+        self.worker = worker
+        self.backend = backend_for(bench.app)
+
+    def throughput(self, saga: str, n: int, ran: str | None = None, timeout: float = 600) -> Run:
+        """Start `n` sagas, wait for them; for the fan-out saga, count lost outputs."""
+        definition = self.bench.five if saga == "five" else self.bench.fanout
+        extra = {"ran": ran} if saga == "fanout" else {}
+        statuses: dict[str, int] = defaultdict(int)
+
+        def finished(saga_id: str) -> bool:
+            execution = self.backend.get(saga_id)
+            if execution is None or not execution.status.is_terminal:
+                return False
+            statuses[execution.status.value] += 1
+            return True
+
+        started = time.perf_counter()
+        ids = [definition.run(i=i, **extra).saga_id for i in range(n)]
+        wait_in_order(ids, finished, timeout)  # the unfinished count as not completed
+        seconds = time.perf_counter() - started
+        run = Run(seconds, n - statuses[SagaStatus.COMPLETED.value], statuses=dict(statuses))
+        if ran is not None:
+            run.lost = count_lost(ran_steps(self.marks, ran), self._outputs(ids), 5)
+        self._forget(ids)
+        return run
+
+    def _outputs(self, ids: list[str]) -> Iterable[tuple[int, dict[int, Any]]]:
+        for i, saga_id in enumerate(ids):
+            execution = self.backend.get(saga_id)
+            steps = execution.steps if execution is not None else []
+            yield i, {record.index + 1: record.output for record in steps}
+
+    def _forget(self, ids: list[str]) -> None:
+        """Delete the finished executions through the store's own API."""
+        for saga_id in ids:
+            self.backend.delete(saga_id)
+
+    def latency(self, n: int, timeout: float = 60) -> list[float]:
+        """`saga.run()` then `SagaResult.get()`, `n` times in a row."""
+        latencies, ids = [], []
+        for i in range(n):
+            started = time.perf_counter()
+            result = self.bench.five.run(i=i)
+            result.get(timeout=timeout)
+            latencies.append(time.perf_counter() - started)
+            ids.append(result.saga_id)
+        self._forget(ids)
+        return latencies
+
+
+class PlainChain(_InProcessCaller):
+    """The same tasks as a plain Celery chain, with a Redis result backend."""
+
+    def __init__(
+        self, key: str, label: str, bench: BenchApp, worker: Worker, marks: redis.Redis
+    ) -> None:
+        self.key, self.label, self.bench, self.marks = key, label, bench, marks
+        self.worker = worker
+        self.results = redis.Redis.from_url(str(bench.app.conf.result_backend))
+
+    def _meta(self, task_id: str) -> dict[str, Any] | None:
+        raw = self.results.get(f"celery-task-meta-{task_id}")
+        return None if raw is None else dict(json.loads(raw))
+
+    def throughput(self, saga: str, n: int, ran: str | None = None, timeout: float = 600) -> Run:
+        """Start `n` chains; done when the last task (all four of the group) has a result."""
+        noops, fans = self.bench.noops, self.bench.fans
+        started = time.perf_counter()
+        steps: list[list[str]] = []  # task ids of each chain's steps, in order
+        if saga == "five":
+            for _ in range(n):
+                result = chain(*[t.s() for t in noops]).apply_async()
+                steps.append(_chain_ids(result))
+        else:
+            for i in range(n):
+                result = chain(
+                    fans[0].si(i=i, ran=ran), group(t.si(i=i, ran=ran) for t in fans[1:])
+                ).apply_async()
+                steps.append([result.parent.id, *(child.id for child in result.results)])
+        # Done when the last task has a result (for the fan-out, all four of the group).
+        last = {ids[-1]: ids[1:] if saga == "fanout" else ids[-1:] for ids in steps}
+
+        def finished(last_id: str) -> bool:
+            keys = [f"celery-task-meta-{task_id}" for task_id in last[last_id]]
+            return int(self.results.exists(*keys)) == len(keys)
+
+        unfinished = wait_in_order(list(last), finished, timeout)
+        seconds = time.perf_counter() - started
+        metas = {tid: self._meta(tid) for chain_steps in steps for tid in chain_steps}
+        failed = sum(
+            1
+            for chain_steps in steps
+            if any((metas[t] or {}).get("status") != "SUCCESS" for t in last[chain_steps[-1]])
+        )
+        run = Run(seconds, max(failed, unfinished))
+        if ran is not None:
+            outputs = (
+                (i, {n + 1: (metas[t] or {}).get("result") for n, t in enumerate(chain_steps)})
+                for i, chain_steps in enumerate(steps)
+            )
+            run.lost = count_lost(ran_steps(self.marks, ran), outputs, 5)
+        self._forget(list(metas))
+        return run
+
+    def _forget(self, task_ids: list[str]) -> None:
+        for i in range(0, len(task_ids), 500):
+            self.results.delete(*[f"celery-task-meta-{t}" for t in task_ids[i : i + 500]])
+
+    def latency(self, n: int, timeout: float = 60) -> list[float]:
+        """``chain(...).apply_async()`` then ``AsyncResult.get()``, `n` times in a row."""
+        latencies, task_ids = [], []
+        for _ in range(n):
+            started = time.perf_counter()
+            result = chain(*[t.s() for t in self.bench.noops]).apply_async()
+            result.get(timeout=timeout)
+            latencies.append(time.perf_counter() - started)
+            task_ids += _chain_ids(result)
+        self._forget(task_ids)
+        return latencies
+
+
+def _chain_ids(result: Any) -> list[str]:
+    """The task ids of a chain's steps, first to last, from the last one's result."""
+    ids = []
+    while result is not None:
+        ids.append(result.id)
+        result = result.parent
+    return ids[::-1]
+
+
+class Original:
+    """celery-saga 0.1.1 from PyPI, driven by `orig_driver` in its own venv."""
+
+    def __init__(
+        self,
+        key: str,
+        label: str,
+        worker: Worker,
+        driver: OrigDriver,
+        store: redis.Redis,
+        marks: redis.Redis,
+        get_interval: float,
+    ) -> None:
+        self.key, self.label, self.worker, self.driver = key, label, worker, driver
+        self.store, self.marks, self.get_interval = store, marks, get_interval
+
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds used so far by (its worker's processes, its driver process)."""
+        return self.worker.cpu_seconds(), group_cpu_seconds(self.driver.proc.pid)
+
+    def _record(self, saga_id: str) -> dict[str, Any]:
+        raw = self.store.get(f"celery_saga:{saga_id}")
+        return {} if raw is None else dict(json.loads(raw))
+
+    def throughput(self, saga: str, n: int, ran: str | None = None, timeout: float = 600) -> Run:
+        """Its sagas, started and waited for by its driver; lost outputs read from its records."""
+        answer = self.driver.call(
+            op="throughput", saga=saga, n=n, ran=ran or "", timeout=timeout, poll=POLL
+        )
+        statuses: dict[str, int] = answer["statuses"]
+        run = Run(answer["seconds"], n - statuses.get("completed", 0), statuses=statuses)
+        if ran is not None:
+            outputs = (
+                (
+                    i,
+                    {
+                        step["step_index"] + 1: step.get("output")
+                        for step in self._record(saga_id).get("steps", [])
+                    },
+                )
+                for i, saga_id in enumerate(answer["ids"])
+            )
+            run.lost = count_lost(ran_steps(self.marks, ran), outputs, 5)
+        self._forget(answer["ids"])
+        return run
+
+    def _forget(self, ids: list[str]) -> None:
+        """Delete its records (what its ``RedisSagaBackend.delete`` does, without a key)."""
+        for i in range(0, len(ids), 500):
+            self.store.delete(*[f"celery_saga:{saga_id}" for saga_id in ids[i : i + 500]])
+
+    def latency(self, n: int, timeout: float = 60) -> list[float]:
+        """``saga.run()`` then its ``SagaResult.get(timeout, interval)``, `n` times."""
+        answer = self.driver.call(op="latency", n=n, interval=self.get_interval, timeout=timeout)
+        self._forget(answer["ids"])
+        return list(answer["latencies"])
