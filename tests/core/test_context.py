@@ -110,16 +110,19 @@ def test_step_signature_carries_header_task_id_and_replies() -> None:
     ex = new_execution(defn, {}, None, "orders")
     sig = step_signature(defn, ex, defn.step(0), 1, {"k": 1})
     header = header_of_signature(sig)
-    assert header == SagaHeader(ex.saga_id, "ctx.s3", 0, 1, False, defn.hash, "orders")
+    assert header == SagaHeader(
+        ex.saga_id, "ctx.s3", 0, 1, False, defn.hash, "orders", run_queue="orders"
+    )
     assert sig.options["task_id"] == step_task_id(ex.saga_id, 0, 1)
     assert parse_task_id(sig.options["task_id"]).index == 0
     assert sig.kwargs == {"k": 1} and sig.task == "ctx.a"
     assert sig.options["queue"] == "orders"  # unrouted step follows run(queue=)
-    assert [e["task"] for e in sig.options["link_error"]] == [REPLY_FAILURE]
-    assert "link" not in sig.options  # bookkeeping happens in the step's own worker
+    # Bookkeeping happens in the step's own worker: no reply callbacks at all.
+    assert "link" not in sig.options and "link_error" not in sig.options
 
     by_name = step_signature(defn, ex, defn.step(1), 2, {})
     assert [e["task"] for e in by_name.options["link"]] == [REPLY_SUCCESS]
+    assert [e["task"] for e in by_name.options["link_error"]] == [REPLY_FAILURE]
     assert by_name.options["link"][0]["options"]["queue"] == "orders"
     assert by_name.options["headers"][HEADER]["a"] == 2
 

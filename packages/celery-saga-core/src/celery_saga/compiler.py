@@ -3,8 +3,8 @@
 Each signature carries the saga header and a task id naming the saga, step and
 attempt. A step given as a task object reports its own outcome in its worker; a
 step given by name gets a reply callback (`link`) and reply errback
-(`link_error`) to the saga's queue. Every step also carries the errback, which
-catches failures the worker reports from outside the task (hard time limits).
+(`link_error`) to the saga's queue. Failures a worker reports from outside the
+task (a hard time limit) are caught by a `task_failure` receiver, from the task id.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def _routed_queue(app: Celery, name: str) -> str | None:
     return None if queue_name in (None, default) else str(queue_name)
 
 
+@functools.lru_cache(maxsize=1024)
 def reply_queue(app: Celery, execution_queue: str | None) -> str:
     """Where the saga's own messages go: run(queue=), `saga_queue`, their route, or default."""
     configured = execution_queue or setting(app, "saga_queue")
@@ -55,13 +56,19 @@ def _has_own_route(app: Celery, name: str, task: Task | None) -> bool:
 
 
 def _replies(app: Celery, header: SagaHeader, queue: str, by_name: bool) -> dict[str, Any]:
+    """Reply callbacks for a step named by task name (its worker may not know the saga).
+
+    A step given as a task object reports from its own worker; what its worker
+    reports from outside the task (a hard time limit) reaches the `task_failure`
+    receiver of `celery_saga.runtime.replies`, which reads the task id.
+    """
+    if not by_name:
+        return {}
     meta = {"saga": header.to_dict()}
-    options: dict[str, Any] = {
-        "link_error": [Signature(REPLY_FAILURE, kwargs=meta, options={"queue": queue}, app=app)]
+    return {
+        "link": [Signature(REPLY_SUCCESS, kwargs=meta, options={"queue": queue}, app=app)],
+        "link_error": [Signature(REPLY_FAILURE, kwargs=meta, options={"queue": queue}, app=app)],
     }
-    if by_name:
-        options["link"] = [Signature(REPLY_SUCCESS, kwargs=meta, options={"queue": queue}, app=app)]
-    return options
 
 
 def step_signature(
@@ -90,6 +97,7 @@ def step_signature(
         queue=queue,
         deadline_at=execution.deadline_at,
         started=started,
+        run_queue=execution.queue,
     )
     options: dict[str, Any] = dict(spec.options)
     if (

@@ -36,7 +36,8 @@ def _outputs(execution: SagaExecution) -> dict[int, Any]:
     return {record.index: record.output for record in execution.steps}
 
 
-def _apply(fn: ContextFn, ctx: dict[str, Any], what: str) -> dict[str, Any]:
+def apply_transform(fn: ContextFn, ctx: dict[str, Any], what: str) -> dict[str, Any]:
+    """``fn(ctx)``, checked to be a dict; its errors become InputResolutionError."""
     try:
         result = fn(dict(ctx))
     except Exception as exc:
@@ -56,7 +57,7 @@ def context_before(
     ctx: dict[str, Any] = dict(execution.input)
     for stage in definition.stages[: stage_index + 1]:
         for n, fn in enumerate(stage.transforms):
-            ctx = _apply(fn, ctx, f"transform #{n + 1} before stage {stage.index}")
+            ctx = apply_transform(fn, ctx, f"transform #{n + 1} before stage {stage.index}")
         if stage.index == stage_index:
             break
         for spec in stage.steps:
@@ -76,7 +77,7 @@ def final_context(definition: SagaDefinition, execution: SagaExecution) -> dict[
         if isinstance(out, Mapping):
             ctx.update(out)
     for n, fn in enumerate(definition.final_transforms):
-        ctx = _apply(fn, ctx, f"final transform #{n + 1}")
+        ctx = apply_transform(fn, ctx, f"final transform #{n + 1}")
     return ctx
 
 
@@ -110,7 +111,9 @@ def step_input(spec: StepSpec, ctx: dict[str, Any], execution: SagaExecution) ->
     """The keyword arguments step `spec` is called with, given the context before it."""
     source: InputSpec = spec.input
     if isinstance(source, MapperInput):
-        return _apply(source.fn, ctx, f"input mapper of step {spec.index} ({spec.task_name})")
+        return apply_transform(
+            source.fn, ctx, f"input mapper of step {spec.index} ({spec.task_name})"
+        )
     if isinstance(source, LiteralInput):
         return dict(source.value)
     if isinstance(source, TransformInput):

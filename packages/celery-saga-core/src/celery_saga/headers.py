@@ -31,6 +31,7 @@ class SagaHeader:
     deadline_at: float | None = None
     round_start: int | None = None
     started: bool = False
+    run_queue: str | None = None
 
     @property
     def task_id(self) -> str:
@@ -61,6 +62,8 @@ class SagaHeader:
             data["r"] = self.round_start
         if self.started:
             data["g"] = 1
+        if self.run_queue:
+            data["rq"] = self.run_queue
         return data
 
     @classmethod
@@ -80,6 +83,7 @@ class SagaHeader:
                 deadline_at=float(data["dl"]) if data.get("dl") is not None else None,
                 round_start=int(data["r"]) if data.get("r") is not None else None,
                 started=bool(data.get("g")),
+                run_queue=data.get("rq") or None,
             )
         except (KeyError, TypeError, ValueError):
             return None

@@ -125,11 +125,12 @@ class StepRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepRecord:
         """Parse the JSON shape; unknown keys from a newer minor writer are ignored."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        values = {k: v for k, v in data.items() if k in _STEP_FIELDS}
         values["status"] = StepStatus(values.get("status", StepStatus.PENDING.value))
         return cls(**values)
 
+
+_STEP_FIELDS = frozenset(f.name for f in fields(StepRecord))
 
 #: Names a backend accepts in `update_step(changes=...)`.
 STEP_MUTABLE_FIELDS = frozenset(
@@ -211,12 +212,14 @@ class SagaExecution:
                 f"celery-saga reads versions up to {SCHEMA_VERSION}: upgrade celery-saga-core "
                 "on this machine (the record is left untouched)."
             )
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        values = {k: v for k, v in data.items() if k in _SAGA_FIELDS}
         values["status"] = SagaStatus(values.get("status", SagaStatus.PENDING.value))
         values["steps"] = [StepRecord.from_dict(s) for s in data.get("steps", [])]
         values["steps"].sort(key=lambda s: s.index)
         return cls(**values)
+
+
+_SAGA_FIELDS = frozenset(f.name for f in fields(SagaExecution))
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,13 @@ _lock = threading.Lock()
 
 
 def _live(name: str) -> list[Saga]:
-    alive = [saga for saga in (ref() for ref in _sagas.get(name, [])) if saga is not None]
-    if alive:
-        _sagas[name] = [weakref.ref(saga) for saga in alive]
-    else:
-        _sagas.pop(name, None)
+    refs = _sagas.get(name, [])
+    alive = [saga for saga in (ref() for ref in refs) if saga is not None]
+    if len(alive) != len(refs):  # some were garbage-collected: drop their references
+        if alive:
+            _sagas[name] = [weakref.ref(saga) for saga in alive]
+        else:
+            _sagas.pop(name, None)
     return alive
 
 

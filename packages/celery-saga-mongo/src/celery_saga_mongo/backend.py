@@ -31,6 +31,7 @@ the base class's bounded polling elsewhere. Requires MongoDB 4.4 or newer.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import logging
 import math
 import threading
@@ -348,6 +349,7 @@ class MongoSagaBackend(SagaBackend):
         count_in: str | None = None,
         get_at: int | None = None,
         start_next: StartNext | None = None,
+        read: bool = True,
     ) -> tuple[StepWrite, SagaExecution | None]:
         """One ``findAndModify``: the step write, and the whole execution if `get_at` is hit.
 
@@ -365,9 +367,12 @@ class MongoSagaBackend(SagaBackend):
                 attempt=0,
                 saga_status=frozenset({SagaStatus.RUNNING}),
             )
+            started = []
             for i in start_next.start:
                 if self.update_step(saga_id, i, start_next.changes[i], expect=pending).applied:
                     start_next.apply(execution, i)
+                    started.append(i)
+            write = dataclasses.replace(write, started=tuple(started))
         return write, execution
 
     def _write_step(

@@ -402,6 +402,7 @@ class RedisSagaBackend(SagaBackend):
         count_in: str | None = None,
         get_at: int | None = None,
         start_next: StartNext | None = None,
+        read: bool = True,
     ) -> tuple[StepWrite, SagaExecution | None]:
         """One script: compare-and-set the step; at `get_at`, start the next stage and read."""
         check_step_changes(changes)
@@ -416,7 +417,7 @@ class RedisSagaBackend(SagaBackend):
             _opt(e.comp_attempt),
             _opt(e.comp_attempt_at_most),
             count_in or "",
-            _opt(get_at),
+            "" if get_at is None else f"{'' if read else '!'}{int(get_at)}",
             ""
             if start_next is None
             else _dumps(
@@ -439,9 +440,9 @@ class RedisSagaBackend(SagaBackend):
             if "NOSAGA" in str(exc) or "NOSTEP" in str(exc):
                 raise KeyError(f"no step {index} in saga {saga_id}") from None
             raise
-        applied, status, attempt, comp_attempt, saga_status, count, everything = (
-            list(reply) + [None] * 7
-        )[:7]
+        applied, status, attempt, comp_attempt, saga_status, count, everything, started = (
+            list(reply) + [None] * 8
+        )[:8]
         write = StepWrite(
             applied=bool(applied),
             status=StepStatus(status),
@@ -449,6 +450,7 @@ class RedisSagaBackend(SagaBackend):
             saga_status=SagaStatus(saga_status),
             count=int(count) if count is not None else None,
             comp_attempt=int(comp_attempt),
+            started=tuple(int(i) for i in started or ()),
         )
         execution = self._decode(everything) if everything else None
         if execution is not None:

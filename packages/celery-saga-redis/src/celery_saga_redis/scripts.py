@@ -79,7 +79,8 @@ UPDATE_STEP = (
 -- ARGV[1] step index, ARGV[2] now, ARGV[3] allowed step statuses (space separated)
 -- ARGV[4] attempt ==, ARGV[5] attempt <=, ARGV[6] allowed saga statuses
 -- ARGV[7] comp_attempt ==, ARGV[8] comp_attempt <=, ARGV[9] counter name
--- ARGV[10] return the whole hash when the counter reaches this value ('' never)
+-- ARGV[10] act when the counter reaches this value ('' never): return the whole hash
+-- (unless it is prefixed with '!': the caller needs only the started steps)
 -- ARGV[11] JSON {check: [i...], start: [i...], changes: {"i": {...}}} or '': when the
 -- counter reaches ARGV[10], the saga is running and every `check` step succeeded,
 -- the `start` steps still pending at attempt 0 get their changes (the next stage starts)
@@ -115,7 +116,10 @@ if ARGV[9] ~= '' then
 end
 redis.call('HSET', h, p, cjson.encode(step), 'h:updated_at', ARGV[2])
 local all = false
-if count and ARGV[10] ~= '' and count == tonumber(ARGV[10]) then
+local started = {}
+local at, read = ARGV[10], true
+if string.sub(at, 1, 1) == '!' then at, read = string.sub(at, 2), false end
+if count and at ~= '' and count == tonumber(at) then
   if ARGV[11] ~= '' and saga_status == 'running' then
     local spec = cjson.decode(ARGV[11])
     local ready = true
@@ -130,14 +134,15 @@ if count and ARGV[10] ~= '' and count == tonumber(ARGV[10]) then
         if next_step.status == 'pending' and tonumber(next_step.attempt or 0) == 0 then
           for k, v in pairs(spec.changes[tostring(i)]) do next_step[k] = v end
           redis.call('HSET', h, key, cjson.encode(next_step))
+          started[#started + 1] = i
         end
       end
     end
   end
-  all = redis.call('HGETALL', h)
+  if read then all = redis.call('HGETALL', h) end
 end
 return {1, step.status, tonumber(step.attempt or 0), tonumber(step.comp_attempt or 0),
-        saga_status, count, all}
+        saga_status, count, all, started}
 """
 )
 

@@ -13,7 +13,7 @@ import base64
 import json
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from celery_saga.models import (
@@ -80,6 +80,7 @@ class StepWrite:
     saga_status: SagaStatus
     count: int | None = None
     comp_attempt: int = 0
+    started: tuple[int, ...] = ()
 
 
 @dataclass
@@ -228,6 +229,7 @@ class SagaBackend(abc.ABC):
         count_in: str | None = None,
         get_at: int | None = None,
         start_next: StartNext | None = None,
+        read: bool = True,
     ) -> tuple[StepWrite, SagaExecution | None]:
         """`update_step`, plus the whole execution when the counter reaches `get_at`.
 
@@ -236,24 +238,28 @@ class SagaBackend(abc.ABC):
         the counter reaches `get_at`, the execution is RUNNING and every step of
         ``start_next.check`` is SUCCESS, the steps of ``start_next.start`` that are
         still PENDING at attempt 0 get ``start_next.changes`` (they are marked
-        started, so their messages need no gate). This default makes several
+        started, so their messages need no gate); the write reports them in
+        ``StepWrite.started``. With ``read=False`` the caller does not need the
+        execution and the store may leave it out. This default makes several
         requests; stores that can do it in one round trip override it.
         """
         write = self.update_step(saga_id, index, changes, expect=expect, count_in=count_in)
         if not (write.applied and get_at is not None and write.count == get_at):
             return write, None
         execution = self.get(saga_id)
+        started: list[int] = []
         if execution is not None and start_next is not None and start_next.ready(execution):
-            started = frozenset({StepStatus.PENDING})
+            pending = frozenset({StepStatus.PENDING})
             for i in start_next.start:
                 if self.update_step(
                     saga_id,
                     i,
                     start_next.changes[i],
-                    expect=StepExpect(status=started, attempt=0, saga_status=_RUNNING_ONLY),
+                    expect=StepExpect(status=pending, attempt=0, saga_status=_RUNNING_ONLY),
                 ).applied:
                     start_next.apply(execution, i)
-        return write, execution
+                    started.append(i)
+        return replace(write, started=tuple(started)), execution
 
     # -- listing and housekeeping -----------------------------------------------
     @abc.abstractmethod

@@ -19,7 +19,16 @@ from celery_saga import registry, signals
 from celery_saga.backends.base import SagaBackend, StartNext, StepExpect
 from celery_saga.compiler import compensation_signature, header_of_signature, step_signature
 from celery_saga.config import backend_for, setting
-from celery_saga.context import InputResolutionError, context_before, saga_output, step_input
+from celery_saga.context import (
+    InputResolutionError,
+    context_before,
+    saga_output,
+    step_input,
+)
+from celery_saga.context import (
+    apply_transform as _transform_context,
+)
+from celery_saga.definition import ContextInput, ContextSource, TransformInput
 from celery_saga.errors import PermanentFailure, SagaDefinitionMismatch, StepOutputError
 from celery_saga.ids import new_saga_id, step_task_id, validate_idempotency_key
 from celery_saga.models import (
@@ -65,9 +74,13 @@ class Runtime:
 
     @classmethod
     def of(cls, saga: Saga) -> Runtime:
-        """The runtime of a saga object."""
+        """The runtime of a saga object (kept on it until its definition changes)."""
         definition = saga.definition
-        return cls(saga, definition, backend_for(definition.app, saga.backend))
+        cached: Runtime | None = saga.__dict__.get("_runtime")
+        if cached is None or cached.definition is not definition:
+            cached = cls(saga, definition, backend_for(definition.app, saga.backend))
+            saga.__dict__["_runtime"] = cached
+        return cached
 
     @classmethod
     def for_header(cls, header: SagaHeader, app: Celery | None = None) -> Runtime:
@@ -351,8 +364,14 @@ def step_succeeded(
     output: dict[str, Any],
     compensation_data: Any,
     started_at: float | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> None:
-    """Record a step's output; the stage's last member moves the saga on."""
+    """Record a step's output; the stage's last member moves the saga on.
+
+    `inputs` (the step's keyword arguments, when its worker has them) lets a step
+    that is a stage of its own hand on the context without reading it back: for a
+    step given the whole context, the next context is its input plus its output.
+    """
     changes = {
         "status": StepStatus.SUCCESS,
         "output": output,
@@ -363,6 +382,9 @@ def step_succeeded(
     }
     if started_at is not None:
         changes["started_at"] = started_at
+    same_definition = header.definition_hash in ("", rt.definition.hash)
+    if inputs is not None and same_definition and _hand_on(rt, header, changes, inputs, output):
+        return
     _finish(
         rt,
         header.saga_id,
@@ -370,8 +392,92 @@ def step_succeeded(
         header.attempt,
         StepStatus.SUCCESS,
         changes,
-        start_next=header.definition_hash in ("", rt.definition.hash),
+        start_next=same_definition,
     )
+
+
+def _can_hand_on(rt: Runtime, header: SagaHeader) -> bool:
+    """Whether the context after this step is its input plus its output (no read needed)."""
+    spec = rt.definition.step(header.index)
+    stages = rt.definition.stages
+    stage = stages[spec.stage]
+    if len(stage.steps) != 1 or not isinstance(spec.input, ContextInput) or header.deadline_passed:
+        return False
+    if spec.stage + 1 < len(stages):
+        return not any(isinstance(s.input, TransformInput) for s in stages[spec.stage + 1].steps)
+    return rt.definition.output is None or isinstance(rt.definition.output, ContextSource)
+
+
+def _hand_on(
+    rt: Runtime,
+    header: SagaHeader,
+    changes: dict[str, Any],
+    inputs: dict[str, Any],
+    output: dict[str, Any],
+) -> bool:
+    """Finish a single-step stage and start the next from its own input and output.
+
+    One write records the outcome and marks the next stage started; nothing is read
+    back. Returns False (having done nothing) when this shortcut does not apply.
+    """
+    if not _can_hand_on(rt, header):
+        return False
+    spec = rt.definition.step(header.index)
+    last = spec.stage + 1 >= len(rt.definition.stages)
+    write, _ = rt.backend.update_step_and_get(
+        header.saga_id,
+        header.index,
+        changes,
+        expect=StepExpect(status=_FORWARD, attempt_at_most=header.attempt),
+        count_in=f"stage:{spec.stage}",
+        get_at=1,
+        start_next=None if last else _start_next(rt, header.saga_id, spec.stage),
+        read=False,
+    )
+    if not write.applied:
+        return True  # a duplicate: someone else finished this step
+    signals.step_succeeded.send(
+        sender=rt.definition.name, saga_id=header.saga_id, step=header.index, output=output
+    )
+    context = {**inputs, **output}
+    shell = SagaExecution(
+        saga_id=header.saga_id,
+        saga_name=header.saga_name,
+        queue=header.run_queue,
+        deadline_at=header.deadline_at,
+        status=SagaStatus.RUNNING,
+    )
+    if last:
+        try:
+            for n, fn in enumerate(rt.definition.final_transforms):
+                context = _transform_context(fn, context, f"final transform #{n + 1}")
+            ensure_json(context, f"the output of saga {header.saga_name!r}")
+        except (InputResolutionError, StepOutputError):
+            stage_finished(rt, header.saga_id, spec.stage)  # the general path explains it
+            return True
+        _complete_with(rt, shell, context)
+        return True
+    nxt = rt.definition.stages[spec.stage + 1]
+    if {s.index for s in nxt.steps} != set(write.started):
+        stage_finished(rt, header.saga_id, spec.stage)  # the saga stopped: read and decide
+        return True
+    try:
+        for n, fn in enumerate(nxt.transforms):
+            context = _transform_context(
+                fn, context, f"transform #{n + 1} before stage {nxt.index}"
+            )
+        kwargs = {s.index: step_input(s, context, shell) for s in nxt.steps}
+        for s in nxt.steps:
+            ensure_json(kwargs[s.index], f"the input of step {s.index} ({s.task_name})")
+    except (InputResolutionError, StepOutputError) as exc:
+        for s in nxt.steps:
+            _fail_unstartable(rt, header.saga_id, s.index, 1, str(exc))
+        return True
+    signatures = [
+        step_signature(rt.definition, shell, s, 1, kwargs[s.index], started=True) for s in nxt.steps
+    ]
+    send(rt.app, signatures, on_eager_error=_eager_error)
+    return True
 
 
 def step_failed(
@@ -574,6 +680,11 @@ def complete(rt: Runtime, execution: SagaExecution) -> None:
         ):
             compensate_next(rt, execution.saga_id)
         return
+    _complete_with(rt, execution, output)
+
+
+def _complete_with(rt: Runtime, execution: SagaExecution, output: Any) -> None:
+    """Mark the saga COMPLETED with `output` (or, if it turned meanwhile, compensate)."""
     if rt.backend.update_saga(
         execution.saga_id,
         {"status": SagaStatus.COMPLETED, "output": output, "finished_at": now()},

@@ -159,7 +159,7 @@ def _run(
     except StepOutputError as exc:
         _bookkeep(rt, header, engine.step_failed, str(exc), None, error_types(exc), started_at)
         raise
-    _bookkeep(rt, header, engine.step_succeeded, output, compensation_data, started_at)
+    _bookkeep(rt, header, engine.step_succeeded, output, compensation_data, started_at, kwargs)
     return output
 
 

@@ -13,11 +13,12 @@ import logging
 from typing import Any
 
 from celery import Signature, current_task, shared_task
-from celery.signals import task_success
+from celery.signals import task_failure, task_success
 
 from celery_saga.compiler import REPLY_FAILURE, REPLY_SUCCESS
 from celery_saga.errors import PermanentFailure, SagaError, SagaNotRegistered, StepOutputError
 from celery_saga.headers import SagaHeader, header_of
+from celery_saga.ids import parse_task_id
 from celery_saga.response import StepResponse, normalize_result, to_plain
 from celery_saga.retry import error_types
 from celery_saga.runtime import engine
@@ -166,3 +167,69 @@ def forward_unrecorded_success(sender: Any = None, result: Any = None, **_: Any)
         {"queue": header.queue},
         app=sender._get_app(),
     ).apply_async()
+
+
+@task_failure.connect(weak=False)  # type: ignore[untyped-decorator]
+def record_unreported_failure(
+    sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
+) -> None:
+    """A saga step failed where its wrapper could not record it: record it from here.
+
+    This is the worker's main process reporting a hard time limit or a lost child,
+    or a worker that does not know the saga. The task id names the saga, the step
+    and the attempt; recording is a compare-and-set, so a second report (Celery
+    5.7.0 sends two for a hard time limit) changes nothing.
+    """
+    request = getattr(sender, "request", None)
+    if request is not None and getattr(request, HANDLED, False):
+        return
+    header = header_of(request) if request is not None else None
+    if header is None:
+        ref = parse_task_id(task_id or "")
+        if ref is None:
+            return
+        execution = _find_execution(sender._get_app() if sender is not None else None, ref.saga_id)
+        if execution is None:
+            return
+        header = SagaHeader(
+            ref.saga_id,
+            execution.saga_name,
+            ref.index,
+            ref.attempt,
+            ref.compensation,
+            execution.definition_hash,
+        )
+    if REPLY_FAILURE in _callback_names(getattr(request, "errbacks", None)):
+        return  # a step named by task name: its reply errback reports it
+    error = (
+        engine.describe_error(exception)
+        if isinstance(exception, BaseException)
+        else (f"task {task_id} failed")
+    )
+    try:
+        rt = engine.Runtime.for_header(header, sender._get_app() if sender else None)
+    except SagaNotRegistered:
+        engine.record_unregistered(sender._get_app(), header, succeeded=False, error=error)
+        return
+    if header.compensation:
+        engine.compensation_failed(rt, header, error)
+    else:
+        data = exception.compensation_data if isinstance(exception, PermanentFailure) else None
+        names = error_types(exception) if isinstance(exception, BaseException) else []
+        engine.step_failed(rt, header, error, data, names)
+
+
+def _find_execution(app: Any, saga_id: str) -> Any:
+    """Look for an execution in the app's store, then in the stores of its sagas."""
+    from celery_saga import registry
+    from celery_saga.config import backend_for
+
+    stores = [backend_for(app)]
+    for saga in registry.registered().values():
+        if saga.app is app and saga.backend is not None:
+            stores.append(backend_for(app, saga.backend))
+    for store in dict.fromkeys(stores):
+        execution = store.get(saga_id)
+        if execution is not None:
+            return execution
+    return None
