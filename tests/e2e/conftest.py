@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
+from kombu.asynchronous import set_event_loop
 from e2e_support import (
     ENVIRONMENTS,
     Env,
@@ -86,6 +87,10 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
             broker_connection_retry_on_startup=True,
         )
         scenarios = build(app, Journal())
+        # Each in-process worker needs its own event loop. Celery 5.3 reuses kombu's
+        # process-wide hub, which still holds the timer of the worker that made it: a
+        # later worker's countdown (ETA) messages would then never fire.
+        set_event_loop(None)
         try:
             with start_worker(
                 app,
@@ -97,6 +102,7 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
             ):
                 yield Env(request.param, app, scenarios, backend_for(app))
         finally:
+            set_event_loop(None)
             delete_queues(broker, [queue])
 
 
