@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
-from kombu.asynchronous import set_event_loop
 from e2e_support import (
     ENVIRONMENTS,
     Env,
@@ -25,6 +24,7 @@ from e2e_support import (
     broker_url,
     delete_queues,
 )
+from kombu.asynchronous import set_event_loop
 from scenarios import Journal, build
 from support import (
     BROKER_DB,
