@@ -226,8 +226,10 @@ def _redis_ready(client: Any) -> bool:
         return False
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `condition` until truthy; raise ServiceUnavailable after `timeout` seconds."""
+def poll(
+    condition: Callable[[], Any], timeout: float, on_timeout: Callable[[str], NoReturn], what: str
+) -> Any:
+    """Poll `condition` with backoff until truthy; after `timeout` seconds `on_timeout` raises."""
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
@@ -235,9 +237,18 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         if value:
             return value
         if time.monotonic() > deadline:
-            raise ServiceUnavailable(f"timed out after {timeout}s waiting for {what}")
+            on_timeout(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+def _unavailable(message: str) -> NoReturn:
+    raise ServiceUnavailable(message)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `condition` until truthy; raise ServiceUnavailable after `timeout` seconds."""
+    return poll(condition, timeout, _unavailable, what)
 
 
 class RedisProcess:

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from support import (  # noqa: E402
     REDIS_URL,
     STORE_DB,
     STORES,
+    poll,
     require,
 )
 from worker_app import make_app  # noqa: E402
@@ -52,17 +52,8 @@ ENVIRONMENTS = _environments()
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `condition` until it returns something truthy, or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
+    """Poll `condition` until it returns something truthy, or fail the test after `timeout`."""
+    return poll(condition, timeout, pytest.fail, what)
 
 
 def broker_url(kind: str) -> str:
