@@ -20,6 +20,7 @@ from celery_saga.definition import (
     OutputSpec,
     SagaDefinition,
     Source,
+    Stage,
     StepOutputSource,
     StepSpec,
     TransformInput,
@@ -49,6 +50,20 @@ def apply_transform(fn: ContextFn, ctx: dict[str, Any], what: str) -> dict[str, 
     return dict(result)
 
 
+def with_stage_transforms(stage: Stage, ctx: dict[str, Any]) -> dict[str, Any]:
+    """`ctx` after the transforms placed before `stage`."""
+    for n, fn in enumerate(stage.transforms):
+        ctx = apply_transform(fn, ctx, f"transform #{n + 1} before stage {stage.index}")
+    return ctx
+
+
+def with_final_transforms(definition: SagaDefinition, ctx: dict[str, Any]) -> dict[str, Any]:
+    """`ctx` after the transforms placed after the last stage."""
+    for n, fn in enumerate(definition.final_transforms):
+        ctx = apply_transform(fn, ctx, f"final transform #{n + 1}")
+    return ctx
+
+
 def context_before(
     definition: SagaDefinition, stage_index: int, execution: SagaExecution
 ) -> dict[str, Any]:
@@ -56,8 +71,7 @@ def context_before(
     outputs = _outputs(execution)
     ctx: dict[str, Any] = dict(execution.input)
     for stage in definition.stages[: stage_index + 1]:
-        for n, fn in enumerate(stage.transforms):
-            ctx = apply_transform(fn, ctx, f"transform #{n + 1} before stage {stage.index}")
+        ctx = with_stage_transforms(stage, ctx)
         if stage.index == stage_index:
             break
         for spec in stage.steps:
@@ -76,9 +90,7 @@ def final_context(definition: SagaDefinition, execution: SagaExecution) -> dict[
         out = outputs.get(spec.index)
         if isinstance(out, Mapping):
             ctx.update(out)
-    for n, fn in enumerate(definition.final_transforms):
-        ctx = apply_transform(fn, ctx, f"final transform #{n + 1}")
-    return ctx
+    return with_final_transforms(definition, ctx)
 
 
 def _source(source: Source, ctx: dict[str, Any], outputs: dict[int, Any]) -> Any:

@@ -24,9 +24,8 @@ from celery_saga.context import (
     context_before,
     saga_output,
     step_input,
-)
-from celery_saga.context import (
-    apply_transform as _transform_context,
+    with_final_transforms,
+    with_stage_transforms,
 )
 from celery_saga.definition import ContextInput, ContextSource, TransformInput
 from celery_saga.errors import PermanentFailure, SagaDefinitionMismatch, StepOutputError
@@ -449,8 +448,7 @@ def _hand_on(
     )
     if last:
         try:
-            for n, fn in enumerate(rt.definition.final_transforms):
-                context = _transform_context(fn, context, f"final transform #{n + 1}")
+            context = with_final_transforms(rt.definition, context)
             ensure_json(context, f"the output of saga {header.saga_name!r}")
         except (InputResolutionError, StepOutputError):
             stage_finished(rt, header.saga_id, spec.stage)  # the general path explains it
@@ -462,10 +460,7 @@ def _hand_on(
         stage_finished(rt, header.saga_id, spec.stage)  # the saga stopped: read and decide
         return True
     try:
-        for n, fn in enumerate(nxt.transforms):
-            context = _transform_context(
-                fn, context, f"transform #{n + 1} before stage {nxt.index}"
-            )
+        context = with_stage_transforms(nxt, context)
         kwargs = {s.index: step_input(s, context, shell) for s in nxt.steps}
         for s in nxt.steps:
             ensure_json(kwargs[s.index], f"the input of step {s.index} ({s.task_name})")
