@@ -5,6 +5,7 @@
     nox -s demo                       # the order saga on an in-process worker
     nox -s lint build docs bench
     nox -s plugin isolation           # a third-party store; each store installed alone
+    nox -s install                    # the README's install lines, from built wheels
 
 The matrix axes are the constants below. Interpreters that are not installed are
 skipped, never failed. Tests install the packages from built wheels, not from
@@ -20,7 +21,9 @@ from typing import Any
 import nox
 
 nox.options.error_on_missing_interpreters = False
-nox.options.sessions = ["lint", "tests", "build", "docs", "demo", "plugin", "isolation"]
+nox.options.sessions = [
+    "lint", "tests", "build", "docs", "demo", "plugin", "isolation", "install",
+]  # fmt: skip
 nox.options.reuse_existing_virtualenvs = False
 
 ROOT = Path(__file__).parent
@@ -226,6 +229,27 @@ def isolation(session: nox.Session, store: str) -> None:
     )
     session.run("python", "-m", "pip", "list")
     session.run("python", "tests/isolation/check_isolation.py", store)
+
+
+#: The README's install lines: `pip install celery-saga[EXTRA]`, one fresh venv each.
+INSTALL_EXTRAS = ["redis", "postgresql", "mysql", "sql", "mongo"]
+
+
+@nox.session(python="3.11")
+@nox.parametrize("extra", INSTALL_EXTRAS, ids=INSTALL_EXTRAS)
+def install(session: nox.Session, extra: str) -> None:
+    """`pip install celery-saga[EXTRA]` as the README writes it, from our built wheels.
+
+    In a fresh venv; then a real worker of the quick-start app (examples/shop.py)
+    runs a saga on the broker and store a user of that extra would have.
+    """
+    wheels = _wheel_dir(session)
+    for path in PACKAGES.values():
+        session.run("python", "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), path)
+    if extra == "mongo" and not os.environ.get("CELERY_SAGA_MONGO_URL"):
+        session.install("SecantusDB")  # the server, in this session's venv, not the user's
+    work = Path(session.create_tmp()) / f"quickstart-{extra}"
+    session.run("python", "tests/install/check_quickstart.py", extra, str(wheels), str(work))
 
 
 if os.environ.get("CELERY_SAGA_NOX_DEBUG"):

@@ -1,0 +1,81 @@
+"""The README's quick start is examples/shop.py: same lines, and it runs.
+
+`nox -s install` runs shop.py on real workers after installing each README line;
+here the README's code blocks are held against the file (so neither drifts), and
+the file's sagas run in eager mode on a memory store.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOP = ROOT / "examples" / "shop.py"
+
+
+def _code_lines(text: str) -> list[str]:
+    """Non-blank lines with their comments and indentation removed."""
+    lines = (re.sub(r"\s+#.*$", "", line).strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _quickstart_blocks() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Quick start") :]
+    section = section[: section.index("\n## ", 1)]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_the_readme_quick_start_blocks_are_lines_of_examples_shop() -> None:
+    blocks = _quickstart_blocks()
+    assert len(blocks) == 2, "the quick start has the builder and the functional example"
+    shop = _code_lines(SHOP.read_text())
+    for block in blocks:
+        position = 0
+        for line in _code_lines(block):
+            assert line in shop[position:], (
+                f"README quick-start line {line!r} is not in examples/shop.py (in order): "
+                "change both together"
+            )
+            position = shop.index(line, position) + 1
+
+
+@pytest.fixture
+def shop(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.setenv("SHOP_SAGA_BACKEND", "memory://readme-quickstart")
+    spec = importlib.util.spec_from_file_location("shop_quickstart", SHOP)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.app.conf.task_always_eager = True
+    return module
+
+
+def test_the_quick_start_order_saga_completes_and_its_functional_twin_returns_the_payment(
+    shop: ModuleType,
+) -> None:
+    output = shop.order_saga.run(order_id="o-1", amount=10.0, idempotency_key="k-o-1").get(
+        timeout=10
+    )
+    assert output["validated"] is True
+    assert output["reserved"] is True
+    assert output["confirmation"] == "order o-1 confirmed"
+    assert shop.payments.charges == {output["transaction_id"]: 10.0}
+
+    returned = shop.order_saga_fn.run(order_id="o-2", amount=3.0).get(timeout=10)
+    assert set(returned) == {"transaction_id"}
+    assert shop.payments.charges[returned["transaction_id"]] == 3.0
+
+
+def test_the_quick_start_refunds_the_payment_when_stock_runs_out(shop: ModuleType) -> None:
+    from celery_saga import SagaCompensated
+
+    with pytest.raises(SagaCompensated):
+        shop.order_saga.run(order_id="o-3", amount=7.0, item="lamp").get(timeout=10)
+    assert shop.payments.charges == {}, "the charge was refunded"
+    assert shop.STOCK == {"book": 3, "lamp": 0}
