@@ -25,7 +25,7 @@ from celery_saga.context import (
 from celery_saga.headers import HEADER, SagaHeader
 from celery_saga.ids import parse_task_id, step_task_id
 from celery_saga.models import StepStatus
-from celery_saga.runtime.engine import new_execution
+from celery_saga.runtime.start import new_execution
 
 app = Celery("ctx", broker="memory://", set_as_current=False)
 app.conf.task_routes = {"ctx.routed": {"queue": "special"}}

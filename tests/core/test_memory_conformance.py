@@ -15,6 +15,10 @@ class Notifies(Requirements):
     def notifies_completion(self) -> bool:
         return True
 
+    @property
+    def renews_leases_in_one_round_trip(self) -> bool:
+        return True
+
 
 class TestMemoryConformance(BackendConformance):
     requirements = Notifies()

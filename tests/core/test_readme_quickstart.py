@@ -45,15 +45,25 @@ def test_the_readme_quick_start_blocks_are_lines_of_examples_shop() -> None:
             position = shop.index(line, position) + 1
 
 
-@pytest.fixture
-def shop(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.setenv("SHOP_SAGA_BACKEND", "memory://readme-quickstart")
-    spec = importlib.util.spec_from_file_location("shop_quickstart", SHOP)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+@pytest.fixture(scope="module")
+def shop_module() -> ModuleType:
+    """examples/shop.py, loaded once (its tasks register once), eager, on a memory store."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SHOP_SAGA_BACKEND", "memory://readme-quickstart")
+        spec = importlib.util.spec_from_file_location("shop_quickstart", SHOP)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     module.app.conf.task_always_eager = True
     return module
+
+
+@pytest.fixture
+def shop(shop_module: ModuleType) -> ModuleType:
+    """The loaded example with its stand-in services reset."""
+    shop_module.payments.charges.clear()
+    shop_module.STOCK.update({"book": 3, "lamp": 0})
+    return shop_module
 
 
 def test_the_quick_start_order_saga_completes_and_its_functional_twin_returns_the_payment(

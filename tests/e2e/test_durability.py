@@ -26,11 +26,14 @@ from celery_saga import (
     signals,
 )
 from celery_saga.backends import StepExpect
-from celery_saga.cli import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE
+from celery_saga.cli import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNREADABLE, EXIT_USAGE
 from celery_saga.cli import saga as saga_cli
 from celery_saga.headers import SagaHeader
 from celery_saga.models import SagaExecution
-from celery_saga.runtime.engine import Runtime, new_execution, resume, step_succeeded
+from celery_saga.runtime.binding import Runtime
+from celery_saga.runtime.forward import step_succeeded
+from celery_saga.runtime.resume import resume
+from celery_saga.runtime.start import new_execution
 
 TIMEOUT = 60
 
@@ -345,7 +348,8 @@ def test_record_from_a_newer_schema_is_refused_and_left_untouched(env: Env) -> N
     with pytest.raises(SchemaVersionError, match="upgrade celery-saga-core"):
         rt.backend.get(execution.saga_id)
     outcome = cli(env, "show", execution.saga_id)
-    assert outcome.exit_code != 0
-    assert "schema version 99" in str(outcome.exception or outcome.output)
+    assert outcome.exit_code == EXIT_UNREADABLE
+    assert "schema version 99" in outcome.output
+    assert "Traceback" not in outcome.output
     listed = {s.saga_id for s in rt.backend.list(limit=1000).items}
     assert execution.saga_id in listed  # still stored

@@ -2,8 +2,10 @@
 
 What is checked here: ids and names are bound as values (operator injection is
 refused), a step write sends and returns O(that step) and leaves other steps
-alone, compare-and-set agrees with `StepExpect.refusal`, payloads survive as
-exact JSON, round trips per operation, and `wait` with and without change streams.
+alone, compare-and-set (lease conditions included) agrees with `StepExpect.refusal`,
+payloads survive as exact JSON, round trips per operation, lease renewal in one
+command, late successes by one conditional write, and `wait` with and without
+change streams.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import bson
 import pytest
 from pymongo import monitoring
 
-from celery_saga.backends import StepExpect
+from celery_saga.backends import Lease, StepExpect
 from celery_saga.errors import InvalidSagaId, SchemaVersionError
 from celery_saga.models import SagaStatus, StepStatus
 from celery_saga.testing import make_execution
@@ -520,6 +522,307 @@ def test_server_side_conditions_agree_with_step_expect_refusal(
         step = got.step(index)
         assert step.seq == applied  # the counter moved once per applied write, never more
         assert (step.error == "touched") is (applied > 0)
+
+
+# -- leases and late successes -----------------------------------------------------------------
+
+#: (lease_owner, lease_expires_at) of a step; "absent" leaves the fields out of the
+#: document, as a step written before they existed has them.
+_LEASES: list[tuple[Any, Any]] = [
+    (None, None),
+    ("absent", "absent"),
+    ("a", None),
+    ("a", 100.0),
+    ("b", 100.0),
+    ("a", 99),
+]
+_LEASE_EXPECTS = (
+    [
+        StepExpect(lease_free_at=free, lease_holder=holder)
+        for free, holder in itertools.product([99.0, 100.0, 101.0], [None, "a", "b"])
+    ]
+    + [
+        StepExpect(lease_owners=owners)
+        for owners in [(), (None,), ("a",), ("a", None), ("b", None), ("a", "b")]
+    ]
+    + [
+        StepExpect(status=frozenset({StepStatus.RUNNING}), attempt=1, lease_owners=("a", None)),
+        StepExpect(status=_FORWARD, attempt=1, lease_free_at=100.0),
+        StepExpect(attempt=2, lease_free_at=101.0),
+        StepExpect(lease_free_at=100.0, lease_holder="b", lease_owners=("a", None)),
+    ]
+)
+
+
+def test_server_side_lease_conditions_agree_with_step_expect_refusal(
+    mongo_store: MongoSagaBackend,
+) -> None:
+    """Every step but the first holds a lease state, so a null test on ``steps.<i>``
+    that also matched other steps (lacking a field named ``<i>``) would show."""
+    execution = make_execution(stages=[0] * (len(_LEASES) + 1))
+    mongo_store.create(execution)
+    sid = execution.saga_id
+    for index, (owner, expires) in enumerate(_LEASES, start=1):
+        changes: dict[str, Any] = {"status": StepStatus.RUNNING, "attempt": 1}
+        if owner != "absent":
+            changes.update(lease_owner=owner, lease_expires_at=expires)
+        mongo_store.update_step(sid, index, changes)
+        if owner == "absent":
+            mongo_store.executions.update_one(
+                {"_id": sid},
+                {
+                    "$unset": {
+                        f"steps.{index}.lease_owner": "",
+                        f"steps.{index}.lease_expires_at": "",
+                    }
+                },
+            )
+    raw = mongo_store.executions.find_one({"_id": sid})
+    assert raw is not None and "lease_owner" not in raw["steps"][2]
+    applied = dict.fromkeys(range(1, len(_LEASES) + 1), 0)
+    for (index, (owner, expires)), expect in itertools.product(
+        enumerate(_LEASES, start=1), _LEASE_EXPECTS
+    ):
+        owner, expires = (None, None) if owner == "absent" else (owner, expires)
+        should_apply = (
+            expect.refusal(StepStatus.RUNNING, 1, 0, SagaStatus.RUNNING, owner, expires) is None
+        )
+        write = mongo_store.update_step(
+            sid, index, {"error": "touched"}, expect=expect, count_in=f"c{index}"
+        )
+        assert write.applied is should_apply, (owner, expires, expect)
+        assert (write.lease_owner, write.lease_expires_at) == (owner, expires)
+        applied[index] += should_apply
+    got = mongo_store.get(sid)
+    assert got is not None
+    for index, count in applied.items():
+        assert got.step(index).seq == count  # the counter moved once per applied write
+
+
+def test_refused_and_applied_writes_report_the_lease(mongo_store: MongoSagaBackend) -> None:
+    execution = make_execution()
+    mongo_store.create(execution)
+    sid = execution.saga_id
+    lease = {"status": StepStatus.RUNNING, "attempt": 1}
+    write = mongo_store.update_step(
+        sid, 0, {**lease, "lease_owner": "h/1/t", "lease_expires_at": 5}
+    )
+    assert write.applied and (write.lease_owner, write.lease_expires_at) == ("h/1/t", 5.0)
+    refused = mongo_store.update_step(
+        sid, 0, {"error": "x"}, expect=StepExpect(lease_owners=(None,)), count_in="c"
+    )
+    assert not refused.applied
+    assert (refused.lease_owner, refused.lease_expires_at) == ("h/1/t", 5.0)
+    raw = mongo_store.executions.find_one({"_id": sid})
+    assert raw is not None and isinstance(raw["steps"][0]["lease_expires_at"], float)
+
+
+def test_lease_fields_round_trip_and_older_documents_read_defaults(
+    mongo_store: MongoSagaBackend,
+) -> None:
+    execution = make_execution()
+    step = execution.steps[1]
+    step.status, step.attempt = StepStatus.RUNNING, 3
+    step.lease_owner, step.lease_expires_at = "host/7/task", time.time() + 30
+    step.sent_at, step.sends = time.time(), 2
+    step.late = {"1": {"state": "compensated", "output": AWKWARD, "compensation_data": None}}
+    mongo_store.create(execution)
+    got = mongo_store.get(execution.saga_id)
+    assert got is not None
+    assert got.to_dict() | {"updated_at": 0} == execution.to_dict() | {"updated_at": 0}
+    raw = mongo_store.executions.find_one({"_id": execution.saga_id})
+    assert raw is not None
+    assert "late" not in raw["steps"][0]  # no late successes: no field (not null)
+    stored = raw["steps"][1]["late"]["1"]
+    assert stored["state"] == "compensated"  # native: filters compare it
+    assert isinstance(stored["output"], str)  # user data: JSON text
+    fields = ("lease_owner", "lease_expires_at", "sent_at", "sends", "late")
+    mongo_store.executions.update_one(
+        {"_id": execution.saga_id}, {"$unset": {f"steps.1.{name}": "" for name in fields}}
+    )
+    got = mongo_store.get(execution.saga_id)
+    assert got is not None
+    assert [getattr(got.step(1), name) for name in fields] == [None, None, None, 0, None]
+
+
+@pytest.mark.parametrize("name", ["lease_expires_at", "sent_at"])
+@pytest.mark.parametrize("bad", ["soon", {"$gt": 0}, True])
+def test_step_times_that_are_not_numbers_are_refused_before_anything_is_sent(
+    watched: tuple[MongoSagaBackend, Commands], name: str, bad: Any
+) -> None:
+    store, commands = watched
+    execution = make_execution()
+    store.create(execution)
+    commands.clear()
+    with pytest.raises(ValueError, match=f"{name} must be a number"):
+        store.update_step(execution.saga_id, 0, {name: bad})
+    assert commands.sent == []
+
+
+def test_lease_values_are_compared_as_values(watched: tuple[MongoSagaBackend, Commands]) -> None:
+    store, commands = watched
+    execution = make_execution()
+    store.create(execution)
+    sid = execution.saga_id
+    commands.clear()
+    with pytest.raises(TypeError, match="lease owner"):
+        store.update_step(sid, 0, {}, expect=StepExpect(lease_owners=({"$ne": None},)))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="lease_holder"):
+        store.update_step(
+            sid,
+            0,
+            {},
+            expect=StepExpect(lease_free_at=1.0, lease_holder={"$ne": 1}),  # type: ignore[arg-type]
+        )
+    with pytest.raises(ValueError, match="lease_free_at"):
+        store.update_step(sid, 0, {}, expect=StepExpect(lease_free_at="now"))  # type: ignore[arg-type]
+    with pytest.raises(InvalidSagaId):
+        store.renew_leases([Lease({"$ne": None}, 0, "me", 1)], 1.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="lease owner"):
+        store.renew_leases([Lease(sid, 0, None, 1)], 1.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="expires_at"):
+        store.renew_leases([Lease(sid, 0, "me", 1)], {"$gt": 0})  # type: ignore[arg-type]
+    assert commands.sent == []
+
+
+def _running_steps(store: MongoSagaBackend, owner: str | None, count: int = 1) -> str:
+    execution = make_execution(stages=[0] * count)
+    store.create(execution)
+    for index in range(count):
+        store.update_step(
+            execution.saga_id,
+            index,
+            {"status": StepStatus.RUNNING, "attempt": 1, "lease_owner": owner},
+        )
+    return execution.saga_id
+
+
+def test_renewing_leases_is_one_unordered_update_command(
+    watched: tuple[MongoSagaBackend, Commands],
+) -> None:
+    store, commands = watched
+    leases = [Lease(_running_steps(store, "me", 3), i, "me", 1) for i in range(3)]
+    leases += [Lease(_running_steps(store, None), 0, "me", 1) for _ in range(20)]
+    commands.clear()
+    store.stats.reset()
+    assert store.renew_leases(leases, 1e10) == []
+    assert store.stats.round_trips == 1
+    assert [e.command_name for e in commands.sent] == ["update"]
+    command = commands.sent[0].command
+    assert command["ordered"] is False
+    assert len(command["updates"]) == len(leases)
+    for lease in leases:
+        got = store.get(lease.saga_id)
+        assert got is not None
+        assert (got.step(lease.index).lease_owner, got.step(lease.index).lease_expires_at) == (
+            "me",
+            1e10,
+        )
+
+
+def test_a_lost_lease_is_found_by_one_more_read(
+    watched: tuple[MongoSagaBackend, Commands],
+) -> None:
+    store, commands = watched
+    sid = _running_steps(store, "me", 3)
+    taken = _running_steps(store, "other")
+    kept = [Lease(sid, 0, "me", 1), Lease(sid, 2, "me", 1)]
+    lost = [
+        Lease(taken, 0, "me", 1),  # another owner holds it
+        Lease(sid, 1, "me", 2),  # the step runs another attempt
+        Lease(sid, 1, "me", 1, compensation=True),  # the step is not compensating
+        Lease(sid, 7, "me", 1),  # no such step
+        Lease(str(uuid.uuid4()), 0, "me", 1),  # no such execution
+    ]
+    commands.clear()
+    store.stats.reset()
+    assert store.renew_leases(kept + lost + kept, 1e10) == lost
+    assert store.stats.round_trips == 2
+    assert [e.command_name for e in commands.sent] == ["update", "find"]
+    got = store.get(sid)
+    assert got is not None
+    assert [s.lease_expires_at for s in got.steps] == [1e10, None, 1e10]
+    other = store.get(taken)
+    assert other is not None and other.step(0).lease_owner == "other"
+
+
+def test_record_late_sends_one_conditional_write_of_that_entry(
+    watched: tuple[MongoSagaBackend, Commands],
+) -> None:
+    store, commands = watched
+    sid = _big_execution(store, steps=5)
+    store.update_step(sid, 3, {"status": StepStatus.RUNNING, "attempt": 2})
+    commands.clear()
+    store.stats.reset()
+    entry = {"state": "recorded", "output": AWKWARD, "compensation_data": [AWKWARD]}
+    write = store.record_late(sid, 3, 1, entry)
+    assert write.applied and (write.status, write.attempt) == (StepStatus.RUNNING, 2)
+    moved = store.record_late(sid, 3, 1, {"state": "compensating"}, expect_state="recorded")
+    assert moved.applied
+    assert store.stats.round_trips == 2
+    sent = commands.named("findAndModify")
+    assert len(commands.sent) == len(sent) == 2
+    assert set(sent[0].command["update"]["$set"]) == {"steps.3.late.1", "updated_at"}
+    assert set(sent[1].command["update"]["$set"]) == {"steps.3.late.1.state", "updated_at"}
+    for event in sent:
+        assert len(bson.encode(commands.replies[event.request_id]["value"])) < 300
+    # Refused: the write, then one read to report the state.
+    commands.clear()
+    assert not store.record_late(sid, 3, 1, {"state": "x"}, expect_state="recorded").applied
+    assert [e.command_name for e in commands.sent] == ["findAndModify", "find"]
+    got = store.get(sid)
+    assert got is not None
+    assert got.step(3).late == {"1": {**entry, "state": "compensating"}}
+    assert all(got.step(i).late is None for i in (0, 1, 2, 4))
+
+
+def test_record_late_on_a_step_whose_late_is_null(mongo_store: MongoSagaBackend) -> None:
+    execution = make_execution()
+    mongo_store.create(execution)
+    sid = execution.saga_id
+    mongo_store.update_step(sid, 0, {"late": None})
+    raw = mongo_store.executions.find_one({"_id": sid})
+    assert raw is not None and raw["steps"][0]["late"] is None
+    assert mongo_store.record_late(sid, 0, 4, {"state": "recorded", "output": 1}).applied
+    assert not mongo_store.record_late(sid, 0, 4, {"state": "recorded"}).applied
+    assert mongo_store.record_late(sid, 0, 5, {"state": "recorded"}).applied
+    got = mongo_store.get(sid)
+    assert got is not None
+    assert got.step(0).late == {"4": {"state": "recorded", "output": 1}, "5": {"state": "recorded"}}
+    # A whole `late` written by update_step (with or without a counter) is read the same way.
+    for count_in in (None, "c"):
+        late = {"2": {"state": "recorded", "output": {"$in": [2**64]}}}
+        mongo_store.update_step(sid, 1, {"late": late}, count_in=count_in)
+        assert mongo_store.record_late(sid, 1, 2, {"state": "x"}, expect_state="recorded").applied
+        got = mongo_store.get(sid)
+        assert got is not None
+        assert got.step(1).late == {"2": {"state": "x", "output": {"$in": [2**64]}}}
+
+
+def test_record_late_refuses_keys_that_would_split_the_path(
+    watched: tuple[MongoSagaBackend, Commands],
+) -> None:
+    store, commands = watched
+    execution = make_execution()
+    store.create(execution)
+    sid = execution.saga_id
+    commands.clear()
+    for changes in ({"a.b": 1}, {"$set": 1}, {"": 1}):
+        with pytest.raises(ValueError, match="late-success field"):
+            store.record_late(sid, 0, 1, changes)
+    with pytest.raises(ValueError, match="late-success attempt"):
+        store.update_step(sid, 0, {"late": {"1.state": {"state": "recorded"}}})
+    with pytest.raises(TypeError):
+        store.record_late(sid, 0, True, {"state": "recorded"})
+    with pytest.raises(TypeError):
+        store.record_late(sid, 0, 1, {}, expect_state={"$ne": None})  # type: ignore[arg-type]
+    with pytest.raises(KeyError):
+        store.record_late(sid, -1, 1, {"state": "recorded"})
+    assert commands.sent == []
+    with pytest.raises(KeyError):
+        store.record_late(sid, 3, 1, {"state": "recorded"})
+    with pytest.raises(KeyError):
+        store.record_late(str(uuid.uuid4()), 0, 1, {"state": "recorded"}, expect_state="recorded")
 
 
 # -- create, delete, purge ---------------------------------------------------------------------

@@ -16,7 +16,14 @@ from celery_saga.backends import SagaBackend
 from celery_saga.testing import BackendConformance, Requirements
 
 
-class _ChangeStreams(Requirements):
+class _Mongo(Requirements):
+    @property
+    def renews_leases_in_one_round_trip(self) -> bool:
+        # One unordered bulkWrite; a second request only when a lease was lost.
+        return True
+
+
+class _ChangeStreams(_Mongo):
     @property
     def notifies_completion(self) -> bool:
         # A real standalone mongod has no change streams: that store polls.
@@ -36,6 +43,8 @@ class TestMongoConformance(BackendConformance):
 
 
 class TestMongoPollingConformance(BackendConformance):
+    requirements = _Mongo()
+
     @pytest.fixture
     def backend(self, mongo_store_url: str) -> Iterator[SagaBackend]:
         from celery_saga_mongo import MongoSagaBackend

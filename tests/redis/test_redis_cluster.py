@@ -25,6 +25,14 @@ class Notifies(Requirements):
     def notifies_completion(self) -> bool:
         return True
 
+    @property
+    def renews_leases_in_one_round_trip(self) -> bool:
+        return True
+
+    @property
+    def expires_finished(self) -> bool:
+        return True
+
 
 class TestRedisClusterConformance(BackendConformance):
     requirements = Notifies()
@@ -35,6 +43,23 @@ class TestRedisClusterConformance(BackendConformance):
         assert store.cluster
         yield store
         store.close()
+
+    @pytest.fixture
+    def store_with_retention(
+        self, redis_cluster_store_url: str
+    ) -> Iterator[Callable[[int], SagaBackend]]:
+        """Cluster stores with ``&ttl=<seconds>`` under this test's key prefix."""
+        made: list[RedisSagaBackend] = []
+
+        def make(seconds: int) -> SagaBackend:
+            store = RedisSagaBackend.from_url(f"{redis_cluster_store_url}&ttl={seconds}")
+            assert store.cluster
+            made.append(store)
+            return store
+
+        yield make
+        for store in made:
+            store.close()
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -18,6 +18,16 @@ from celery_saga_redis import RedisSagaBackend
 class Notifies(Requirements):
     @property
     def notifies_completion(self) -> bool:
+        return True
+
+    @property
+    def renews_leases_in_one_round_trip(self) -> bool:
+        return True
+
+
+class NotifiesAndExpires(Notifies):
+    @property
+    def expires_finished(self) -> bool:
         return True
 
 
@@ -85,13 +95,27 @@ def test_rediss_url_connects_over_tls_and_verifies_the_server(
 class TestRedisAclUserConformance(BackendConformance):
     """The whole contract as a user allowed only the keys and channels of its prefix."""
 
-    requirements = Notifies()
+    requirements = NotifiesAndExpires()
 
     @pytest.fixture
     def backend(self, acl_user: AclUser) -> Iterator[SagaBackend]:
         store = RedisSagaBackend.from_url(acl_user.url())
         yield store
         store.close()
+
+    @pytest.fixture
+    def store_with_retention(self, acl_user: AclUser) -> Iterator[Callable[[int], SagaBackend]]:
+        """Stores with ``&ttl=<seconds>``, as the ACL user (its keys are dropped afterwards)."""
+        made: list[RedisSagaBackend] = []
+
+        def make(seconds: int) -> SagaBackend:
+            store = RedisSagaBackend.from_url(f"{acl_user.url()}&ttl={seconds}")
+            made.append(store)
+            return store
+
+        yield make
+        for store in made:
+            store.close()
 
 
 def test_acl_user_in_the_url_is_the_one_connected(acl_user: AclUser) -> None:

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, insert, inspect, text, update
+from sqlalchemy.schema import CreateColumn
 
+from celery_saga.backends import Lease
 from celery_saga.errors import SchemaVersionError
 from celery_saga.models import SagaStatus, StepStatus
 from celery_saga.testing import make_execution
@@ -52,8 +54,8 @@ def test_fresh_database_goes_through_every_version(
     store = make_store(database_url, create_tables=False)
     assert migrations.current_version(store.engine, table_prefix) == 0
     result = migrations.upgrade(store.engine, table_prefix)
-    assert (result.before, result.after, result.applied) == (0, 2, (1, 2))
-    assert migrations.current_version(store.engine, table_prefix) == migrations.LATEST == 2
+    assert (result.before, result.after, result.applied) == (0, 3, (1, 2, 3))
+    assert migrations.current_version(store.engine, table_prefix) == migrations.LATEST == 3
     assert set(_shape(store.engine, table_prefix)) == {
         f"{table_prefix}{name}" for name in ("executions", "steps", "counters", "schema_version")
     }
@@ -70,7 +72,7 @@ def test_upgrading_twice_changes_nothing(
     store.create(execution)  # first use creates the tables
     before = _shape(store.engine, table_prefix)
     again = migrations.upgrade(store.engine, table_prefix)
-    assert (again.before, again.after, again.applied) == (2, 2, ())
+    assert (again.before, again.after, again.applied) == (3, 3, ())
     assert _shape(store.engine, table_prefix) == before
     assert store.get(execution.saga_id) is not None
 
@@ -83,8 +85,8 @@ def test_concurrent_upgrades_apply_each_migration_once(
     stores = [make_store(database_url, create_tables=False) for _ in range(6)]
     with ThreadPoolExecutor(max_workers=len(stores)) as pool:
         results = list(pool.map(lambda s: migrations.upgrade(s.engine, table_prefix), stores))
-    assert sorted(r.applied for r in results) == [()] * 5 + [(1, 2)]
-    assert all(r.after == 2 for r in results)
+    assert sorted(r.applied for r in results) == [()] * 5 + [(1, 2, 3)]
+    assert all(r.after == 3 for r in results)
 
 
 def test_newer_schema_is_refused_with_both_versions_named(
@@ -93,7 +95,7 @@ def test_newer_schema_is_refused_with_both_versions_named(
     store = make_store(database_url)
     store.upgrade_schema()
     _set_version(store, 99)
-    with pytest.raises(SchemaVersionError, match=r"schema version 99.*up to 2") as caught:
+    with pytest.raises(SchemaVersionError, match=r"schema version 99.*up to 3") as caught:
         migrations.upgrade(store.engine, table_prefix)
     assert "upgrade celery-saga-sql" in str(caught.value)
     assert migrations.current_version(store.engine, table_prefix) == 99  # left untouched
@@ -128,19 +130,20 @@ def test_upgrade_command_prints_versions_before_and_after(
     assert "schema version before: 0" in first.output
     assert "applied 1:" in first.output
     assert "applied 2:" in first.output
-    assert "schema version after: 2" in first.output
+    assert "applied 3:" in first.output
+    assert "schema version after: 3" in first.output
     second = runner.invoke(cli, args)
     assert second.exit_code == 0, second.output
-    assert "schema version before: 2" in second.output
+    assert "schema version before: 3" in second.output
     assert "applied" not in second.output
-    assert "schema version after: 2" in second.output
+    assert "schema version after: 3" in second.output
     shown = runner.invoke(cli, ["version", database_url, "--table-prefix", table_prefix])
-    assert "schema version: 2" in shown.output
+    assert "schema version: 3" in shown.output
     _set_version(store, 7)
     refused = runner.invoke(cli, args)
     assert refused.exit_code != 0
     assert "schema version 7" in refused.output
-    assert "up to 2" in refused.output
+    assert "up to 3" in refused.output
 
 
 def test_upgrade_command_runs_as_a_module(tmp_path: Path) -> None:
@@ -157,7 +160,7 @@ def test_upgrade_command_runs_as_a_module(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "table prefix: 'cli_'" in done.stdout
     assert "schema version before: 0" in done.stdout
-    assert "schema version after: 2" in done.stdout
+    assert "schema version after: 3" in done.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "celery_saga_sql", "upgrade", "sqlite://"],
         capture_output=True,
@@ -169,105 +172,138 @@ def test_upgrade_command_runs_as_a_module(tmp_path: Path) -> None:
     assert "needs a file" in bad.stderr
 
 
-# -- version 1 -> 2: deadline_at and cancelled_at ------------------------------------------------
+# -- older tables: version 1 (before deadline_at and cancelled_at) and version 2 (before leases) --
 
-V2_COLUMNS = {"deadline_at", "cancelled_at"}
+#: The columns each version adds, by table.
+ADDED: dict[int, tuple[str, frozenset[str]]] = {
+    2: ("executions", frozenset({"deadline_at", "cancelled_at"})),
+    3: ("steps", frozenset(migrations.V3_STEP_COLUMNS)),
+}
+OLD_VERSIONS = (1, 2)
 
 
-def _make_version_1(engine: Engine, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tables at schema version 1: what a celery-saga-sql knowing only migration 1 made."""
-    with monkeypatch.context() as only_v1:
-        only_v1.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
-        only_v1.setattr(migrations, "LATEST", 1)
+def _columns(engine: Engine, prefix: str, table: str) -> set[str]:
+    return {c["name"] for c in inspect(engine).get_columns(f"{prefix}{table}")}
+
+
+def _make_version(
+    engine: Engine, prefix: str, monkeypatch: pytest.MonkeyPatch, version: int
+) -> None:
+    """Tables at schema `version`: what a celery-saga-sql knowing only that far made."""
+    with monkeypatch.context() as older:
+        older.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:version])
+        older.setattr(migrations, "LATEST", version)
         result = migrations.upgrade(engine, prefix)
-    assert (result.before, result.after, result.applied) == (0, 1, (1,))
-    assert migrations.current_version(engine, prefix) == 1
-    assert not V2_COLUMNS & _execution_columns(engine, prefix)
+    assert (result.before, result.after, result.applied) == (
+        0,
+        version,
+        tuple(range(1, version + 1)),
+    )
+    assert migrations.current_version(engine, prefix) == version
+    _assert_columns_up_to(engine, prefix, version)
 
 
-def _execution_columns(engine: Engine, prefix: str) -> set[str]:
-    return {c["name"] for c in inspect(engine).get_columns(f"{prefix}executions")}
+def _assert_columns_up_to(engine: Engine, prefix: str, version: int) -> None:
+    """The tables have the columns of `version` and none of a later one."""
+    for added, (table, names) in ADDED.items():
+        present = _columns(engine, prefix, table)
+        if added <= version:
+            assert names <= present, (added, present)
+        else:
+            assert not names & present, (added, present)
 
 
-#: An execution as a version 1 writer stored it: no deadline_at or cancelled_at columns.
-V1_CREATED = 1_700_000_000.123456
-V1_INPUT = {"order_id": "A-1", "amount": 10, "big": 2**62 + 1}
+#: An execution as an older writer stored it, column by column.
+OLD_CREATED = 1_700_000_000.123456
+OLD_INPUT = {"order_id": "A-1", "amount": 10, "big": 2**62 + 1}
+OLD_DEADLINE = OLD_CREATED + 3600.5  # written by version 2 writers only
 
 
-def _write_v1_row(store: SQLSagaBackend) -> str:
-    """Insert one execution and one step in the version 1 shape (column by column)."""
+def _write_old_row(store: SQLSagaBackend, version: int) -> str:
+    """Insert one execution with two steps (0 finished, 1 running) in the shape of `version`."""
     saga_id = str(uuid.uuid4())
     tables = store.tables
+    execution: dict[str, Any] = {
+        "saga_id": saga_id,
+        "saga_name": "old-order",
+        "status": "running",
+        "idempotency_key": "old-key",
+        "definition_hash": "0123456789abcdef",
+        "queue": "sagas",
+        "input": json.dumps(OLD_INPUT),
+        "output": "null",
+        "error": None,
+        "failed_step": None,
+        "created_at": OLD_CREATED,
+        "updated_at": OLD_CREATED + 1,
+        "finished_at": None,
+        "schema": 1,
+    }
+    if version >= 2:
+        execution.update(deadline_at=OLD_DEADLINE, cancelled_at=None)
+    step: dict[str, Any] = {
+        "saga_id": saga_id,
+        "task_name": "tasks.charge",
+        "stage": 0,
+        "compensation_task_name": "tasks.refund",
+        "no_compensation": False,
+        "task_id": "task-0",
+        "retries": 0,
+        "started_at": OLD_CREATED,
+        "error": None,
+        "comp_attempt": 0,
+        "comp_task_id": None,
+        "comp_started_at": None,
+        "comp_finished_at": None,
+        "comp_error": None,
+    }
+    finished = {
+        "idx": 0,
+        "status": "success",
+        "attempt": 1,
+        "seq": 1,
+        "finished_at": OLD_CREATED + 0.5,
+        "output": '{"charged":10}',
+        "compensation_data": '{"charge_id":"c-1"}',
+    }
+    running = {
+        "idx": 1,
+        "status": "running",
+        "attempt": 2,
+        "seq": None,
+        "finished_at": None,
+        "output": "null",
+        "compensation_data": "null",
+    }
     with store.engine.begin() as conn:
-        conn.execute(
-            insert(tables.executions).values(
-                saga_id=saga_id,
-                saga_name="v1-order",
-                status="running",
-                idempotency_key="v1-key",
-                definition_hash="0123456789abcdef",
-                queue="sagas",
-                input=json.dumps(V1_INPUT),
-                output="null",
-                error=None,
-                failed_step=None,
-                created_at=V1_CREATED,
-                updated_at=V1_CREATED + 1,
-                finished_at=None,
-                schema=1,
-            )
-        )
-        conn.execute(
-            insert(tables.steps).values(
-                saga_id=saga_id,
-                idx=0,
-                task_name="tasks.charge",
-                stage=0,
-                compensation_task_name="tasks.refund",
-                no_compensation=False,
-                status="success",
-                attempt=1,
-                task_id="task-0",
-                retries=0,
-                seq=1,
-                started_at=V1_CREATED,
-                finished_at=V1_CREATED + 0.5,
-                output='{"charged":10}',
-                compensation_data='{"charge_id":"c-1"}',
-                error=None,
-                comp_attempt=0,
-                comp_task_id=None,
-                comp_started_at=None,
-                comp_finished_at=None,
-                comp_error=None,
-            )
-        )
+        conn.execute(insert(tables.executions).values(execution))
+        conn.execute(insert(tables.steps), [step | finished, step | running])
     return saga_id
 
 
-def _check_v1_row(store: SQLSagaBackend, saga_id: str) -> None:
-    """The version 1 row reads back whole, with the new fields None."""
+def _check_old_row(store: SQLSagaBackend, saga_id: str, version: int) -> None:
+    """The old row reads back whole, with the fields added after `version` at their defaults."""
     got = store.get(saga_id)
     assert got is not None
     assert (got.saga_name, got.status, got.idempotency_key) == (
-        "v1-order",
+        "old-order",
         SagaStatus.RUNNING,
-        "v1-key",
+        "old-key",
     )
     assert (got.definition_hash, got.queue, got.input, got.output) == (
         "0123456789abcdef",
         "sagas",
-        V1_INPUT,
+        OLD_INPUT,
         None,
     )
     assert (got.created_at, got.updated_at, got.finished_at) == (
-        V1_CREATED,
-        V1_CREATED + 1,
+        OLD_CREATED,
+        OLD_CREATED + 1,
         None,
     )
-    assert got.deadline_at is None
+    assert got.deadline_at == (OLD_DEADLINE if version >= 2 else None)
     assert got.cancelled_at is None
-    assert [s.index for s in got.steps] == [0]
+    assert [s.index for s in got.steps] == [0, 1]
     step = got.step(0)
     assert (step.status, step.attempt, step.seq, step.task_id) == (
         StepStatus.SUCCESS,
@@ -276,7 +312,11 @@ def _check_v1_row(store: SQLSagaBackend, saga_id: str) -> None:
         "task-0",
     )
     assert (step.output, step.compensation_data) == ({"charged": 10}, {"charge_id": "c-1"})
-    found = store.find_by_idempotency_key("v1-key")
+    assert (got.step(1).status, got.step(1).attempt) == (StepStatus.RUNNING, 2)
+    for step in got.steps:  # the version 3 fields, as a step that never had them
+        assert (step.lease_owner, step.lease_expires_at, step.sent_at) == (None, None, None)
+        assert (step.sends, step.late) == (0, None)
+    found = store.find_by_idempotency_key("old-key")
     assert found is not None
     assert found.to_dict() == got.to_dict()
 
@@ -285,28 +325,54 @@ def _normalized(shape: dict[str, Any], prefix: str) -> str:
     return json.dumps(shape, sort_keys=True).replace(prefix, "<prefix>")
 
 
-def test_version_1_tables_are_upgraded_to_2_by_the_command_keeping_their_rows(
+@pytest.mark.parametrize("old", OLD_VERSIONS)
+def test_old_tables_are_upgraded_by_the_command_keeping_their_rows(
+    old: int,
     database_url: str,
     make_store: Callable[..., SQLSagaBackend],
     table_prefix: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = make_store(database_url, create_tables=False)
-    _make_version_1(store.engine, table_prefix, monkeypatch)
-    saga_id = _write_v1_row(store)
+    _make_version(store.engine, table_prefix, monkeypatch, old)
+    saga_id = _write_old_row(store, old)
 
     result = CliRunner().invoke(cli, ["upgrade", database_url, "--table-prefix", table_prefix])
     assert result.exit_code == 0, result.output
-    assert "schema version before: 1" in result.output
-    assert "applied 1:" not in result.output
-    assert "applied 2: add the deadline_at and cancelled_at columns" in result.output
-    assert "schema version after: 2" in result.output
-    assert migrations.current_version(store.engine, table_prefix) == 2
-    assert _execution_columns(store.engine, table_prefix) >= V2_COLUMNS
+    assert f"schema version before: {old}" in result.output
+    for version in range(1, old + 1):
+        assert f"applied {version}:" not in result.output
+    if old < 2:
+        assert "applied 2: add the deadline_at and cancelled_at columns" in result.output
+    assert (
+        "applied 3: add the lease_owner, lease_expires_at, sent_at, sends and late columns"
+        in result.output
+    )
+    assert "schema version after: 3" in result.output
+    assert migrations.current_version(store.engine, table_prefix) == 3
+    _assert_columns_up_to(store.engine, table_prefix, 3)
 
-    _check_v1_row(store, saga_id)
+    _check_old_row(store, saga_id, old)
     assert [s.saga_id for s in store.list(status=SagaStatus.RUNNING).items] == [saga_id]
-    # The old row takes the new fields like any other.
+    # The old rows take the new fields like any other: leases and late successes...
+    t = time.time()
+    assert store.renew_leases([Lease(saga_id, 1, "host/1/t", 2)], t + 30) == []
+    refused = store.take_over(saga_id, 1, {"attempt": 3, "lease_owner": None}, attempt=2, now=t)
+    assert not refused.applied
+    assert (refused.lease_owner, refused.lease_expires_at) == ("host/1/t", t + 30)
+    assert store.update_step(saga_id, 1, {"sent_at": t, "sends": 1}).applied
+    assert store.record_late(saga_id, 0, 1, {"state": "recorded", "output": {"n": 1}}).applied
+    got = store.get(saga_id)
+    assert got is not None
+    running = got.step(1)
+    assert (running.lease_owner, running.lease_expires_at, running.sent_at, running.sends) == (
+        "host/1/t",
+        t + 30,
+        t,
+        1,
+    )
+    assert got.step(0).late == {"1": {"state": "recorded", "output": {"n": 1}}}
+    # ...and deadline_at and cancelled_at.
     cancelled = time.time()
     assert store.update_saga(
         saga_id,
@@ -318,26 +384,30 @@ def test_version_1_tables_are_upgraded_to_2_by_the_command_keeping_their_rows(
     assert (got.status, got.cancelled_at, got.deadline_at) == (
         SagaStatus.CANCELLED,
         cancelled,
-        None,
+        OLD_DEADLINE if old >= 2 else None,
     )
     assert store.delete(saga_id)
 
     # Upgraded tables are the tables a fresh database gets, name for name and type for type.
     fresh_prefix = f"f{table_prefix[1:]}"
     fresh = make_store(database_url, table_prefix=fresh_prefix)
-    assert fresh.upgrade_schema().applied == (1, 2)
+    assert fresh.upgrade_schema().applied == (1, 2, 3)
     assert _normalized(_shape(fresh.engine, fresh_prefix), fresh_prefix) == _normalized(
         _shape(store.engine, table_prefix), table_prefix
     )
 
 
-def test_upgrade_from_version_1_by_the_module_command(
-    tmp_path: Path, make_store: Callable[..., SQLSagaBackend], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("old", OLD_VERSIONS)
+def test_upgrade_from_an_old_version_by_the_module_command(
+    old: int,
+    tmp_path: Path,
+    make_store: Callable[..., SQLSagaBackend],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    url = f"sqlite:///{tmp_path / 'old.db'}"
     store = make_store(url, table_prefix="cli_", create_tables=False)
-    _make_version_1(store.engine, "cli_", monkeypatch)
-    saga_id = _write_v1_row(store)
+    _make_version(store.engine, "cli_", monkeypatch, old)
+    saga_id = _write_old_row(store, old)
     done = subprocess.run(
         [sys.executable, "-m", "celery_saga_sql", "upgrade", f"{url}?table_prefix=cli_"],
         capture_output=True,
@@ -346,27 +416,33 @@ def test_upgrade_from_version_1_by_the_module_command(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "schema version before: 1" in done.stdout
-    assert "applied 2:" in done.stdout
-    assert "schema version after: 2" in done.stdout
-    _check_v1_row(store, saga_id)
+    assert f"schema version before: {old}" in done.stdout
+    assert ("applied 2:" in done.stdout) is (old < 2)
+    assert "applied 3:" in done.stdout
+    assert "schema version after: 3" in done.stdout
+    _check_old_row(store, saga_id, old)
 
 
-def test_without_create_tables_version_1_tables_are_refused_with_the_command_to_run(
+@pytest.mark.parametrize("old", OLD_VERSIONS)
+def test_without_create_tables_old_tables_are_refused_with_the_command_to_run(
+    old: int,
     database_url: str,
     make_store: Callable[..., SQLSagaBackend],
     table_prefix: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = make_store(database_url, create_tables=False)
-    _make_version_1(store.engine, table_prefix, monkeypatch)
-    saga_id = _write_v1_row(store)
+    _make_version(store.engine, table_prefix, monkeypatch, old)
+    saga_id = _write_old_row(store, old)
     operations: list[Callable[[], object]] = [
         lambda: store.get(saga_id),
         lambda: store.create(make_execution()),
         lambda: store.list(),
         lambda: store.update_saga(saga_id, {"status": SagaStatus.CANCELLED}),
         lambda: store.update_step(saga_id, 0, {"error": "x"}),
+        lambda: store.renew_leases([Lease(saga_id, 1, "host/1/t", 2)], time.time() + 30),
+        lambda: store.take_over(saga_id, 1, {"attempt": 3}, attempt=2, now=time.time()),
+        lambda: store.record_late(saga_id, 0, 1, {"state": "recorded"}),
         lambda: store.delete(saga_id),
         lambda: store.purge(time.time()),
         lambda: store.wait(saga_id, timeout=0.1),
@@ -375,33 +451,37 @@ def test_without_create_tables_version_1_tables_are_refused_with_the_command_to_
         with pytest.raises(SchemaNotUpgraded) as caught:
             operation()
         message = str(caught.value)
-        assert f"prefix {table_prefix!r} are at schema version 1" in message
-        assert "needs version 2" in message
+        assert f"prefix {table_prefix!r} are at schema version {old}" in message
+        assert "needs version 3" in message
         assert f"python -m celery_saga_sql upgrade <url> --table-prefix {table_prefix}" in message
-    # Nothing was changed: still version 1, same columns, the row as written.
-    assert migrations.current_version(store.engine, table_prefix) == 1
-    assert not V2_COLUMNS & _execution_columns(store.engine, table_prefix)
+    # Nothing was changed: still the old version, same columns, the rows as written.
+    assert migrations.current_version(store.engine, table_prefix) == old
+    _assert_columns_up_to(store.engine, table_prefix, old)
 
     # Once the operator has upgraded, the same store works (the check is made again).
     migrations.upgrade(store.engine, table_prefix)
-    _check_v1_row(store, saga_id)
+    _check_old_row(store, saga_id, old)
 
 
-def test_a_store_with_create_tables_upgrades_version_1_tables_itself(
+@pytest.mark.parametrize("old", OLD_VERSIONS)
+def test_a_store_with_create_tables_upgrades_old_tables_itself(
+    old: int,
     database_url: str,
     make_store: Callable[..., SQLSagaBackend],
     table_prefix: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first = make_store(database_url, create_tables=False)
-    _make_version_1(first.engine, table_prefix, monkeypatch)
-    saga_id = _write_v1_row(first)
+    _make_version(first.engine, table_prefix, monkeypatch, old)
+    saga_id = _write_old_row(first, old)
     store = make_store(database_url)  # create_tables=True: upgraded on first use
-    _check_v1_row(store, saga_id)
-    assert migrations.current_version(store.engine, table_prefix) == 2
+    _check_old_row(store, saga_id, old)
+    assert migrations.current_version(store.engine, table_prefix) == 3
 
 
-def test_an_interrupted_version_2_upgrade_can_be_run_again(
+@pytest.mark.parametrize("version", sorted(ADDED))
+def test_an_interrupted_upgrade_can_be_run_again(
+    version: int,
     database_url: str,
     make_store: Callable[..., SQLSagaBackend],
     table_prefix: str,
@@ -409,14 +489,20 @@ def test_an_interrupted_version_2_upgrade_can_be_run_again(
 ) -> None:
     """MySQL commits each ALTER: an upgrade stopped after one column must finish later."""
     store = make_store(database_url, create_tables=False)
-    _make_version_1(store.engine, table_prefix, monkeypatch)
-    saga_id = _write_v1_row(store)
+    _make_version(store.engine, table_prefix, monkeypatch, version - 1)
+    saga_id = _write_old_row(store, version - 1)
+    table_name, names = ADDED[version]
+    table = store.tables.metadata.tables[f"{table_prefix}{table_name}"]
+    first = next(c for c in table.columns if c.name in names)  # the first column it adds
     with store.engine.begin() as conn:
-        conn.execute(
-            text(f"ALTER TABLE {table_prefix}executions ADD COLUMN deadline_at DOUBLE PRECISION")
-        )
-    assert migrations.current_version(store.engine, table_prefix) == 1
+        spec = CreateColumn(first).compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {spec}"))
+    assert migrations.current_version(store.engine, table_prefix) == version - 1
     result = migrations.upgrade(store.engine, table_prefix)
-    assert (result.before, result.after, result.applied) == (1, 2, (2,))
-    assert _execution_columns(store.engine, table_prefix) >= V2_COLUMNS
-    _check_v1_row(store, saga_id)
+    assert (result.before, result.after, result.applied) == (
+        version - 1,
+        3,
+        tuple(range(version, 4)),
+    )
+    _assert_columns_up_to(store.engine, table_prefix, 3)
+    _check_old_row(store, saga_id, version - 1)

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, select, text, update
 
-from celery_saga.backends import StepExpect
+from celery_saga.backends import Lease, StepExpect
+from celery_saga.errors import CorruptRecordError
 from celery_saga.models import SagaStatus, StepStatus
 from celery_saga.testing import make_execution
 from celery_saga_sql import SQLSagaBackend
@@ -333,7 +334,8 @@ def test_polling_stores_still_wait(
 
 _CHILD = """
 import sys
-from celery_saga.backends import StepExpect
+from celery_saga.backends import Lease, StepExpect
+from celery_saga.errors import CorruptRecordError
 from celery_saga.models import StepStatus
 from celery_saga_sql import SQLSagaBackend
 
@@ -618,3 +620,253 @@ def test_postgresql_cancelling_wakes_a_waiter_by_notify(
     assert box[0] is not None
     assert box[0].status is SagaStatus.CANCELLED
     assert waiter.stats.round_trips == 3  # LISTEN, a read before sleeping, a read after NOTIFY
+
+
+# -- leases and late outcomes --------------------------------------------------------------------
+
+
+def _running_steps(store: SQLSagaBackend, steps: int, **fields: Any) -> str:
+    """A stored execution whose steps all run attempt 1 (with `fields` set on each)."""
+    execution = make_execution(steps=steps)
+    for step in execution.steps:
+        step.status, step.attempt = StepStatus.RUNNING, 1
+        for name, value in fields.items():
+            setattr(step, name, value)
+    store.create(execution)
+    return execution.saga_id
+
+
+def test_lease_conditions_in_sql_agree_with_step_expect_refusal(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    """Every stored lease against every kind of lease condition, as `refusal` decides."""
+    store = make_store(database_url)
+    t = time.time()
+    stored = [(None, None), (None, t + 10)] + [
+        (owner, expires) for owner in ("a", "b") for expires in (None, t - 10, t, t + 10)
+    ]
+    expects = [
+        StepExpect(lease_free_at=free_at, lease_holder=holder, lease_owners=owners)
+        for free_at in (None, t)
+        for holder in (None, "a")
+        for owners in (None, ("a",), (None,), ("a", None), ("b", "a"), ())
+        if free_at is not None or holder is None
+    ]
+    saga_id = _running_steps(store, len(stored))
+    for index, (owner, expires) in enumerate(stored):
+        changes = {"lease_owner": owner, "lease_expires_at": expires}
+        assert store.update_step(saga_id, index, changes).applied
+    for index, (owner, expires) in enumerate(stored):
+        for expect in expects:
+            write = store.update_step(saga_id, index, {"retries": 1}, expect=expect)
+            why = expect.refusal(StepStatus.RUNNING, 1, 0, SagaStatus.RUNNING, owner, expires)
+            assert write.applied is (why is None), (owner, expires, expect, why)
+            assert (write.lease_owner, write.lease_expires_at) == (owner, expires)
+
+
+def test_lease_owners_compare_exactly(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    """Owners differing by a trailing space or by case are other owners (MySQL pads otherwise)."""
+    store = make_store(database_url)
+    t = time.time()
+    saga_id = _running_steps(store, 1, lease_owner="host/1/a", lease_expires_at=t + 30)
+    for other in ("host/1/a ", "HOST/1/a"):
+        expect = StepExpect(lease_free_at=t, lease_holder=other)
+        assert not store.update_step(saga_id, 0, {"retries": 1}, expect=expect).applied
+        expect = StepExpect(lease_owners=(other,))
+        assert not store.update_step(saga_id, 0, {"retries": 1}, expect=expect).applied
+        assert store.renew_leases([Lease(saga_id, 0, other, 1)], t + 60) != []
+    got = store.get(saga_id)
+    assert got is not None
+    assert (got.step(0).lease_owner, got.step(0).lease_expires_at) == ("host/1/a", t + 30)
+    assert store.renew_leases([Lease(saga_id, 0, "host/1/a", 1)], t + 60) == []
+
+
+#: Round trips of renew_leases: (all kept, some lost) per database.
+RENEW_TRIPS = {"postgresql": (1, 1), "mysql": (1, 2), "sqlite": (1, 1)}
+
+
+def _database(store: SQLSagaBackend) -> str:
+    name = store.engine.dialect.name
+    return "mysql" if name in ("mysql", "mariadb") else name
+
+
+def test_renew_leases_round_trips_and_batches(
+    database_url: str, make_store: Callable[..., SQLSagaBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(database_url)
+    t = time.time()
+    mine = _running_steps(store, 5)
+    theirs = _running_steps(store, 1, lease_owner="other", lease_expires_at=t + 30)
+    leases = [Lease(mine, i, "me", 1) for i in range(5)]
+    kept_trips, lost_trips = RENEW_TRIPS[_database(store)]
+    for expires in (t + 60, t + 60, t + 90):  # the same expiry again renews too
+        store.stats.reset()
+        assert store.renew_leases(leases, expires) == []
+        assert store.stats.round_trips == kept_trips
+    store.stats.reset()
+    assert store.renew_leases([*leases, Lease(theirs, 0, "me", 1)], t + 120) == [
+        Lease(theirs, 0, "me", 1)
+    ]
+    assert store.stats.round_trips == lost_trips
+    # Past `renew_batch` leases, MySQL/MariaDB and SQLite send one statement per batch.
+    monkeypatch.setattr(SQLSagaBackend, "renew_batch", 2)
+    store.stats.reset()
+    assert store.renew_leases(leases, t + 150) == []
+    assert store.stats.round_trips == (1 if _database(store) == "postgresql" else 3)
+    got = store.get(mine)
+    assert got is not None
+    assert {(s.lease_owner, s.lease_expires_at) for s in got.steps} == {("me", t + 150)}
+
+
+def test_renew_leases_many_at_once(
+    database_url: str, make_store: Callable[..., SQLSagaBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hundreds of leases, over several batches: each one kept or lost as the memory store says."""
+    monkeypatch.setattr(SQLSagaBackend, "renew_batch", 97)
+    store = make_store(database_url)
+    t = time.time()
+    saga_id = _running_steps(store, 400)
+    for index in range(0, 400, 7):  # another worker took every seventh step over
+        assert store.update_step(
+            saga_id, index, {"lease_owner": "other", "lease_expires_at": t + 30}
+        ).applied
+    compensating = {"status": StepStatus.COMPENSATING, "comp_attempt": 2}
+    for index in range(3, 400, 11):  # and these compensate, at compensation attempt 2
+        assert store.update_step(saga_id, index, compensating).applied
+    leases = [Lease(saga_id, i, "me", 1) for i in range(400)]
+    leases += [Lease(saga_id, i, "me", 2, compensation=True) for i in range(3, 400, 11)]
+    lost = store.renew_leases(leases, t + 60)
+    expected = [
+        lease
+        for lease in leases
+        if lease.index % 7 == 0 or (lease.index % 11 == 3) is not lease.compensation
+    ]
+    assert lost == expected
+    got = store.get(saga_id)
+    assert got is not None
+    for step in got.steps:
+        if step.index % 7 == 0:
+            assert (step.lease_owner, step.lease_expires_at) == ("other", t + 30)
+        else:
+            assert (step.lease_owner, step.lease_expires_at) == ("me", t + 60)
+
+
+def test_two_claims_on_one_unowned_step_one_wins(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    store = make_store(database_url)
+    t = time.time()
+    saga_id = _running_steps(store, 1)
+    claims = [Lease(saga_id, 0, "host/1/a", 1), Lease(saga_id, 0, "host/2/b", 1)]
+    lost = store.renew_leases(claims, t + 60)
+    assert len(lost) == 1
+    got = store.get(saga_id)
+    assert got is not None
+    winner = next(lease for lease in claims if lease not in lost)
+    assert (got.step(0).lease_owner, got.step(0).lease_expires_at) == (winner.owner, t + 60)
+    # From then on the loser's renewals are lost, the winner's kept.
+    assert store.renew_leases(claims, t + 90) == lost
+
+
+def test_renew_leases_writes_only_the_leased_step_rows(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    """A heartbeat neither touches the execution row nor other steps."""
+    store = make_store(database_url)
+    saga_id = _running_steps(store, 4)
+    before = store.get(saga_id)
+    raw = _raw_steps(store, saga_id)
+    with _statements(store) as seen:
+        assert store.renew_leases([Lease(saga_id, 2, "me", 1)], time.time() + 60) == []
+    assert all(store.tables.executions.name not in statement for statement in seen)
+    after = store.get(saga_id)
+    assert before is not None and after is not None
+    assert after.updated_at == before.updated_at
+    assert {i for i, row in _raw_steps(store, saga_id).items() if raw[i] != row} == {2}
+
+
+def test_new_step_fields_round_trip_exactly(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    store = make_store(database_url)
+    execution = make_execution()
+    step = execution.steps[1]
+    step.status, step.attempt = StepStatus.RUNNING, 3
+    step.lease_owner = "wörker-ż.example.com/4242/" + "t" * 400
+    step.lease_expires_at = time.time() + 30.123456789
+    step.sent_at = time.time()
+    step.sends = 2
+    step.late = {"1": {"state": "recorded", "output": {"big": 2**62 + 1, "f": 0.1 + 0.2}}}
+    store.create(execution)
+    got = store.get(execution.saga_id)
+    assert got is not None
+    assert [s.to_dict() for s in got.steps] == [s.to_dict() for s in execution.steps]
+    changes = {"late": None, "sends": 3, "sent_at": None, "lease_owner": None}
+    write = store.update_step(execution.saga_id, 1, changes)
+    assert (write.lease_owner, write.lease_expires_at) == (None, step.lease_expires_at)
+    got = store.get(execution.saga_id)
+    assert got is not None
+    assert (got.step(1).late, got.step(1).sends, got.step(1).sent_at) == (None, 3, None)
+
+
+def test_record_late_reports_the_step_and_keeps_other_entries(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    store = make_store(database_url)
+    t = time.time()
+    saga_id = _running_steps(store, 2, lease_owner="host/1/a", lease_expires_at=t + 30)
+    before = store.get(saga_id)
+    write = store.record_late(saga_id, 1, 1, {"state": "recorded", "output": {"n": 2**63 - 1}})
+    assert write.applied
+    assert (write.status, write.attempt, write.comp_attempt, write.saga_status) == (
+        StepStatus.RUNNING,
+        1,
+        0,
+        SagaStatus.RUNNING,
+    )
+    assert (write.lease_owner, write.lease_expires_at, write.count) == ("host/1/a", t + 30, None)
+    refused = store.record_late(saga_id, 1, 1, {"state": "compensated"}, expect_state="gone")
+    assert not refused.applied
+    assert (refused.status, refused.lease_owner) == (StepStatus.RUNNING, "host/1/a")
+    moved = {"state": StepStatus.COMPENSATING, "comp_task_id": "c-1"}  # enums stored as values
+    assert store.record_late(saga_id, 1, 1, moved, expect_state="recorded").applied
+    got = store.get(saga_id)
+    assert got is not None and before is not None
+    assert got.step(1).late == {
+        "1": {"state": "compensating", "output": {"n": 2**63 - 1}, "comp_task_id": "c-1"}
+    }
+    assert got.step(0).late is None
+    assert got.updated_at >= before.updated_at
+    with pytest.raises(KeyError):
+        store.record_late(saga_id, 7, 1, {"state": "recorded"})
+
+
+def test_record_late_refuses_to_overwrite_a_damaged_late_field(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    store = make_store(database_url)
+    saga_id = _running_steps(store, 1)
+    steps = store.tables.steps
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(steps).where(steps.c.saga_id == saga_id, steps.c.idx == 0).values(late="[1]")
+        )
+    with pytest.raises(CorruptRecordError, match="late"):
+        store.record_late(saga_id, 0, 1, {"state": "recorded"})
+    assert _raw_steps(store, saga_id)[0][-1] == "[1]"
+
+
+def test_counted_round_trips_of_renew_leases_match_what_the_drivers_send(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    store = make_store(database_url)
+    t = time.time()
+    saga_id = _running_steps(store, 3)
+    leases = [Lease(saga_id, i, "me", 1) for i in range(3)]
+    store.renew_leases(leases, t)
+    with _statements(store) as seen:
+        store.stats.reset()
+        assert store.renew_leases(leases, t + 60) == []
+    assert store.stats.round_trips == len(seen) == 1, seen

@@ -55,12 +55,12 @@ class Journal:
             with self._lock:
                 self._memory[saga_id].append(event)
 
-    def incr(self, key: str) -> int:
+    def incr(self, key: str, amount: int = 1) -> int:
         """Count something (shared between processes when the journal is in Redis)."""
         if self._client is not None:
-            return int(self._client.incr(f"{self.prefix}n:{key}"))
+            return int(self._client.incrby(f"{self.prefix}n:{key}", amount))
         with self._lock:
-            self._counters[key] = self._counters.get(key, 0) + 1
+            self._counters[key] = self._counters.get(key, 0) + amount
             return self._counters[key]
 
     def set_flag(self, key: str, value: bool) -> None:
@@ -143,6 +143,7 @@ class Scenarios:
     timeout_hard: Saga
     timeout_soft: Saga
     tasks: dict[str, Any]
+    leases: Any = None  # lease_scenarios.LeaseScenarios, set by worker_app.make_app
 
 
 def build(app: Celery, journal: Journal, *, tag: str = "") -> Scenarios:

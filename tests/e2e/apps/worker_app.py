@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_ready
+from lease_scenarios import build_leases
 from scenarios import Journal, build, routing_saga
 
 
@@ -28,6 +29,7 @@ def make_app(
     saga_queue: str | None = None,
     routes: dict[str, Any] | None = None,
     prefix: str = "journal:",
+    conf: dict[str, Any] | None = None,
 ) -> tuple[Celery, Any]:
     """An app with the scenario sagas, as both the tests and the workers build it."""
     app = Celery("e2e", broker=broker, set_as_current=False)
@@ -40,7 +42,9 @@ def make_app(
         worker_hijack_root_logger=False,
         saga_compensation_retry_backoff=0.05,
     )
+    app.conf.update(conf or {})
     scenarios = build(app, Journal(journal, prefix=prefix))
+    scenarios.leases = build_leases(app, scenarios.journal)
     routing = routing_saga(app)
     return app, (scenarios, routing)
 
@@ -54,6 +58,7 @@ if "SAGA_E2E_BROKER" in os.environ:
         saga_queue=os.environ.get("SAGA_E2E_SAGA_QUEUE") or None,
         routes=json.loads(os.environ.get("SAGA_E2E_ROUTES", "{}")),
         prefix=os.environ.get("SAGA_E2E_JOURNAL_PREFIX", "journal:"),
+        conf=json.loads(os.environ.get("SAGA_E2E_CONF", "{}")),
     )
 
     if os.environ.get("SAGA_E2E_HIDE_SAGAS"):

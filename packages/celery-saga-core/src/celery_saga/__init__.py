@@ -7,18 +7,16 @@ undone in reverse order. Execution state lives in a pluggable state store.
 
 from __future__ import annotations
 
+from celery_saga import client as _client  # noqa: F401  (Saga.run() starts through it)
 from celery_saga.builder import Saga
 from celery_saga.config import set_default_backend
 from celery_saga.decorators import saga_step, saga_task
 from celery_saga.errors import (
     BackendNotFound,
     PermanentFailure,
-    SagaCancelled,
-    SagaCompensated,
     SagaDefinitionError,
     SagaDefinitionMismatch,
     SagaError,
-    SagaFailed,
     SagaNotRegistered,
     SchemaVersionError,
     StepOutputError,
@@ -26,11 +24,14 @@ from celery_saga.errors import (
 from celery_saga.functional import parallelize, saga, step, transform
 from celery_saga.headers import current_step, idempotency_key
 from celery_saga.models import SagaExecution, SagaStatus, StepRecord, StepStatus
+from celery_saga.outcomes import SagaCancelled, SagaCompensated, SagaFailed
 from celery_saga.response import StepResponse
 from celery_saga.result import SagaResult
 from celery_saga.retry import RetryPolicy
+from celery_saga.runtime import instrument as _instrument  # noqa: F401  (instruments step tasks)
 from celery_saga.runtime import recovery as _recovery  # noqa: F401  (registers celery_saga.recover)
 from celery_saga.runtime import replies as _replies  # noqa: F401  (registers reply tasks)
+from celery_saga.runtime import unknown as _unknown  # noqa: F401  (fails steps no worker has)
 from celery_saga.runtime.recovery import RecoveryReport, recover
 from celery_saga.version import __version__
 

@@ -243,13 +243,11 @@ class Saga:
         return self
 
     def _instrument(self, entry: Entry) -> None:
-        from celery_saga.runtime.instrument import instrument
-
         for step in entry.steps if isinstance(entry, ParallelEntry) else [entry]:
             if isinstance(step, StepEntry):
                 for ref in (step.task, step.compensate):
                     if ref is not None and is_task(ref):
-                        instrument(ref)
+                        registry.task_added(ref)
 
     # -- the compiled definition -----------------------------------------------------------
     def _flat_steps(self) -> list[StepEntry]:
@@ -384,17 +382,13 @@ class Saga:
         messages go, and the queue of steps that have no route of their own.
         Safe to call from any thread: it dispatches on the saga's Celery app.
         """
-        from celery_saga.runtime.engine import start
-
-        return start(self, input, idempotency_key=idempotency_key, queue=queue)
+        result: SagaResult = registry.launcher().run(self, input, idempotency_key, queue)
+        return result
 
     def result(self, saga_id: str) -> SagaResult:
         """A handle to an existing execution of this saga."""
-        from celery_saga.config import backend_for
-        from celery_saga.ids import validate_saga_id
-        from celery_saga.result import SagaResult
-
-        return SagaResult(validate_saga_id(saga_id), backend_for(self.app, self.backend), saga=self)
+        result: SagaResult = registry.launcher().handle(self, saga_id)
+        return result
 
     def __repr__(self) -> str:
         return f"<Saga {self.name!r}: {len(self._flat_steps())} steps>"

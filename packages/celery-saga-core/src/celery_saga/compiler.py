@@ -1,10 +1,12 @@
 """The chain compiler: turn a step (or its compensation) into a Celery signature.
 
 Each signature carries the saga header and a task id naming the saga, step and
-attempt. A step given as a task object reports its own outcome in its worker; a
-step given by name gets a reply callback (`link`) and reply errback
-(`link_error`) to the saga's queue. Failures a worker reports from outside the
-task (a hard time limit) are caught by a `task_failure` receiver, from the task id.
+attempt, and is sent as JSON whatever the app's `task_serializer` (nothing a saga
+reads from the broker is unpickled). A step given as a task object reports its
+own outcome in its worker; a step given by name gets a reply callback (`link`)
+and reply errback (`link_error`) to the saga's queue. Failures a worker reports
+from outside the task (a hard time limit) are caught by a `task_failure`
+receiver, from the task id.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 
 REPLY_SUCCESS = "celery_saga.reply_success"
 REPLY_FAILURE = "celery_saga.reply_failure"
+#: The serializer of every message a saga sends (Celery's `serializer` option).
+SERIALIZER = "json"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -65,9 +69,10 @@ def _replies(app: Celery, header: SagaHeader, queue: str, by_name: bool) -> dict
     if not by_name:
         return {}
     meta = {"saga": header.to_dict()}
+    options = {"queue": queue, "serializer": SERIALIZER}
     return {
-        "link": [Signature(REPLY_SUCCESS, kwargs=meta, options={"queue": queue}, app=app)],
-        "link_error": [Signature(REPLY_FAILURE, kwargs=meta, options={"queue": queue}, app=app)],
+        "link": [Signature(REPLY_SUCCESS, kwargs=meta, options=options, app=app)],
+        "link_error": [Signature(REPLY_FAILURE, kwargs=meta, options=dict(options), app=app)],
     }
 
 
@@ -110,6 +115,7 @@ def step_signature(
         options["countdown"] = countdown
     options["task_id"] = header.task_id
     options["headers"] = {HEADER: header.to_dict()}
+    options["serializer"] = SERIALIZER
     options.update(_replies(app, header, queue, by_name=spec.by_name))
     return Signature(spec.task or spec.task_name, (), kwargs, options, app=app)
 
@@ -121,11 +127,15 @@ def compensation_signature(
     attempt: int,
     countdown: float | None = None,
     round_start: int | None = None,
+    *,
+    late: int | None = None,
+    compensation_data: Any = None,
 ) -> Signature:
     """The message that runs attempt `attempt` of the compensation of `record`.
 
     `round_start` is the attempt that began this round of tries: the retry budget
-    counts from it, so an operator's retry gets a fresh budget.
+    counts from it, so an operator's retry gets a fresh budget. With `late`, it
+    undoes the late success of that superseded attempt, with `compensation_data`.
     """
     app = definition.app
     spec = definition.step(record.index)
@@ -139,6 +149,7 @@ def compensation_signature(
         definition_hash=definition.hash,
         queue=queue,
         round_start=attempt if round_start is None else round_start,
+        late=late,
     )
     name = record.compensation_task_name or ""
     options: dict[str, Any] = {}
@@ -148,8 +159,31 @@ def compensation_signature(
         options["countdown"] = countdown
     options["task_id"] = header.task_id
     options["headers"] = {HEADER: header.to_dict()}
+    options["serializer"] = SERIALIZER
     options.update(_replies(app, header, queue, by_name=spec.compensation is None))
-    return Signature(spec.compensation or name, (record.compensation_data,), {}, options, app=app)
+    data = record.compensation_data if late is None else compensation_data
+    return Signature(spec.compensation or name, (data,), {}, options, app=app)
+
+
+def queue_of(
+    definition: SagaDefinition,
+    execution: SagaExecution,
+    index: int,
+    *,
+    compensation: bool = False,
+) -> str:
+    """The queue a step's (or its compensation's) message goes to, for error messages."""
+    app = definition.app
+    spec = definition.step(index)
+    task = spec.compensation if compensation else spec.task
+    name = (spec.compensation_name if compensation else spec.task_name) or ""
+    explicit = None if compensation else spec.options.get("queue")
+    explicit = explicit or getattr(task, "queue", None)
+    if explicit:
+        return str(getattr(explicit, "name", explicit))
+    if execution.queue and not _has_own_route(app, name, task):
+        return execution.queue
+    return _routed_queue(app, name) or str(app.conf.task_default_queue)
 
 
 def header_of_signature(sig: Signature) -> SagaHeader | None:

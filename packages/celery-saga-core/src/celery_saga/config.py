@@ -26,6 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "saga_compensation_retry_backoff_max": 60.0,
     "saga_output_max_bytes": 1_048_576,
     "saga_recovery_stalled_after": 300.0,
+    "saga_recovery_max_sends": 5,
+    "saga_lease_seconds": 30.0,
 }
 
 _default: SagaBackend | str | None = None

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from celery_saga import registry
 from celery_saga.tasks import TaskRef, check_task_ref, is_task
 
 if TYPE_CHECKING:
@@ -40,9 +41,7 @@ def saga_step(compensate: TaskRef | None = None, no_compensation: bool = False) 
         target: Any = task
         setattr(target, SAGA_STEP_ATTR, meta)
         if is_task(target):
-            from celery_saga.runtime.instrument import instrument
-
-            instrument(target)
+            registry.task_added(target)
         return task
 
     return decorator

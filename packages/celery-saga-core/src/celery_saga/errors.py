@@ -1,14 +1,14 @@
-"""Every exception celery-saga raises, in one place.
+"""The exceptions celery-saga raises (the outcomes `SagaResult.get()` raises are in
+`celery_saga.outcomes`, since they carry the execution).
 
 Messages name the thing that is wrong, the value seen, and what to do next.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from celery_saga.models import SagaExecution
+from celery_saga.plain import to_plain
 
 
 class SagaError(Exception):
@@ -35,6 +35,33 @@ class SchemaVersionError(SagaError):
     """A stored record was written by a newer celery-saga than this one."""
 
 
+class CorruptRecordError(SagaError, ValueError):
+    """A stored record holds a value no celery-saga writes (damaged or edited by hand)."""
+
+    def __init__(self, problem: str, saga_id: str | None = None) -> None:
+        super().__init__(
+            f"saga record {saga_id!r} cannot be read: {problem}. It was damaged or changed "
+            "outside celery-saga: inspect it with the store's own tools (redis-cli, psql, "
+            "mysql, mongosh), then repair or delete it there. Other sagas are not affected."
+        )
+        self.problem = problem
+        self.saga_id = saga_id
+
+    def __reduce__(self) -> tuple[type[CorruptRecordError], tuple[str, str | None]]:
+        """Pickle by the constructor's arguments (Celery may pickle errors)."""
+        return type(self), (self.problem, self.saga_id)
+
+
+def read_error(saga_id: str, exc: Exception) -> str:
+    """One line saying why the stored record of `saga_id` could not be read."""
+    if isinstance(exc, SagaError):
+        return str(exc)
+    if isinstance(exc, ValueError | TypeError | KeyError | AttributeError):  # e.g. bad JSON
+        return str(CorruptRecordError(f"{type(exc).__name__}: {exc}", saga_id))
+    # e.g. the store is unreachable: nothing says the record is damaged
+    return f"saga record {saga_id!r} cannot be read: {type(exc).__name__}: {exc}"
+
+
 class StepOutputError(SagaError, TypeError):
     """A step returned something that cannot be stored as JSON."""
 
@@ -52,31 +79,4 @@ class PermanentFailure(Exception):
 
     def __init__(self, message: str, compensation_data: Any = None) -> None:
         super().__init__(message)
-        from celery_saga.response import to_plain
-
         self.compensation_data = to_plain(compensation_data)
-
-
-class _SagaOutcomeError(SagaError):
-    """Base of the errors `SagaResult.get()` raises for an execution that did not complete."""
-
-    def __init__(self, message: str, execution: SagaExecution) -> None:
-        super().__init__(message)
-        self.execution = execution
-
-    @property
-    def saga_id(self) -> str:
-        """Id of the execution this error is about."""
-        return self.execution.saga_id
-
-
-class SagaCompensated(_SagaOutcomeError):
-    """The saga failed and every completed step was compensated."""
-
-
-class SagaFailed(_SagaOutcomeError):
-    """The saga failed and at least one compensation could not be done."""
-
-
-class SagaCancelled(SagaCompensated):
-    """The saga was cancelled and every completed step was compensated."""

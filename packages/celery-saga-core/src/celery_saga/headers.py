@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from celery_saga.ids import idempotency_key_for, step_task_id
+from celery_saga.ids import idempotency_key_for, step_task_id, validate_saga_id
 
 HEADER = "celery_saga"
 VERSION = 1
@@ -32,11 +32,16 @@ class SagaHeader:
     round_start: int | None = None
     started: bool = False
     run_queue: str | None = None
+    #: For the compensation of a superseded attempt's late success: that attempt.
+    late: int | None = None
 
     @property
     def task_id(self) -> str:
         """The Celery task id of this attempt."""
-        return step_task_id(self.saga_id, self.index, self.attempt, compensation=self.compensation)
+        task_id = step_task_id(
+            self.saga_id, self.index, self.attempt, compensation=self.compensation
+        )
+        return task_id if self.late is None else f"{task_id}-late{self.late}"
 
     @property
     def idempotency_key(self) -> str:
@@ -64,16 +69,22 @@ class SagaHeader:
             data["g"] = 1
         if self.run_queue:
             data["rq"] = self.run_queue
+        if self.late is not None:
+            data["l"] = self.late
         return data
 
     @classmethod
     def from_dict(cls, data: Any) -> SagaHeader | None:
-        """Parse the wire form; None if it is not a saga header this version understands."""
+        """Parse the wire form; None if it is not a saga header this version understands.
+
+        The saga id is validated here, where it comes off the broker, so a crafted
+        header never carries a malformed id to a store (InvalidSagaId is a ValueError).
+        """
         if not isinstance(data, dict) or data.get("v") != VERSION:
             return None
         try:
             return cls(
-                saga_id=str(data["id"]),
+                saga_id=validate_saga_id(data["id"]),
                 saga_name=str(data["saga"]),
                 index=int(data["i"]),
                 attempt=int(data["a"]),
@@ -84,6 +95,7 @@ class SagaHeader:
                 round_start=int(data["r"]) if data.get("r") is not None else None,
                 started=bool(data.get("g")),
                 run_queue=data.get("rq") or None,
+                late=int(data["l"]) if data.get("l") is not None else None,
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -109,7 +121,7 @@ def current_step() -> SagaHeader | None:
     """Inside a task: the saga header of the step being run, or None outside a saga."""
     from celery import current_task
 
-    task = current_task
+    task = current_task._get_current_object()  # the proxy itself is never None
     if task is None:
         return None
     return header_of(task.request)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from celery_saga.errors import SchemaVersionError
+from celery_saga.errors import CorruptRecordError, SchemaVersionError
 
 #: Version of the stored record shape. Bump it, and teach `from_dict` the old one,
 #: whenever a field changes meaning.
@@ -100,6 +100,16 @@ class StepRecord:
     comp_started_at: float | None = None
     comp_finished_at: float | None = None
     comp_error: str | None = None
+    #: Who runs the current attempt (forward or compensation): ``host/pid/thread/task-id``.
+    lease_owner: str | None = None
+    #: Until when `lease_owner` holds it; renewed by its worker's heartbeat.
+    lease_expires_at: float | None = None
+    #: When the current attempt's message was due on the broker (for the queue-wait limit).
+    sent_at: float | None = None
+    #: How many times recovery sent the current part (forward or compensation) again.
+    sends: int = 0
+    #: Successes of superseded attempts, by attempt number (see `LATE_STATES`).
+    late: dict[str, Any] | None = None
 
     # -- compatibility with celery-saga 0.1 ------------------------------------
     @property
@@ -124,13 +134,29 @@ class StepRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepRecord:
-        """Parse the JSON shape; unknown keys from a newer minor writer are ignored."""
-        values = {k: v for k, v in data.items() if k in _STEP_FIELDS}
-        values["status"] = StepStatus(values.get("status", StepStatus.PENDING.value))
-        return cls(**values)
+        """Parse the JSON shape; unknown keys from a newer minor writer are ignored.
+
+        A value no celery-saga writes raises `CorruptRecordError`, whatever the store.
+        """
+        try:
+            values = {k: v for k, v in data.items() if k in _STEP_FIELDS}
+            values["status"] = StepStatus(values.get("status", StepStatus.PENDING.value))
+            for name in _STEP_INTS & values.keys():
+                if not isinstance(values[name], int) or isinstance(values[name], bool):
+                    raise TypeError(f"{name} is {values[name]!r}, not an integer")
+            return cls(**values)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            where = f"step {data.get('index')!r}" if isinstance(data, dict) else f"step {data!r}"
+            raise CorruptRecordError(f"{where}: {exc}") from exc
 
 
 _STEP_FIELDS = frozenset(f.name for f in fields(StepRecord))
+#: Step fields that must hold integers (positions and counters the runtime does sums on).
+_STEP_INTS = frozenset({"index", "stage", "attempt", "retries", "comp_attempt", "sends"})
+
+#: States of a late success (an entry of `StepRecord.late`): recorded, then, if the
+#: saga compensates, compensating and compensated (or compensation_failed).
+LATE_STATES = ("recorded", "compensating", "compensated", "compensation_failed")
 
 #: Names a backend accepts in `update_step(changes=...)`.
 STEP_MUTABLE_FIELDS = frozenset(
@@ -204,19 +230,28 @@ class SagaExecution:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SagaExecution:
-        """Parse the JSON shape, refusing records from a newer schema."""
-        schema = int(data.get("schema", SCHEMA_VERSION))
-        if schema > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"saga record {data.get('saga_id')!r} has schema version {schema}, but this "
-                f"celery-saga reads versions up to {SCHEMA_VERSION}: upgrade celery-saga-core "
-                "on this machine (the record is left untouched)."
-            )
-        values = {k: v for k, v in data.items() if k in _SAGA_FIELDS}
-        values["status"] = SagaStatus(values.get("status", SagaStatus.PENDING.value))
-        values["steps"] = [StepRecord.from_dict(s) for s in data.get("steps", [])]
-        values["steps"].sort(key=lambda s: s.index)
-        return cls(**values)
+        """Parse the JSON shape, refusing records from a newer schema.
+
+        A value no celery-saga writes raises `CorruptRecordError` naming the saga.
+        """
+        saga_id = data.get("saga_id") if isinstance(data, dict) else None
+        try:
+            schema = int(data.get("schema", SCHEMA_VERSION))
+            if schema > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"saga record {saga_id!r} has schema version {schema}, but this "
+                    f"celery-saga reads versions up to {SCHEMA_VERSION}: upgrade "
+                    "celery-saga-core on this machine (the record is left untouched)."
+                )
+            values = {k: v for k, v in data.items() if k in _SAGA_FIELDS}
+            values["status"] = SagaStatus(values.get("status", SagaStatus.PENDING.value))
+            values["steps"] = [StepRecord.from_dict(s) for s in data.get("steps", [])]
+            values["steps"].sort(key=lambda s: s.index)
+            return cls(**values)
+        except CorruptRecordError as exc:  # from a step: name the saga
+            raise CorruptRecordError(exc.problem, saga_id) from exc.__cause__
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CorruptRecordError(str(exc), saga_id) from exc
 
 
 _SAGA_FIELDS = frozenset(f.name for f in fields(SagaExecution))

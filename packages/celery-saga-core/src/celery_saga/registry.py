@@ -5,20 +5,85 @@ here (under the app that runs the task); that is why workers import the modules
 that define their sagas. Two different sagas under one name on one app are an
 error: at definition time as soon as their plans disagree, and at lookup time if
 one is a shorter version of the other.
+
+The definition layer never imports the runtime or the client: they plug in here
+instead. The runtime registers a task hook (it instruments every Celery task that
+becomes a step or compensation) and the client a launcher (what `Saga.run()` and
+`Saga.result()` call).
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from celery_saga.errors import SagaDefinitionError, SagaNotRegistered
+from celery_saga.errors import SagaDefinitionError, SagaError, SagaNotRegistered
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from celery_saga.builder import Saga
+    from celery_saga.backends.base import SagaBackend
+    from celery_saga.definition import SagaDefinition
+
+
+class Saga(Protocol):
+    """What the registry, the runtime and the client need of a saga (`celery_saga.Saga`)."""
+
+    name: str
+    defined_in: str
+    backend: SagaBackend | str | None
+    deadline: float | None
+
+    @property
+    def app(self) -> Celery: ...
+
+    @property
+    def definition(self) -> SagaDefinition: ...
+
+    def outline(self) -> list[Any]: ...
+
+
+class Launcher(Protocol):
+    """Starts executions and makes handles to them (installed by the client)."""
+
+    def run(
+        self, saga: Any, input: dict[str, Any], idempotency_key: str | None, queue: str | None
+    ) -> Any: ...
+
+    def handle(self, saga: Any, saga_id: str) -> Any: ...
+
+    def cancel(self, saga: Any, saga_id: str, reason: str | None) -> bool: ...
+
+
+_task_hooks: list[Callable[[Any], None]] = []
+_launcher: list[Launcher] = []
+
+
+def on_task(hook: Callable[[Any], None]) -> None:
+    """Call `hook(task)` for each Celery task that becomes a saga step or compensation."""
+    if hook not in _task_hooks:
+        _task_hooks.append(hook)
+
+
+def task_added(task: Any) -> None:
+    """A Celery task became a step or compensation: run the task hooks on it."""
+    for hook in _task_hooks:
+        hook(task)
+
+
+def set_launcher(launcher: Launcher) -> None:
+    """Install what `Saga.run()` and `Saga.result()` call."""
+    _launcher[:] = [launcher]
+
+
+def launcher() -> Launcher:
+    """The installed launcher (importing `celery_saga` installs it)."""
+    if not _launcher:
+        raise SagaError("celery_saga is not fully imported: `import celery_saga` first")
+    return _launcher[0]
+
 
 _sagas: dict[str, list[weakref.ReferenceType[Saga]]] = {}
 _lock = threading.Lock()

@@ -1,26 +1,40 @@
-"""What a step returns, and how that becomes a stored output and compensation data."""
+"""What a step returns, and how that becomes a stored output and compensation data.
+
+Everything a saga stores or sends is JSON. `ensure_json` is the one gate: it
+turns any value that cannot be encoded (an unsupported type, NaN, a cycle, too
+deep, too many values) into a `StepOutputError` that names the value's owner.
+"""
 
 from __future__ import annotations
 
 import json
+from itertools import chain, pairwise
 from typing import Any, NoReturn
 
 from celery_saga.errors import PermanentFailure, StepOutputError
+from celery_saga.plain import to_plain
 
 #: Marks a StepResponse that crossed the broker as plain JSON (see `__json__`).
 WIRE_MARKER = "__celery_saga_step_response__"
 
+#: Lists and dicts may nest this many levels deep in a stored or sent value (the
+#: top-level container is level 1). Deeper values are refused before encoding, so
+#: they fail clearly instead of hitting the interpreter's recursion limit in an
+#: encoder or in a reader's JSON decoder.
+MAX_DEPTH = 100
 
-def is_pydantic_model(obj: Any) -> bool:
-    """True for a Pydantic v2 model instance (checked without importing Pydantic)."""
-    return hasattr(obj, "model_dump") and hasattr(type(obj), "model_fields")
+#: A stored or sent value may hold this many items in all (every element of every
+#: list and dict, counted each time it is reached). It bounds the work of encoding
+#: a value that shares one list many times over (which JSON would copy each time).
+MAX_ITEMS = 5_000_000
 
-
-def to_plain(value: Any) -> Any:
-    """Turn a Pydantic model into its JSON-ready dict; leave anything else as it is."""
-    if value is not None and is_pydantic_model(value):
-        return value.model_dump(mode="json")
-    return value
+_CONTAINERS = (dict, list, tuple)
+_values = dict.values
+_SHAPE_HINT = (
+    "Return only dicts, lists, strings, numbers, booleans and None (or a Pydantic "
+    "model / StepResponse of them)"
+)
+_SHOWN = 80
 
 
 class StepResponse:
@@ -63,19 +77,29 @@ class StepResponse:
     __hash__ = None  # type: ignore[assignment]
 
 
-def normalize_result(value: Any) -> tuple[dict[str, Any], Any]:
+def normalize_result(value: Any, what: str | None = None) -> tuple[dict[str, Any], Any]:
     """Split what a step returned into (output, compensation data).
 
     A dict is both; a StepResponse says each; a Pydantic model is dumped to a dict;
-    any other value becomes ``{"result": value}``; None becomes ``{}``.
+    any other value becomes ``{"result": value}``; None becomes ``{}``. A value that
+    cannot be turned into data (a Pydantic model whose serializer fails, a cycle)
+    raises StepOutputError naming `what` (by default, the task being run).
     """
-    if isinstance(value, dict) and value.get(WIRE_MARKER) == 1:
-        value = StepResponse(value.get("output"), value.get("compensation_data"))
-    if isinstance(value, StepResponse):
-        output, compensation = value.output, value.compensation_data
-    else:
-        output = to_plain(value)
-        compensation = output
+    try:
+        if isinstance(value, dict) and value.get(WIRE_MARKER) == 1:
+            value = StepResponse(value.get("output"), value.get("compensation_data"))
+        if isinstance(value, StepResponse):
+            output, compensation = value.output, value.compensation_data
+        else:
+            output = to_plain(value)
+            compensation = output
+    except StepOutputError:
+        raise
+    except Exception as exc:  # a model's own serializer: any error is the step's output's
+        owner = what or _current_step_return()
+        raise StepOutputError(
+            f"{owner} could not be converted to JSON data ({_brief(exc)}). {_SHAPE_HINT}."
+        ) from None
     if output is None:
         output = {}
     elif not isinstance(output, dict):
@@ -83,37 +107,160 @@ def normalize_result(value: Any) -> tuple[dict[str, Any], Any]:
     return output, compensation
 
 
+def _current_step_return() -> str:
+    """Names the value the running task returned, for errors raised without a `what`."""
+    from celery import current_task
+
+    name = getattr(current_task._get_current_object(), "name", None)
+    return f"the value task {name} returned" if name else "the step's return value"
+
+
 def ensure_json(value: Any, what: str) -> str:
-    """Encode `value` as JSON or raise StepOutputError naming `what` and the bad type."""
+    """Encode `value` as JSON, or raise StepOutputError naming `what`, the cause and the fix.
+
+    The shape is checked first, without recursion: at most `MAX_DEPTH` levels of
+    lists and dicts, at most `MAX_ITEMS` items, no list or dict inside itself.
+    Then any encoder error (an unsupported type, NaN or infinity, an integer too
+    long to print, a failing subclass) becomes StepOutputError too, so a value
+    that cannot be stored never escapes as another exception.
+    """
+    check_shape(value, what)
     try:
         return json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        bad = _first_unserializable(value)
-        raise StepOutputError(
-            f"{what} is not JSON-serializable: found a value of type "
-            f"{type(bad).__name__} ({exc}). Return only dicts, lists, strings, "
-            "numbers, booleans and None (or a Pydantic model / StepResponse of them)."
-        ) from None
+    except Exception as exc:
+        raise StepOutputError(_encoding_error(value, what, exc)) from None
 
 
-def _first_unserializable(value: Any) -> Any:
-    """Find the innermost value json cannot encode, for the error message."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str | int | float | bool) and key is not None:
-                return key
-            found = _first_unserializable(item)
-            if found is not None:
-                return found
-        return None
-    if isinstance(value, list | tuple):
-        for item in value:
-            found = _first_unserializable(item)
-            if found is not None:
-                return found
-        return None
-    if value is None or isinstance(value, str | int | bool):
-        return None
+def check_shape(value: Any, what: str) -> None:
+    """Refuse a value nested over `MAX_DEPTH` levels, over `MAX_ITEMS` items, or circular.
+
+    Walks the lists and dicts level by level, without recursion, and stops at the
+    first level too deep: a value nested 100,000 levels costs about 100 steps.
+    """
+    if not isinstance(value, _CONTAINERS):
+        return
+    level: list[Any] = [value]
+    depth = items = 0
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise StepOutputError(_depth_error(value, what))
+        items += sum(map(len, level))
+        if items > MAX_ITEMS:
+            raise StepOutputError(
+                f"{what} holds more than {MAX_ITEMS:,} items (counting a shared list each "
+                "time it appears): keep large data elsewhere and return a reference to it."
+            )
+        members = chain.from_iterable(_values(c) if isinstance(c, dict) else c for c in level)
+        level = [m for m in members if isinstance(m, _CONTAINERS)]
+
+
+def _depth_error(value: Any, what: str) -> str:
+    """Why `value` is deeper than `MAX_DEPTH`: a cycle (and where), or plain depth."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    path: list[Any] = []  # the containers from the top down to the one being looked at
+    while stack:
+        container, depth = stack.pop()
+        del path[depth - 1 :]
+        path.append(container)
+        if depth > MAX_DEPTH:
+            repeat = _first_repeat(path)
+            if repeat is not None:
+                return (
+                    f"{what} contains itself: the list or dict at "
+                    f"{_location(path[: repeat + 1])} is one that holds it, and JSON cannot "
+                    "encode a circular reference. Return a copy of the data without the cycle."
+                )
+            return (
+                f"{what} nests lists and dicts more than {MAX_DEPTH} levels deep (at "
+                f"{_location(path[:6])}...): keep stored data flatter, or keep it elsewhere "
+                "and return a reference to it."
+            )
+        members = _values(container) if isinstance(container, dict) else container
+        stack.extend((m, depth + 1) for m in members if isinstance(m, _CONTAINERS))
+    return f"{what} nests lists and dicts more than {MAX_DEPTH} levels deep."
+
+
+def _first_repeat(path: list[Any]) -> int | None:
+    """The index of the first container in `path` that already appears above it."""
+    seen: set[int] = set()
+    for index, container in enumerate(path):
+        if id(container) in seen:
+            return index
+        seen.add(id(container))
+    return None
+
+
+def _location(path: list[Any]) -> str:
+    """Where the last container of `path` sits, as subscripts from the top (``['a'][0]``)."""
+    parts = []
+    for parent, child in pairwise(path):
+        pairs = parent.items() if isinstance(parent, dict) else enumerate(parent)
+        key = next((k for k, v in pairs if v is child), "?")
+        parts.append(f"[{_shown(key)}]")
+    return "".join(parts) or "the top level"
+
+
+def _encoding_error(value: Any, what: str, exc: Exception) -> str:
+    """The message for a value json refused, pointing at the first part it cannot encode."""
+    try:
+        found = _first_unencodable(value)
+    except Exception:  # a container subclass that fails again: report json's own error
+        found = None
+    if found is None:
+        return f"{what} could not be encoded as JSON ({_brief(exc)}). {_SHAPE_HINT}."
+    where, bad, role = found
+    kind = type(bad).__name__
+    if isinstance(bad, float):
+        return (
+            f"{what} is not JSON-serializable: found a {role} of type float ({bad!r}) at "
+            f"{where}; JSON has no NaN or infinity: use None or a string instead."
+        )
+    return (
+        f"{what} is not JSON-serializable: found a {role} of type {kind} at {where} "
+        f"({_brief(exc)}). {_SHAPE_HINT}."
+    )
+
+
+def _first_unencodable(value: Any) -> tuple[str, Any, str] | None:
+    """(location, the value or key, "value" or "key") of the first thing json refuses.
+
+    Only called after `check_shape` passed, so the walk is bounded.
+    """
+    stack: list[tuple[str, Any]] = [("the top level", value)]
+    while stack:
+        where, item = stack.pop()
+        prefix = "" if where == "the top level" else where
+        if isinstance(item, dict):
+            children = []
+            for key, child in item.items():
+                if not _encodable_scalar(key):
+                    return where, key, "key"
+                children.append((f"{prefix}[{_shown(key)}]", child))
+            stack.extend(reversed(children))
+        elif isinstance(item, list | tuple):
+            stack.extend(reversed([(f"{prefix}[{i}]", c) for i, c in enumerate(item)]))
+        elif not _encodable_scalar(item):
+            return where, item, "value"
+    return None
+
+
+def _encodable_scalar(value: Any) -> bool:
+    """True for None, a bool, a string, an integer or a finite float."""
+    if value is None or isinstance(value, str | int):
+        return True
     if isinstance(value, float):
-        return value if value != value or value in (float("inf"), float("-inf")) else None
-    return value
+        return value == value and value not in (float("inf"), float("-inf"))
+    return False
+
+
+def _shown(value: Any) -> str:
+    """A short repr of `value` for an error message."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else f"{text[: _SHOWN - 3]}..."
+
+
+def _brief(exc: BaseException) -> str:
+    """``Type: message`` of an exception, cut short for an error message."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 300 else f"{text[:297]}..."

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from celery_saga.errors import SagaCancelled, SagaCompensated, SagaFailed
+from celery_saga.ids import validate_saga_id
 from celery_saga.models import TERMINAL_STATUSES, SagaExecution, SagaStatus, StepStatus
+from celery_saga.outcomes import SagaCancelled, SagaCompensated, SagaFailed
 
 if TYPE_CHECKING:
     from celery_saga.backends.base import SagaBackend
-    from celery_saga.builder import Saga
+    from celery_saga.registry import Saga
 
 # Re-exported here because celery-saga 0.1 defined them in this module.
 __all__ = ["SagaCancelled", "SagaCompensated", "SagaFailed", "SagaResult"]
 
 
 class SagaResult:
-    """The state of one saga execution, read from the state store on each access."""
+    """The state of one saga execution, read from the state store on each access.
+
+    The saga id is validated when the handle is made (InvalidSagaId, a ValueError,
+    says what a saga id looks like), so no malformed id ever reaches the store.
+    """
 
     def __init__(self, saga_id: str, backend: SagaBackend, *, saga: Saga | None = None) -> None:
-        self.saga_id = saga_id
+        self.saga_id = validate_saga_id(saga_id)
         self._backend = backend
         self._saga = saga
 
@@ -159,13 +164,12 @@ class SagaResult:
         compensation cannot be done). Needs the saga's definition in this process.
         """
         from celery_saga import registry
-        from celery_saga.runtime.engine import Runtime, cancel
 
         execution = self.execution
         if execution is None:
             raise LookupError(f"saga {self.saga_id} does not exist in {self._backend!r}")
         saga = self._saga or registry.lookup(execution.saga_name)
-        return cancel(Runtime.of(saga), self.saga_id, reason)
+        return bool(registry.launcher().cancel(saga, self.saga_id, reason))
 
     def __repr__(self) -> str:
         return f"<SagaResult saga_id={self.saga_id} status={self.status}>"

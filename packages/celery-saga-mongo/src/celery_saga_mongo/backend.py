@@ -6,10 +6,16 @@ command, so no transactions are needed:
 
 - a step write is one ``findAndModify`` whose filter encodes the `StepExpect`
   conditions and whose update ``$set``\\ s only ``steps.<i>.<field>`` (O(that step));
+  lease conditions are matched with ``$elemMatch`` on the step (see `_step_query`);
 - a step write that bumps a counter (``count_in``) is one ``findAndModify`` with an
   update pipeline: the first stage increments ``counters.<name>``, the second
   copies the new value into that step's ``seq``, so the two cannot be separated;
 - ``update_saga`` is one ``updateOne`` filtered on the expected status;
+- ``renew_leases`` is one unordered ``bulkWrite`` (one ``update`` command) of one
+  ``updateOne`` per lease, each filtered on `Lease.expect`; only when fewer leases
+  matched than were sent does a second request read which ones were lost;
+- ``record_late`` is one ``findAndModify`` filtered on the entry's absence (or its
+  ``state``) that ``$set``\\ s ``steps.<i>.late.<attempt>`` (or its fields);
 - ``create`` is one ``insertOne``; a unique partial index on ``idempotency_key``
   makes concurrent creators with one key produce one execution;
 - the step write that completes a stage (``update_step_and_get``) gets the whole
@@ -36,15 +42,16 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, MongoClient, ReturnDocument
+from pymongo import ASCENDING, IndexModel, MongoClient, ReturnDocument, UpdateOne
 from pymongo.collection import Collection as MongoCollection
 from pymongo.driver_info import DriverInfo
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from celery_saga.backends.base import (
+    Lease,
     Page,
     SagaBackend,
     StartNext,
@@ -67,12 +74,14 @@ from celery_saga.models import (
     now,
 )
 from celery_saga_mongo.documents import (
+    LATE_STATE,
     SUMMARY_PROJECTION,
     check_number,
     check_saga_id,
     check_step_index,
     check_text,
     counter_field,
+    encode_late_entry,
     encode_saga_value,
     encode_step_value,
     execution_document,
@@ -112,6 +121,9 @@ _MIN_SPAN = 0.001
 _SPANS_KEPT = 1024
 #: Field of a step write's reply that carries the whole document (see `_step_projection`).
 _WHOLE = "execution"
+#: Server error code of an update that cannot create a field inside a non-document
+#: (``$set`` of ``late.<attempt>`` while ``late`` is null).
+_PATH_NOT_VIABLE = 28
 
 #: Index name -> keys. Listing uses the four (…, created_at, _id) indexes newest
 #: first; the idempotency index is unique over documents whose key is a string.
@@ -423,10 +435,143 @@ class MongoSagaBackend(SagaBackend):
                 int(state["attempt"]),
                 int(state["comp_attempt"]),
                 SagaStatus(state["saga_status"]),
+                state["lease_owner"],
+                state["lease_expires_at"],
             )
             if reason is not None:
                 return _step_write(False, state, None), None
         return _step_write(False, state, None), None
+
+    # -- leases and late outcomes --------------------------------------------------------------
+    def renew_leases(self, leases: Sequence[Lease], expires_at: float) -> builtins.list[Lease]:
+        """One request in the common case: an unordered ``bulkWrite`` of one ``updateOne``
+        per lease, each filtered on the lease's conditions (`Lease.expect`).
+
+        The reply counts the matches but does not say which operations matched, so
+        when every lease matched nothing is lost and nothing more is sent. Otherwise
+        one ``find`` reads the lease fields of the steps concerned, and a lease is
+        kept when its step still runs that attempt under its owner (its own renewal,
+        just applied, or a later one from the same process); the others are lost.
+        A lease renewed twice in one call matches twice (the second time it is
+        already its owner's), so duplicates cost nothing extra.
+        """
+        expires = check_number(expires_at, "expires_at")
+        if not leases:
+            return []
+        operations = []
+        for lease in leases:
+            saga_id = check_saga_id(lease.saga_id)
+            index = check_step_index(lease.index)
+            owner = _check_owner(lease.owner, "lease owner")
+            operations.append(
+                UpdateOne(
+                    _step_query(saga_id, index, lease.expect()),
+                    {
+                        "$set": {
+                            f"steps.{index}.lease_owner": owner,
+                            f"steps.{index}.lease_expires_at": expires,
+                        }
+                    },
+                )
+            )
+        self._prepare()
+        self.stats.add(
+            1,
+            sum(
+                payload_size("lease_owner", lease.owner, "lease_expires_at", expires)
+                for lease in leases
+            ),
+        )
+        result = self.executions.bulk_write(operations, ordered=False)
+        if result.matched_count == len(operations):
+            return []
+        return self._lost_leases(leases)
+
+    def _lost_leases(self, leases: Sequence[Lease]) -> builtins.list[Lease]:
+        """Which of `leases` their owners no longer hold (one ``find``)."""
+        projection: dict[str, Any] = {"status": 1}
+        for index in sorted({lease.index for lease in leases}):
+            projection[f"s{index}"] = _step_fields(index)
+        saga_ids = sorted({lease.saga_id for lease in leases})
+        self.stats.add()
+        found = {
+            document["_id"]: document
+            # One batch for all of them (the default first batch stops at 101 documents).
+            for document in self.executions.find(
+                {"_id": {"$in": saga_ids}}, projection=projection, batch_size=len(saga_ids)
+            )
+        }
+        return [lease for lease in leases if not _holds(lease, found.get(lease.saga_id))]
+
+    def record_late(
+        self,
+        saga_id: str,
+        index: int,
+        attempt: int,
+        changes: Mapping[str, Any],
+        *,
+        expect_state: str | None = None,
+    ) -> StepWrite:
+        """One ``findAndModify`` on ``steps.<i>.late.<attempt>``.
+
+        To create the entry the filter requires it to be absent and the update
+        ``$set``\\ s the whole entry; to move it on, the filter requires its ``state``
+        and the update ``$set``\\ s only the changed fields of the entry (the merge
+        happens on the server, so nothing is read first). A step whose ``late`` is
+        null (set so by `update_step`) cannot hold a path below it: that one case
+        costs a second command, which replaces the null with the new object.
+        """
+        saga_id = check_saga_id(saga_id)
+        index = check_step_index(index)
+        if isinstance(attempt, bool) or not isinstance(attempt, int):
+            raise TypeError(f"a late success's attempt must be an int, got {attempt!r}")
+        if expect_state is not None and not isinstance(expect_state, str):
+            raise TypeError(f"expect_state must be a string or None, got {expect_state!r}")
+        entry = encode_late_entry(changes)
+        key = str(attempt)
+        path = f"steps.{index}.late.{key}"
+        element: dict[str, Any] = {"index": index}
+        if expect_state is None:
+            element[f"late.{key}"] = {"$exists": False}
+            values: dict[str, Any] = {path: entry}
+        else:
+            element[f"late.{key}.{LATE_STATE}"] = {"$eq": expect_state}
+            values = {f"{path}.{name}": value for name, value in entry.items()}
+        query = {"_id": saga_id, "steps": {"$elemMatch": element}}
+        projection = _step_projection(index)
+        written = payload_size(*entry, *entry.values())
+        self._prepare()
+        for _ in range(_CAS_TRIES):
+            self.stats.add(1, written)
+            try:
+                document = self.executions.find_one_and_update(
+                    query,
+                    {"$set": {**values, "updated_at": now()}},
+                    projection=projection,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except OperationFailure as exc:  # findAndModify reports it as a command error
+                if exc.code != _PATH_NOT_VIABLE or expect_state is not None:
+                    raise
+                # `late` is null: put the whole object in its place, if it still is null.
+                self.stats.add(1, written)
+                document = self.executions.find_one_and_update(
+                    {"_id": saga_id, "steps": {"$elemMatch": {"index": index, "late": None}}},
+                    {"$set": {f"steps.{index}.late": {key: entry}, "updated_at": now()}},
+                    projection=projection,
+                    return_document=ReturnDocument.AFTER,
+                )
+                if document is None:
+                    continue  # someone else made it an object meanwhile: try the first way
+            if document is not None:
+                return _step_write(True, _read_state(document, index, saga_id), None)
+            break
+        # Refused: read the state to report (or find out that there is no such step).
+        self.stats.add()
+        current = self.executions.find_one({"_id": saga_id}, projection=projection)
+        if current is None:
+            raise KeyError(f"no step {index} in saga {saga_id}")
+        return _step_write(False, _read_state(current, index, saga_id), None)
 
     # -- listing and housekeeping --------------------------------------------------------------
     def list(
@@ -631,7 +776,17 @@ class MongoSagaBackend(SagaBackend):
 
 
 def _step_query(saga_id: str, index: int, expect: StepExpect | None) -> dict[str, Any]:
-    """The filter of a step write: the step exists, and every expectation holds."""
+    """The filter of a step write: the step exists, and every expectation holds.
+
+    Statuses and attempts are matched on ``steps.<i>.<field>``. The lease conditions
+    are matched inside ``$elemMatch`` on the element whose ``index`` is `index`: they
+    test for null, and a null test on ``steps.<i>.lease_owner`` would also match when
+    any other step lacks a field named ``<i>`` (a numeric path component is both an
+    array position and a field name), which every step does. They say exactly what
+    `StepExpect.refusal` says: with `lease_free_at`, no owner (null or absent), the
+    owner `lease_holder`, or an expiry at or before `lease_free_at` (a null expiry
+    never is); with `lease_owners`, the owner is one of them (None: null or absent).
+    """
     prefix = f"steps.{index}"
     query: dict[str, Any] = {"_id": saga_id, f"{prefix}.index": index}
     if expect is None:
@@ -651,7 +806,52 @@ def _step_query(saga_id: str, index: int, expect: StepExpect | None) -> dict[str
             query[f"{prefix}.{field}"] = condition
     if expect.saga_status is not None:
         query["status"] = {"$in": sorted(s.value for s in expect.saga_status)}
+    lease: list[dict[str, Any]] = []
+    if expect.lease_free_at is not None:
+        free: list[dict[str, Any]] = [
+            {"lease_owner": None},
+            {"lease_expires_at": {"$lte": check_number(expect.lease_free_at, "lease_free_at")}},
+        ]
+        if expect.lease_holder is not None:
+            free.append({"lease_owner": {"$eq": _check_owner(expect.lease_holder, "lease_holder")}})
+        lease.append({"$or": free})
+    if expect.lease_owners is not None:
+        owners = [
+            None if owner is None else _check_owner(owner, "lease owner")
+            for owner in expect.lease_owners
+        ]
+        lease.append({"lease_owner": {"$in": owners}})
+    if lease:
+        query["steps"] = {"$elemMatch": {"index": index, "$and": lease}}
     return query
+
+
+def _check_owner(value: object, what: str) -> str:
+    """A lease owner is compared as a value, so it must be a plain string."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string (host/pid/task-id), got {value!r}")
+    return value
+
+
+def _holds(lease: Lease, document: Mapping[str, Any] | None) -> bool:
+    """Whether `lease`'s owner holds it in `document` (read by `_lost_leases`)."""
+    if document is None:
+        return False  # the execution no longer exists
+    step = document.get(f"s{lease.index}")
+    if not step or step.get("index") != lease.index or step.get("status") is None:
+        return False
+    return (
+        step.get("lease_owner") == lease.owner
+        and lease.expect().refusal(
+            StepStatus(step["status"]),
+            int(step.get("attempt") or 0),
+            int(step.get("comp_attempt") or 0),
+            SagaStatus(document["status"]),
+            step.get("lease_owner"),
+            step.get("lease_expires_at"),
+        )
+        is None
+    )
 
 
 def _step_update(
@@ -700,32 +900,35 @@ def _step_update(
 def _step_projection(
     index: int, counter: str | None = None, get_at: int | None = None
 ) -> dict[str, Any]:
-    """Only what a `StepWrite` reports: the saga status and four fields of step `index`.
+    """Only what a `StepWrite` reports: the saga status and a few fields of step `index`.
 
     With `counter` and `get_at`, also the whole document (as ``_WHOLE``) when the
     counter's value is `get_at`, and nothing more otherwise.
     """
-    projection: dict[str, Any] = {
-        "_id": 0,
-        "status": 1,
-        "step": {
-            "$let": {
-                "vars": {"s": {"$arrayElemAt": ["$steps", index]}},
-                "in": {
-                    "index": "$$s.index",
-                    "status": "$$s.status",
-                    "attempt": "$$s.attempt",
-                    "comp_attempt": "$$s.comp_attempt",
-                    "seq": "$$s.seq",
-                },
-            }
-        },
-    }
+    projection: dict[str, Any] = {"_id": 0, "status": 1, "step": _step_fields(index)}
     if counter is not None and get_at is not None:
         projection[_WHOLE] = {
             "$cond": [{"$eq": [f"${counter}", {"$literal": int(get_at)}]}, "$$ROOT", "$$REMOVE"]
         }
     return projection
+
+
+def _step_fields(index: int) -> dict[str, Any]:
+    """A projection expression: the fields of step `index` a `StepWrite` reports."""
+    return {
+        "$let": {
+            "vars": {"s": {"$arrayElemAt": ["$steps", index]}},
+            "in": {
+                "index": "$$s.index",
+                "status": "$$s.status",
+                "attempt": "$$s.attempt",
+                "comp_attempt": "$$s.comp_attempt",
+                "seq": "$$s.seq",
+                "lease_owner": "$$s.lease_owner",
+                "lease_expires_at": "$$s.lease_expires_at",
+            },
+        }
+    }
 
 
 def _read_state(document: Mapping[str, Any], index: int, saga_id: str) -> dict[str, Any]:
@@ -737,6 +940,8 @@ def _read_state(document: Mapping[str, Any], index: int, saga_id: str) -> dict[s
         "attempt": step.get("attempt") or 0,
         "comp_attempt": step.get("comp_attempt") or 0,
         "seq": step.get("seq"),
+        "lease_owner": step.get("lease_owner"),
+        "lease_expires_at": step.get("lease_expires_at"),
         "saga_status": document["status"],
     }
 
@@ -749,4 +954,6 @@ def _step_write(applied: bool, state: Mapping[str, Any], count: Any) -> StepWrit
         saga_status=SagaStatus(state["saga_status"]),
         count=None if count is None else int(count),
         comp_attempt=int(state["comp_attempt"]),
+        lease_owner=state["lease_owner"],
+        lease_expires_at=state["lease_expires_at"],
     )

@@ -16,9 +16,18 @@ or starting with ``$`` are awkward or refused, so storing the JSON text is the
 only way to give back exactly what was written. Everything else (statuses,
 counters, times, names) is stored natively so it can be filtered and indexed;
 the execution's times are doubles (or null), checked to be numbers before they
-are sent. A field missing from an older document reads back as its default, so
-documents written before ``deadline_at`` and ``cancelled_at`` existed need no
-migration.
+are sent, and so are the step times that conditions compare (``lease_expires_at``,
+``sent_at``). A field missing from an older document reads back as its default, so
+documents written before ``deadline_at``, ``cancelled_at`` or the lease fields
+(``lease_owner``, ``lease_expires_at``, ``sent_at``, ``sends``, ``late``) existed
+need no migration.
+
+A step's late successes (``late``) are an object keyed by attempt number (a string),
+so one entry is addressed as ``steps.<i>.late.<attempt>`` and created or moved on by
+one conditional update. In an entry, ``state`` is stored natively (the update's
+filter compares it); every other value may carry user data and is JSON text, like a
+payload. A step without late successes stores no ``late`` field at all (not null:
+MongoDB cannot create ``late.<attempt>`` inside a null).
 
 Values that reach a query filter (saga ids, idempotency keys, saga names) are
 checked here to be plain strings: a dict such as ``{"$ne": None}`` would
@@ -43,6 +52,10 @@ STEP_PAYLOAD_FIELDS = frozenset({"output", "compensation_data"})
 SAGA_TIME_FIELDS = frozenset(
     {"created_at", "updated_at", "finished_at", "deadline_at", "cancelled_at"}
 )
+#: Step times that conditions compare: stored as doubles, or null.
+STEP_TIME_FIELDS = frozenset({"lease_expires_at", "sent_at"})
+#: The field of a late-success entry kept natively (filters compare it).
+LATE_STATE = "state"
 #: Fields a listing reads (the execution without its steps).
 SUMMARY_PROJECTION = {
     "_id": 1,
@@ -90,7 +103,67 @@ def encode_step_value(name: str, value: Any) -> Any:
     """A step field's value as stored (enums by value, payloads as JSON text)."""
     if name in STEP_PAYLOAD_FIELDS:
         return dump_payload(value, f"step {name}")
+    if name in STEP_TIME_FIELDS and value is not None:
+        return check_number(value, name)
+    if name == "late":
+        return encode_late(value)
     return plain_value(value)
+
+
+def decode_step_value(name: str, value: Any) -> Any:
+    """A stored step field's value as `StepRecord.from_dict` reads it."""
+    if name in STEP_PAYLOAD_FIELDS:
+        return load_payload(value)
+    if name == "late":
+        return decode_late(value)
+    return value
+
+
+# -- late successes ----------------------------------------------------------------------------
+
+
+def encode_late_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A late-success entry (or the changes merged into one) as stored.
+
+    ``state`` stays native; every other value becomes JSON text. Keys become part of
+    a field path (``steps.<i>.late.<attempt>.<key>``), so they are checked.
+    """
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"a late-success entry must be a dict, got {entry!r}")
+    stored: dict[str, Any] = {}
+    for key, value in entry.items():
+        check_path_key(key, "late-success field")
+        if key == LATE_STATE:
+            stored[key] = plain_value(value)
+        else:
+            stored[key] = dump_payload(plain_value(value), f"late-success {key}")
+    return stored
+
+
+def encode_late(late: Any) -> dict[str, Any] | None:
+    """A step's whole ``late`` field as stored: ``{attempt: entry}``, or None."""
+    if late is None:
+        return None
+    if not isinstance(late, Mapping):
+        raise TypeError(f"a step's late field must be a dict or None, got {late!r}")
+    return {
+        check_path_key(attempt, "late-success attempt"): encode_late_entry(entry)
+        for attempt, entry in late.items()
+    }
+
+
+def decode_late(stored: Any) -> Any:
+    """Read back what `encode_late` stored."""
+    if not isinstance(stored, Mapping):
+        return stored  # None (or a value no celery-saga writes, given back as it is)
+    return {
+        attempt: (
+            {k: v if k == LATE_STATE else load_payload(v) for k, v in entry.items()}
+            if isinstance(entry, Mapping)
+            else entry
+        )
+        for attempt, entry in stored.items()
+    }
 
 
 def encode_saga_value(name: str, value: Any) -> Any:
@@ -124,8 +197,12 @@ def execution_document(execution: SagaExecution) -> dict[str, Any]:
 
 
 def step_document(step: StepRecord) -> dict[str, Any]:
-    """One element of the ``steps`` array."""
-    return {name: encode_step_value(name, value) for name, value in step.to_dict().items()}
+    """One element of the ``steps`` array (without ``late`` while it is None)."""
+    return {
+        name: encode_step_value(name, value)
+        for name, value in step.to_dict().items()
+        if not (name == "late" and value is None)
+    }
 
 
 def execution_from_document(document: Mapping[str, Any]) -> SagaExecution:
@@ -137,10 +214,7 @@ def execution_from_document(document: Mapping[str, Any]) -> SagaExecution:
         data[name] = load_payload(value) if name in SAGA_PAYLOAD_FIELDS else value
     data["saga_id"] = document["_id"]
     data["steps"] = [
-        {
-            name: load_payload(value) if name in STEP_PAYLOAD_FIELDS else value
-            for name, value in step.items()
-        }
+        {name: decode_step_value(name, value) for name, value in step.items()}
         for step in document.get("steps") or []
     ]
     return SagaExecution.from_dict(data)
@@ -185,6 +259,23 @@ def check_text(value: object, what: str) -> str:
     if problem is not None:
         raise ValueError(f"{what} {value!r} cannot be used: {problem}")
     assert isinstance(value, str)
+    return value
+
+
+def check_path_key(value: object, what: str) -> str:
+    """A key that becomes one component of a field path: a string without ``.``,
+    NUL or a leading ``$``."""
+    if (
+        not isinstance(value, str)
+        or not value
+        or "." in value
+        or "\x00" in value
+        or value.startswith("$")
+    ):
+        raise ValueError(
+            f"{what} {value!r} cannot be stored: use a non-empty string without '.', NUL "
+            "or a leading '$'"
+        )
     return value
 
 

@@ -15,6 +15,9 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
+from celery_saga.backends.urls import parse_flag as shared_parse_flag
+from celery_saga.backends.urls import split_options
+
 SCHEMES = ("mongodb", "mongodb+srv")
 #: Query options of the URL that configure this store (the rest go to pymongo).
 URL_OPTIONS = frozenset({"collection_prefix", "change_streams", "create_indexes"})
@@ -22,8 +25,6 @@ URL_OPTIONS = frozenset({"collection_prefix", "change_streams", "create_indexes"
 DEFAULT_DATABASE = "celery_saga"
 #: Characters MongoDB refuses in a database name.
 _BAD_DB_CHARS = re.compile(r"[/\\ \"$.\x00]")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -56,36 +57,15 @@ def split_url(url: str) -> ParsedUrl:
             )
         if _BAD_DB_CHARS.search(database):
             raise ValueError(f"{database!r} is not a valid MongoDB database name")
-    options: dict[str, str] = {}
-    kept: list[str] = []
-    for piece in re.split(r"[&;]", query) if has_query else []:
-        if not piece:
-            continue
-        key, _, value = piece.partition("=")
-        name = unquote_plus(key)
-        if name in URL_OPTIONS:
-            options[name] = unquote_plus(value)
-        else:
-            kept.append(piece)
-    client_url = f"{scheme}://{host_part}/{path}"
-    if kept:
-        delimiter = ";" if ";" in query and "&" not in query else "&"
-        client_url += "?" + delimiter.join(kept)
+    client_url, options = split_options(
+        f"{scheme}://{host_part}/{path}" + (f"?{query}" if has_query else ""), URL_OPTIONS
+    )
     return ParsedUrl(client_url=client_url, database=database, options=options)
 
 
 def parse_flag(value: str | bool | None, what: str) -> bool | None:
     """``true``/``false`` (and friends) as a bool; ``auto`` or None as None."""
-    if value is None or isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("", "auto"):
-        return None
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"{what} must be true, false or auto, got {value!r}")
+    return shared_parse_flag(what, value, auto=True)
 
 
 def check_collection_prefix(prefix: object) -> str:

@@ -1,8 +1,8 @@
 """`RedisSagaBackend`: the saga state store on Redis (standalone or cluster).
 
 One hash per execution holds the execution fields (``h:*``), each step's fields
-(``s:<i>:*``, one JSON value per field, so a step write touches only that step),
-and counters (``c:*``). Compare-and-set runs in Lua on that one key. Listing uses
+(``s:<i>`` and ``s:<i>:*``, so a step write touches only that step), and counters
+(``c:*``). Compare-and-set runs in Lua on that one key. Listing uses
 sorted sets per status and saga name; completion waits use pub/sub.
 
 On a standalone server, create and status changes are single scripts that also
@@ -26,13 +26,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.commands.core import Script
 
 from celery_saga.backends.base import (
+    Lease,
     Page,
     SagaBackend,
     StartNext,
@@ -47,6 +49,7 @@ from celery_saga.backends.base import (
     payload_size,
     plain_value,
 )
+from celery_saga.backends.urls import parse_flag, parse_seconds, split_options
 from celery_saga.models import (
     TERMINAL_STATUSES,
     SagaExecution,
@@ -62,8 +65,9 @@ from celery_saga_redis.keys import Keys
 URL_OPTIONS = ("prefix", "ttl", "cluster")
 #: Execution fields kept in the immutable header blob ``h``.
 HEADER_FIELDS = ("saga_id", "saga_name", "idempotency_key", "definition_hash", "queue", "schema")
-#: Step fields kept apart from the step blob: user data, stored verbatim.
-PAYLOAD_FIELDS = ("output", "compensation_data")
+#: Step fields kept apart from the step blob, as raw JSON Lua never re-encodes: user
+#: data, timestamps that must compare exactly, late successes (see scripts.py).
+RAW_STEP_FIELDS = scripts.RAW_STEP_FIELDS
 #: Seconds to wait for a cluster create that claimed an idempotency key to finish
 #: before taking the key over.
 _IDEMPOTENCY_WAIT = 5.0
@@ -87,6 +91,69 @@ def _statuses(values: Collection[Any] | None) -> str:
 
 def _opt(value: int | None) -> str:
     return "" if value is None else str(int(value))
+
+
+def _raw(name: str, value: Any) -> str:
+    """The stored text of a raw step field (``late`` keeps each entry value as JSON text)."""
+    if name == "late" and isinstance(value, Mapping):
+        value = {
+            str(n): (
+                {str(k): _dumps(v) for k, v in entry.items()}
+                if isinstance(entry, Mapping)
+                else entry
+            )
+            for n, entry in value.items()
+        }
+    return _dumps(value)
+
+
+def _unraw(name: str, text: str) -> Any:
+    """Parse the stored text of a raw step field (the inverse of `_raw`)."""
+    value = json.loads(text)
+    if name == "late" and isinstance(value, dict):
+        return {
+            n: (
+                {k: json.loads(v) if isinstance(v, str) else v for k, v in entry.items()}
+                if isinstance(entry, dict)
+                else entry
+            )
+            for n, entry in value.items()
+        }
+    return value
+
+
+def _lease_conditions(expect: StepExpect) -> str:
+    """ARGV of the lease conditions for UPDATE_STEP ('' when there are none)."""
+    if expect.lease_free_at is None and expect.lease_owners is None:
+        return ""
+    owners = None if expect.lease_owners is None else list(expect.lease_owners)
+    return _dumps([expect.lease_free_at, expect.lease_holder, owners])
+
+
+def _loads(raw: str | None) -> Any:
+    return None if raw is None else json.loads(raw)
+
+
+def _write(reply: list[Any], count: Any = None, started: Any = None) -> StepWrite:
+    """The StepWrite of a step script's reply (its first seven values)."""
+    applied, status, attempt, comp_attempt, saga_status, owner, expires = reply[:7]
+    return StepWrite(
+        applied=bool(applied),
+        status=StepStatus(status),
+        attempt=int(attempt),
+        saga_status=SagaStatus(saga_status),
+        count=int(count) if count is not None else None,
+        comp_attempt=int(comp_attempt),
+        started=tuple(int(i) for i in started or ()),
+        lease_owner=_loads(owner),
+        lease_expires_at=_loads(expires),
+    )
+
+
+def _raise_if_missing(exc: redis.ResponseError, saga_id: str, index: int) -> None:
+    """A step script's NOSAGA/NOSTEP error as the KeyError of the contract."""
+    if "NOSAGA" in str(exc) or "NOSTEP" in str(exc):
+        raise KeyError(f"no step {index} in saga {saga_id}") from None
 
 
 class RedisSagaBackend(SagaBackend):
@@ -114,10 +181,11 @@ class RedisSagaBackend(SagaBackend):
             raise ValueError("RedisSagaBackend needs url='redis://...' or redis_client=...")
         if redis_client is None:
             assert url is not None
-            url, options = _split_url(url)
+            url, options = split_options(url, URL_OPTIONS)
             prefix = options.get("prefix", prefix)
-            ttl = int(options["ttl"]) if options.get("ttl") else ttl
-            cluster = cluster or options.get("cluster", "").lower() in ("1", "true", "yes")
+            given_ttl = parse_seconds("ttl", options.get("ttl") or None)
+            ttl = ttl if given_ttl is None else int(given_ttl)
+            cluster = cluster or bool(parse_flag("cluster", options.get("cluster")))
             client_options.setdefault("decode_responses", True)
             if cluster:
                 redis_client = redis.cluster.RedisCluster.from_url(url, **client_options)
@@ -136,6 +204,10 @@ class RedisSagaBackend(SagaBackend):
         self._update_saga = redis_client.register_script(scripts.UPDATE_SAGA)
         self._tidied = redis_client.register_script(scripts.TIDIED)
         self._delete_finished = redis_client.register_script(scripts.DELETE_FINISHED)
+        self._record_late = redis_client.register_script(scripts.RECORD_LATE)
+        self._renew = redis_client.register_script(scripts.RENEW)
+        #: Whether RENEW ran from this object (a cluster pipeline sends it by body until then).
+        self._renew_sent = False
         self._lock = threading.Lock()
         #: saga id -> (saga name, created_at): immutable, read before a cluster status change.
         self._heads: dict[str, tuple[str, float]] = {}
@@ -160,10 +232,10 @@ class RedisSagaBackend(SagaBackend):
                 fields += [f"h:{name}", _dumps(value)]
         for step in execution.steps:
             data = step.to_dict()
-            for name in PAYLOAD_FIELDS:
+            for name in RAW_STEP_FIELDS:
                 value = data.pop(name)
                 if value is not None:
-                    fields += [f"s:{step.index}:{name}", _dumps(value)]
+                    fields += [f"s:{step.index}:{name}", _raw(name, value)]
             fields += [f"s:{step.index}", _dumps({k: v for k, v in data.items() if v is not None})]
         return fields
 
@@ -175,18 +247,18 @@ class RedisSagaBackend(SagaBackend):
             return None
         header: dict[str, Any] = json.loads(raw["h"])
         steps: dict[int, dict[str, Any]] = {}
-        payloads: list[tuple[int, str, str]] = []
+        raws: list[tuple[int, str, str]] = []
         for field, value in raw.items():
             if field[0] == "s":
                 _, index, *name = field.split(":", 2)
                 if name:
-                    payloads.append((int(index), name[0], value))
+                    raws.append((int(index), name[0], value))
                 else:
                     steps[int(index)] = json.loads(value)
             elif field[0] == "h" and len(field) > 1:
                 header[field[2:]] = json.loads(value)
-        for step_index, payload_name, payload in payloads:
-            steps[step_index][payload_name] = json.loads(payload)
+        for step_index, raw_name, text in raws:
+            steps[step_index][raw_name] = _unraw(raw_name, text)
         header["steps"] = [steps[i] for i in sorted(steps)]
         return SagaExecution.from_dict(header)
 
@@ -407,6 +479,9 @@ class RedisSagaBackend(SagaBackend):
         """One script: compare-and-set the step; at `get_at`, start the next stage and read."""
         check_step_changes(changes)
         e = expect or StepExpect()
+        pairs: list[Any] = []
+        for name, value in changes.items():
+            pairs += [name, _raw(name, value) if name in RAW_STEP_FIELDS else _dumps(value)]
         args: list[Any] = [
             index,
             _dumps(now()),
@@ -418,44 +493,128 @@ class RedisSagaBackend(SagaBackend):
             _opt(e.comp_attempt_at_most),
             count_in or "",
             "" if get_at is None else f"{'' if read else '!'}{int(get_at)}",
-            ""
-            if start_next is None
-            else _dumps(
-                {
-                    "check": list(start_next.check),
-                    "start": list(start_next.start),
-                    "changes": {
-                        str(i): {k: plain_value(v) for k, v in c.items()}
-                        for i, c in start_next.changes.items()
-                    },
-                }
-            ),
+            "" if start_next is None else _start_spec(start_next),
+            _lease_conditions(e),
+            *pairs,
         ]
-        for name, value in changes.items():
-            args += [name, _dumps(value)]
-        self.stats.add(1, payload_size(*args[10:]))
+        self.stats.add(1, payload_size(args[10], *pairs))  # the started steps' changes too
         try:
             reply = self._update_step(keys=[self.keys.execution(saga_id)], args=args)
         except redis.ResponseError as exc:
-            if "NOSAGA" in str(exc) or "NOSTEP" in str(exc):
-                raise KeyError(f"no step {index} in saga {saga_id}") from None
+            _raise_if_missing(exc, saga_id, index)
             raise
-        applied, status, attempt, comp_attempt, saga_status, count, everything, started = (
-            list(reply) + [None] * 8
-        )[:8]
-        write = StepWrite(
-            applied=bool(applied),
-            status=StepStatus(status),
-            attempt=int(attempt),
-            saga_status=SagaStatus(saga_status),
-            count=int(count) if count is not None else None,
-            comp_attempt=int(comp_attempt),
-            started=tuple(int(i) for i in started or ()),
-        )
+        reply = [*reply, None, None, None][:10]
+        write = _write(reply, count=reply[7], started=reply[9])
+        everything = reply[8]
         execution = self._decode(everything) if everything else None
         if execution is not None:
             self._remember(saga_id, execution.saga_name, execution.created_at)
         return write, execution
+
+    # -- leases and late outcomes ----------------------------------------------------------
+    def renew_leases(self, leases: Sequence[Lease], expires_at: float) -> list[Lease]:
+        """Renew every lease in one round trip (see `SagaBackend.renew_leases`).
+
+        On a standalone server one RENEW call takes them all; on a cluster each
+        execution lives in a slot of its own, so one call per execution goes out in one
+        pipeline (written to every node before any reply is read).
+        """
+        if not leases:
+            return []
+        until = _dumps(expires_at)
+        groups: dict[str, list[int]] = {}
+        for position, lease in enumerate(leases):
+            groups.setdefault(self.keys.execution(lease.saga_id), []).append(position)
+        owners = [_dumps(lease.owner) for lease in leases]
+        written = sum(payload_size(owner, until) for owner in owners)
+
+        def args_of(positions: list[int], key_position: int) -> list[Any]:
+            out: list[Any] = []
+            for i in positions:
+                lease = leases[i]
+                attempt = f"c{lease.attempt}" if lease.compensation else str(lease.attempt)
+                out += [key_position, lease.index, attempt, owners[i]]
+            return out
+
+        lost: list[int] = []
+        if not self.cluster:
+            args: list[Any] = [until]
+            order: list[int] = []
+            for key_position, positions in enumerate(groups.values(), 1):
+                args += args_of(positions, key_position)
+                order += positions
+            self.stats.add(1, written)
+            reply = self._renew(keys=list(groups), args=args)
+            lost = [order[int(n) - 1] for n in reply]
+        else:
+            calls = [(key, [until, *args_of(positions, 1)]) for key, positions in groups.items()]
+            self.stats.add(1, written)
+            replies = self._pipeline_scripts(self._renew, calls, by_body=not self._renew_sent)
+            self._renew_sent = True
+            for positions, reply in zip(groups.values(), replies, strict=True):
+                lost += [positions[int(n) - 1] for n in reply]
+        return [leases[i] for i in sorted(lost)]
+
+    def _pipeline_scripts(
+        self, script: Script, calls: list[tuple[str, list[Any]]], *, by_body: bool
+    ) -> list[Any]:
+        """Run `script` once per (key, args) in one cluster pipeline; return the replies.
+
+        By SHA (EVALSHA), unless `by_body`: then by body (EVAL, which also caches it on
+        every node it reaches). Calls that meet a node without the script (NOSCRIPT:
+        a new primary, a flushed cache) go again by body, in one more exchange.
+        """
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for i in todo:
+                key, args = calls[i]
+                command, body = ("EVAL", script.script) if by_body else ("EVALSHA", script.sha)
+                pipe.execute_command(command, body, 1, key, *args)
+            if attempt:
+                self.stats.add()
+            results = pipe.execute(raise_on_error=False)
+            again: list[int] = []
+            for i, result in zip(todo, results, strict=True):
+                if isinstance(result, redis.exceptions.NoScriptError) and not by_body:
+                    again.append(i)
+                elif isinstance(result, Exception):
+                    raise result
+                else:
+                    replies[i] = result
+            if not again:
+                break
+            todo, by_body = again, True
+        return replies
+
+    def record_late(
+        self,
+        saga_id: str,
+        index: int,
+        attempt: int,
+        changes: Mapping[str, Any],
+        *,
+        expect_state: str | None = None,
+    ) -> StepWrite:
+        """One script: check the entry's state and merge `changes` into it (see scripts.py)."""
+        pairs: list[Any] = []
+        for name, value in changes.items():
+            pairs += [str(name), _dumps(value)]
+        args = [
+            index,
+            str(int(attempt)),
+            "" if expect_state is None else _dumps(expect_state),
+            _dumps(now()),
+            *pairs,
+        ]
+        self.stats.add(1, payload_size(*pairs))
+        try:
+            reply = self._record_late(keys=[self.keys.execution(saga_id)], args=args)
+        except redis.ResponseError as exc:
+            _raise_if_missing(exc, saga_id, index)
+            raise
+        return _write([*reply, None, None][:7])
 
     # -- indexes -----------------------------------------------------------------------------
     def _reindex(self, saga_id: str, name: str, status: str, created_at: float) -> None:
@@ -654,16 +813,21 @@ class RedisSagaBackend(SagaBackend):
         self.client.close()
 
 
+def _start_spec(start_next: StartNext) -> str:
+    """ARGV of UPDATE_STEP for the steps a finished stage starts (changes as JSON texts)."""
+    changes: dict[str, list[str]] = {}
+    for i, change in start_next.changes.items():
+        flat: list[str] = []
+        for name, value in change.items():
+            flat += [name, _raw(name, value) if name in RAW_STEP_FIELDS else _dumps(value)]
+        changes[str(i)] = flat
+    return _dumps(
+        {"check": list(start_next.check), "start": list(start_next.start), "changes": changes}
+    )
+
+
 def _terminal(execution: SagaExecution | None) -> bool:
     return execution is not None and execution.status in TERMINAL_STATUSES
-
-
-def _split_url(url: str) -> tuple[str, dict[str, str]]:
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    ours = {k: v for k, v in query if k in URL_OPTIONS}
-    rest = [(k, v) for k, v in query if k not in URL_OPTIONS]
-    return urlunsplit(parts._replace(query=urlencode(rest))), ours
 
 
 def _redact(url: str) -> str:

@@ -20,7 +20,8 @@ class Keys:
     prefix: str = "saga:"
 
     def execution(self, saga_id: str) -> str:
-        """Hash holding the execution (``h:*`` fields), its steps (``s:<i>:*``) and counters."""
+        """Hash holding the execution (``h:*`` fields), its steps (``s:<i>`` and
+        ``s:<i>:<field>``, see scripts.py) and counters (``c:*``)."""
         return f"{self.prefix}{{{saga_id}}}"
 
     def creating(self, saga_id: str) -> str:

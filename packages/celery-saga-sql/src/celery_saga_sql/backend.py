@@ -14,7 +14,15 @@ How each operation stays atomic and small:
   single upsert that returns its new value, and update the step row and the
   execution's ``updated_at``.
 - Every writer of a saga locks its execution row first, so writers of one saga
-  queue there and never deadlock on each other.
+  queue there and never deadlock on each other. The lease conditions of
+  `StepExpect` (``lease_free_at``/``lease_holder``, ``lease_owners``) are checked
+  with the others, on the locked step row.
+- `renew_leases` is one ``UPDATE`` of the steps table joined to the leases (arrays
+  on PostgreSQL, a ``VALUES`` list on SQLite, a derived table on MySQL/MariaDB)
+  that checks each lease's conditions on the row it renews: it locks step rows
+  only, never an execution row, so it cannot deadlock with the step writers.
+- `record_late` is a step write: the same locks, then the step's ``late`` JSON is
+  read, changed in Python and written back in that transaction.
 - `update_saga` is one conditional ``UPDATE ... WHERE saga_id = ? AND status IN
   (...)``: the row lock the UPDATE takes makes it a compare-and-set (PostgreSQL
   and MySQL re-check the condition on the latest row version after waiting). On
@@ -36,27 +44,36 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     BindParameter,
+    ColumnClause,
     ColumnElement,
     Connection,
     CursorResult,
     Executable,
+    Integer,
     Row,
     Select,
+    String,
     and_,
     bindparam,
     cast,
+    column,
     delete,
     exists,
+    false,
     func,
     insert,
     literal,
     literal_column,
     or_,
     select,
+    text,
+    tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import mysql as mysql_dialect
@@ -66,6 +83,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from celery_saga.backends.base import (
+    Lease,
     Page,
     SagaBackend,
     StepExpect,
@@ -79,6 +97,7 @@ from celery_saga.backends.base import (
     payload_size,
     plain_value,
 )
+from celery_saga.errors import CorruptRecordError
 from celery_saga.models import (
     TERMINAL_STATUSES,
     SagaExecution,
@@ -131,17 +150,135 @@ def _expected(cur: Any, expect: StepExpect | None) -> list[ColumnElement[bool]]:
     clauses: list[ColumnElement[bool]] = []
     if expect.status is not None:
         clauses.append(cur.c.status.in_(sorted(s.value for s in expect.status)))
-    for column, equal, at_most in (
+    for stored, equal, at_most in (
         (cur.c.attempt, expect.attempt, expect.attempt_at_most),
         (cur.c.comp_attempt, expect.comp_attempt, expect.comp_attempt_at_most),
     ):
         if equal is not None:
-            clauses.append(column == int(equal))
+            clauses.append(stored == int(equal))
         if at_most is not None:
-            clauses.append(column <= int(at_most))
+            clauses.append(stored <= int(at_most))
     if expect.saga_status is not None:
         clauses.append(cur.c.saga_status.in_(sorted(s.value for s in expect.saga_status)))
+    if expect.lease_free_at is not None:
+        # Free at that time: no owner, or expired by then, or held by `lease_holder`.
+        free: list[ColumnElement[bool]] = [
+            cur.c.lease_owner.is_(None),
+            and_(
+                cur.c.lease_expires_at.is_not(None),
+                cur.c.lease_expires_at <= float(expect.lease_free_at),
+            ),
+        ]
+        if expect.lease_holder is not None:
+            free.append(cur.c.lease_owner == expect.lease_holder)
+        clauses.append(or_(*free))
+    if expect.lease_owners is not None:
+        names = sorted({owner for owner in expect.lease_owners if owner is not None})
+        allowed: list[ColumnElement[bool]] = []
+        if names:
+            allowed.append(cur.c.lease_owner.in_(names))
+        if None in expect.lease_owners:
+            allowed.append(cur.c.lease_owner.is_(None))
+        clauses.append(or_(*allowed) if allowed else false())
     return clauses
+
+
+def _step_state(source: Any) -> list[Any]:
+    """The step columns a compare-and-set checks and a `StepWrite` reports."""
+    c = source.c
+    return [c.status, c.attempt, c.comp_attempt, c.lease_owner, c.lease_expires_at]
+
+
+def _report(
+    found: Row[Any], values: Mapping[str, Any] | None = None, count: int | None = None
+) -> StepWrite:
+    """The `StepWrite` of a step whose locked state was `found` (`_step_state` and
+    ``saga_status``): refused if `values` is None, else applied with `values` written."""
+    if values is None:
+        return StepWrite(
+            False,
+            StepStatus(found.status),
+            int(found.attempt),
+            SagaStatus(found.saga_status),
+            None,
+            int(found.comp_attempt),
+            lease_owner=found.lease_owner,
+            lease_expires_at=found.lease_expires_at,
+        )
+    get = values.get
+    return StepWrite(
+        True,
+        StepStatus(get("status", found.status)),
+        int(get("attempt", found.attempt)),
+        SagaStatus(found.saga_status),
+        count,
+        int(get("comp_attempt", found.comp_attempt)),
+        lease_owner=get("lease_owner", found.lease_owner),
+        lease_expires_at=get("lease_expires_at", found.lease_expires_at),
+    )
+
+
+#: A lease as the renewing statement sees it (see `_lease_target`), and the step
+#: column each of these is compared with.
+_LEASE_FIELDS = ("saga_id", "idx", "owner", "status", "attempt", "comp_attempt")
+_LEASE_COMPARED_WITH = ("saga_id", "idx", "lease_owner", "status", "attempt", "comp_attempt")
+_RUNNING = StepStatus.RUNNING.value
+_COMPENSATING = StepStatus.COMPENSATING.value
+
+
+def _lease_target(lease: Lease) -> tuple[str, int, str, str, int | None, int | None]:
+    """`Lease.expect` as values of `_LEASE_FIELDS`: the step state the lease needs."""
+    if lease.compensation:
+        return (lease.saga_id, lease.index, lease.owner, _COMPENSATING, None, lease.attempt)
+    return (lease.saga_id, lease.index, lease.owner, _RUNNING, lease.attempt, None)
+
+
+#: The leases' columns on PostgreSQL, where they travel as one array each.
+_PG_LEASE_COLUMNS: list[ColumnClause[Any]] = [
+    column("saga_id", String()),
+    column("idx", Integer()),
+    column("owner", String()),
+    column("status", String()),
+    column("attempt", Integer()),
+    column("comp_attempt", Integer()),
+]
+
+
+def _renewed_columns(steps: Any) -> list[Any]:
+    """What `_renewed` reads of a renewed step."""
+    c = steps.c
+    return [c.saga_id, c.idx, c.lease_owner, c.status, c.attempt, c.comp_attempt]
+
+
+def _lease_order(lease: Lease) -> tuple[str, int, str, int, bool]:
+    return (lease.saga_id, lease.index, lease.owner, lease.attempt, lease.compensation)
+
+
+def _renewed(leases: Sequence[Lease], rows: Sequence[Row[Any]]) -> set[Lease]:
+    """The leases that `rows` (steps as renewed: key, owner, status, attempts) show held."""
+    found = {(row.saga_id, int(row.idx)): row for row in rows}
+    kept: set[Lease] = set()
+    for lease in leases:
+        row = found.get((lease.saga_id, lease.index))
+        if row is None or row.lease_owner != lease.owner:
+            continue
+        if lease.compensation:
+            held = row.status == _COMPENSATING and int(row.comp_attempt) == lease.attempt
+        else:
+            held = row.status == _RUNNING and int(row.attempt) == lease.attempt
+        if held:
+            kept.add(lease)
+    return kept
+
+
+def _late_entries(raw: str | None, saga_id: str, index: int) -> dict[str, Any]:
+    """A step's stored ``late`` JSON as a dict of entries (NULL or ``null``: none)."""
+    late = None if raw is None else json.loads(raw)
+    if late is None:
+        return {}
+    if not isinstance(late, dict) or not all(isinstance(e, dict) for e in late.values()):
+        raise CorruptRecordError(f"step {index}: late is {late!r}, not entries by attempt", saga_id)
+    return late
 
 
 def _backoff(attempt: int) -> None:
@@ -225,6 +362,9 @@ class SQLSagaBackend(SagaBackend):
     notify_recheck: ClassVar[float] = 30.0
     #: How many times a write transaction that lost a deadlock or lock wait is run.
     write_attempts: ClassVar[int] = 8
+    #: Leases renewed per statement on MySQL/MariaDB and SQLite (PostgreSQL sends any
+    #: number in one statement): bounds the statement's size and bound parameters.
+    renew_batch: ClassVar[int] = 1000
 
     def __init__(
         self,
@@ -283,20 +423,34 @@ class SQLSagaBackend(SagaBackend):
         )
         self._get_by_id: Select[Any] = joined.where(e.c.saga_id == bindparam("saga_id"))
         self._get_by_key: Select[Any] = joined.where(e.c.idempotency_key == bindparam("key"))
+        self._lock_step: Select[Any] = self._locking()
+        self._lock_late: Select[Any] = self._locking(s.c.late)
+        self._touch = (
+            update(e)
+            .where(e.c.saga_id == bindparam("b_saga_id"))
+            .values(updated_at=bindparam("b_updated_at"))
+        )
+        if self._postgres:  # the leases as arrays: one statement text for any number
+            arrays = [
+                bindparam(f"l_{c.name}", type_=pg_dialect.ARRAY(c.type)) for c in _PG_LEASE_COLUMNS
+            ]
+            leases = func.unnest(*arrays).table_valued(*_PG_LEASE_COLUMNS).render_derived("v")
+            self._renew_unnest = self._renew_from(leases, bindparam("l_expires")).returning(
+                *_renewed_columns(s)
+            )
+
+    def _locking(self, *extra: Any) -> Select[Any]:
+        """Lock the execution row and one step row; read the state `StepExpect` checks."""
+        e, s = self.tables.executions, self.tables.steps
         lock = (
-            select(e.c.status.label("saga_status"), s.c.status, s.c.attempt, s.c.comp_attempt)
+            select(e.c.status.label("saga_status"), *_step_state(s), *extra)
             .select_from(e.join(s, s.c.saga_id == e.c.saga_id))
             .where(e.c.saga_id == bindparam("saga_id"), s.c.idx == bindparam("idx"))
             .with_for_update()
         )
         if self._mysql:  # lock the execution row first, as every other writer does
             lock = lock.prefix_with("STRAIGHT_JOIN")
-        self._lock_step: Select[Any] = lock
-        self._touch = (
-            update(e)
-            .where(e.c.saga_id == bindparam("b_saga_id"))
-            .values(updated_at=bindparam("b_updated_at"))
-        )
+        return lock
 
     def _prepare(self) -> None:
         """Create, upgrade or check the tables, once per store object."""
@@ -405,7 +559,8 @@ class SQLSagaBackend(SagaBackend):
             step["index"] = step.pop("idx")
             step["no_compensation"] = bool(step["no_compensation"])
             for name in STEP_JSON:
-                step[name] = json.loads(step[name])
+                raw = step[name]
+                step[name] = None if raw is None else json.loads(raw)  # NULL: before version 3
             steps.append(step)
         header["steps"] = steps
         return SagaExecution.from_dict(header)
@@ -516,21 +671,17 @@ class SQLSagaBackend(SagaBackend):
             found = tx.execute(self._lock_step, key).one_or_none()
             if found is None:
                 raise KeyError(f"no step {index} in saga {saga_id}")
-            saga_status = SagaStatus(found.saga_status)
-            status = StepStatus(found.status)
-            attempt, comp_attempt = int(found.attempt), int(found.comp_attempt)
-            if expect is not None and expect.refusal(status, attempt, comp_attempt, saga_status):
-                return StepWrite(False, status, attempt, saga_status, None, comp_attempt)
-            row = dict(values)
-            count = self._apply_step(tx, saga_id, index, row, count_in)
-            return StepWrite(
-                True,
-                StepStatus(row.get("status", status.value)),
-                int(row.get("attempt", attempt)),
-                saga_status,
-                count,
-                int(row.get("comp_attempt", comp_attempt)),
-            )
+            if expect is not None and expect.refusal(
+                StepStatus(found.status),
+                int(found.attempt),
+                int(found.comp_attempt),
+                SagaStatus(found.saga_status),
+                found.lease_owner,
+                found.lease_expires_at,
+            ):
+                return _report(found)
+            count = self._apply_step(tx, saga_id, index, dict(values), count_in)
+            return _report(found, values, count)
 
         return self._write(write)
 
@@ -559,7 +710,7 @@ class SQLSagaBackend(SagaBackend):
         if count_in is not None:
             written += payload_size(saga_id, count_in, 1)
         cur = (
-            select(e.c.status.label("saga_status"), s.c.status, s.c.attempt, s.c.comp_attempt)
+            select(e.c.status.label("saga_status"), *_step_state(s))
             .select_from(e.join(s, s.c.saga_id == e.c.saga_id))
             .where(e.c.saga_id == saga_id, s.c.idx == index)
             .with_for_update()
@@ -567,13 +718,7 @@ class SQLSagaBackend(SagaBackend):
         )
         holds = exists(select(literal_column("1")).select_from(cur).where(*_expected(cur, expect)))
         ctes = []
-        columns: list[Any] = [
-            cur.c.saga_status,
-            cur.c.status,
-            cur.c.attempt,
-            cur.c.comp_attempt,
-            holds.label("applied"),
-        ]
+        columns: list[Any] = [cur.c.saga_status, *_step_state(cur), holds.label("applied")]
         if count_in is not None:
             bumped = self._upsert_counter(saga_id, count_in, only_if=holds).cte("bumped")
             row["seq"] = select(bumped.c.value).scalar_subquery()
@@ -590,19 +735,9 @@ class SQLSagaBackend(SagaBackend):
         )
         if found is None:
             raise KeyError(f"no step {index} in saga {saga_id}")
-        saga_status = SagaStatus(found.saga_status)
-        status = StepStatus(found.status)
-        attempt, comp_attempt = int(found.attempt), int(found.comp_attempt)
         if not found.applied:
-            return StepWrite(False, status, attempt, saga_status, None, comp_attempt)
-        return StepWrite(
-            True,
-            StepStatus(values.get("status", status.value)),
-            int(values.get("attempt", attempt)),
-            saga_status,
-            None if count_in is None else int(found.bumped_to),
-            int(values.get("comp_attempt", comp_attempt)),
-        )
+            return _report(found)
+        return _report(found, values, None if count_in is None else int(found.bumped_to))
 
     def _apply_step(
         self, tx: _Tx, saga_id: str, index: int, row: dict[str, Any], count_in: str | None
@@ -611,7 +746,8 @@ class SQLSagaBackend(SagaBackend):
 
         MySQL/MariaDB do it in one multi-table UPDATE after the counter upsert,
         SQLite in one statement per table (no network: statements cost no round
-        trip there). PostgreSQL writes steps in `_update_step_in_one_statement`.
+        trip there). PostgreSQL writes steps in `_update_step_in_one_statement`, and
+        comes here only for `record_late` (one statement per table, like SQLite).
         """
         e, s = self.tables.executions, self.tables.steps
         stamp = now()
@@ -673,6 +809,152 @@ class SQLSagaBackend(SagaBackend):
             )
             return int(tx.execute(stmt).lastrowid)
         return int(tx.execute(self._upsert_counter(saga_id, name)).scalar_one())
+
+    # -- leases and late outcomes ----------------------------------------------------------------
+    def renew_leases(self, leases: Sequence[Lease], expires_at: float) -> list[Lease]:
+        """Extend the leases still held, claim unowned attempts, return the lost leases.
+
+        One ``UPDATE`` of the steps table joined to the leases, with the conditions
+        of `Lease.expect` per lease (the step runs that attempt, or that compensation
+        attempt, and its owner is the lease's or nobody), evaluated by the server on
+        the locked rows:
+
+        - PostgreSQL: the leases travel as arrays (``unnest``), ``RETURNING`` names
+          the renewed steps: one round trip for any number of leases.
+        - SQLite: the leases are a ``VALUES`` list, ``RETURNING`` likewise: one
+          statement per `renew_batch` leases.
+        - MySQL/MariaDB (no ``UPDATE ... RETURNING``): the leases are a derived
+          table, and the rows matched tell whether every lease was renewed: one
+          round trip per `renew_batch` leases when none is lost; otherwise one more
+          statement reads which were not.
+
+        Only step rows are written and locked: a heartbeat is not a change of the
+        saga, so the execution's ``updated_at`` is left alone (as in the memory store).
+        """
+        if not leases:
+            return []
+        self._prepare()
+        expires = float(expires_at)
+        distinct = sorted(dict.fromkeys(leases), key=_lease_order)  # one lock order
+        batch = len(distinct) if self._postgres else self.renew_batch
+        kept: set[Lease] = set()
+        for start in range(0, len(distinct), batch):
+            kept.update(self._renew(distinct[start : start + batch], expires))
+        return [lease for lease in leases if lease not in kept]
+
+    def _renew(self, leases: list[Lease], expires: float) -> set[Lease]:
+        """Renew `leases` (distinct) in one statement; return those renewed."""
+        s = self.tables.steps
+        targets = [_lease_target(lease) for lease in leases]
+        written = payload_size(expires, *(t[:3] for t in targets))
+        if self._postgres:
+            columns = zip(*targets, strict=True)
+            params: dict[str, Any] = {
+                f"l_{name}": list(values)
+                for name, values in zip(_LEASE_FIELDS, columns, strict=True)
+            }
+            params["l_expires"] = expires
+            stmt = self._renew_unnest
+            rows = self._autocommit(lambda conn: conn.execute(stmt, params).all(), written=written)
+            return _renewed(leases, rows)
+        if not self._mysql:  # SQLite
+            stmt = self._renew_from(self._sqlite_leases(len(targets)), expires)
+            params = {
+                f"l{i}_{name}": value
+                for i, t in enumerate(targets)
+                for name, value in zip(_LEASE_FIELDS, t, strict=True)
+            }
+            stmt = stmt.returning(*_renewed_columns(s))
+            rows = self._autocommit(lambda conn: conn.execute(stmt, params).all(), written=written)
+            return _renewed(leases, rows)
+        stmt = self._renew_from(self._mysql_leases(targets), expires)
+        matched = self._autocommit(lambda conn: conn.execute(stmt).rowcount, written=written)
+        if matched == len({(lease.saga_id, lease.index) for lease in leases}) == len(leases):
+            return set(leases)  # every step matched, and each has one lease: all renewed
+        keys = [(lease.saga_id, lease.index) for lease in leases]
+        read = select(*_renewed_columns(s)).where(
+            tuple_(s.c.saga_id, s.c.idx).in_(keys), s.c.lease_expires_at == expires
+        )
+        rows = self._autocommit(lambda conn: conn.execute(read).all())
+        return _renewed(leases, rows)
+
+    def _renew_from(self, v: Any, expires: Any) -> Any:
+        """The renewing ``UPDATE``, joined to `v` (one row per lease: `_LEASE_FIELDS`)."""
+        s = self.tables.steps
+        return (
+            update(s)
+            .where(
+                s.c.saga_id == v.c.saga_id,
+                s.c.idx == v.c.idx,
+                s.c.status == v.c.status,
+                # One of the two is NULL in `v`: a forward lease names the attempt, a
+                # compensation's lease the compensation attempt.
+                or_(s.c.attempt == v.c.attempt, s.c.comp_attempt == v.c.comp_attempt),
+                or_(s.c.lease_owner == v.c.owner, s.c.lease_owner.is_(None)),
+            )
+            .values({s.c.lease_owner: v.c.owner, s.c.lease_expires_at: expires})
+        )
+
+    def _sqlite_leases(self, n: int) -> Any:
+        """A ``VALUES`` list of `n` leases (SQLite names its columns column1...)."""
+        rows = ", ".join(
+            "(" + ", ".join(f":l{i}_{name}" for name in _LEASE_FIELDS) + ")" for i in range(n)
+        )
+        named = ", ".join(f"column{i + 1} AS {name}" for i, name in enumerate(_LEASE_FIELDS))
+        fields: list[ColumnClause[Any]] = [column(name) for name in _LEASE_FIELDS]
+        return text(f"SELECT {named} FROM (VALUES {rows})").columns(*fields).subquery("v")
+
+    def _mysql_leases(self, targets: list[tuple[Any, ...]]) -> Any:
+        """The leases as a derived table (``SELECT ... UNION ALL SELECT ...``), each
+        value typed as the step column it is compared with (owners as VARBINARY)."""
+        types = [self.tables.steps.c[name].type for name in _LEASE_COMPARED_WITH]
+        rows = [
+            select(
+                *(
+                    literal(value, type_).label(name)
+                    for name, value, type_ in zip(_LEASE_FIELDS, target, types, strict=True)
+                )
+            )
+            for target in targets
+        ]
+        return (rows[0] if len(rows) == 1 else union_all(*rows)).subquery("v")
+
+    def record_late(
+        self,
+        saga_id: str,
+        index: int,
+        attempt: int,
+        changes: Mapping[str, Any],
+        *,
+        expect_state: str | None = None,
+    ) -> StepWrite:
+        """Create or move the late-success entry of `attempt`, under the step's row lock.
+
+        One write transaction: lock the execution row and the step row (``SELECT ...
+        FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE``) reading the step's ``late`` JSON,
+        check the entry in Python, then write the step's ``late`` and the execution's
+        ``updated_at`` as `update_step` does.
+        """
+        entry_key = str(attempt)
+        encoded = {name: plain_value(value) for name, value in changes.items()}
+        self._prepare()
+        key = {"saga_id": saga_id, "idx": index}
+
+        def write(tx: _Tx) -> StepWrite:
+            found = tx.execute(self._lock_late, key).one_or_none()
+            if found is None:
+                raise KeyError(f"no step {index} in saga {saga_id}")
+            late = _late_entries(found.late, saga_id, index)
+            entry = late.get(entry_key)
+            if (entry is None) != (expect_state is None) or (
+                entry is not None and entry.get("state") != expect_state
+            ):
+                return _report(found)
+            late[entry_key] = {**(entry or {}), **encoded}
+            self._apply_step(tx, saga_id, index, {"late": _dumps(late)}, None)
+            return replace(_report(found), applied=True)
+
+        return self._write(write)
 
     # -- listing and housekeeping ----------------------------------------------------------------
     def list(

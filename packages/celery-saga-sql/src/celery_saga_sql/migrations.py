@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Connection,
     Double,
@@ -38,6 +39,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     UniqueConstraint,
@@ -117,12 +119,43 @@ def _v1_executions(prefix: str, metadata: MetaData) -> Table:
     )
 
 
+def _v1_steps(prefix: str, metadata: MetaData) -> Table:
+    """The steps table as version 1 created it (frozen: version 3 altered it)."""
+    return Table(
+        f"{prefix}steps",
+        metadata,
+        Column("saga_id", SAGA_ID, nullable=False),
+        Column("idx", Integer, nullable=False, autoincrement=False),
+        Column("task_name", NAME, nullable=False),
+        Column("stage", Integer, nullable=False),
+        Column("compensation_task_name", NAME, nullable=True),
+        Column("no_compensation", Boolean, nullable=False),
+        Column("status", STATUS, nullable=False),
+        Column("attempt", Integer, nullable=False),
+        Column("task_id", NAME, nullable=True),
+        Column("retries", Integer, nullable=False),
+        Column("seq", Integer, nullable=True),
+        Column("started_at", Double, nullable=True),
+        Column("finished_at", Double, nullable=True),
+        Column("output", LONG_TEXT, nullable=False),
+        Column("compensation_data", LONG_TEXT, nullable=False),
+        Column("error", LONG_TEXT, nullable=True),
+        Column("comp_attempt", Integer, nullable=False),
+        Column("comp_task_id", NAME, nullable=True),
+        Column("comp_started_at", Double, nullable=True),
+        Column("comp_finished_at", Double, nullable=True),
+        Column("comp_error", LONG_TEXT, nullable=True),
+        PrimaryKeyConstraint("saga_id", "idx", name=f"{prefix}pk_steps"),
+        **MYSQL_TABLE_OPTIONS,
+    )
+
+
 def _v1_create_tables(conn: Connection, tables: Tables) -> None:
     metadata = MetaData()
     created = [
         _v1_executions(tables.prefix, metadata),
-        # Not changed since version 1: the current definitions are the version 1 shape.
-        tables.steps.to_metadata(metadata),
+        _v1_steps(tables.prefix, metadata),
+        # Not changed since version 1: the current definition is the version 1 shape.
         tables.counters.to_metadata(metadata),
     ]
     metadata.create_all(conn, tables=created, checkfirst=True)
@@ -149,12 +182,29 @@ def _v2_deadline_and_cancelled(conn: Connection, tables: Tables) -> None:
     _add_columns(conn, tables.executions, ("deadline_at", "cancelled_at"))
 
 
+#: The step columns version 3 adds, in the order they are added.
+V3_STEP_COLUMNS = ("lease_owner", "lease_expires_at", "sent_at", "sends", "late")
+
+
+def _v3_leases_and_late(conn: Connection, tables: Tables) -> None:
+    # All nullable without a default but `sends`, NOT NULL DEFAULT 0: rows written
+    # before read back with no lease, no sent_at, sends 0 and no late successes. A
+    # constant default is stored in the catalog on PostgreSQL 11+ and SQLite (no row
+    # is rewritten), and MariaDB 10.3+ / MySQL 8 add such a last column in place.
+    _add_columns(conn, tables.steps, V3_STEP_COLUMNS)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the executions, steps and counters tables", _v1_create_tables),
     Migration(
         2,
         "add the deadline_at and cancelled_at columns to the executions table",
         _v2_deadline_and_cancelled,
+    ),
+    Migration(
+        3,
+        "add the lease_owner, lease_expires_at, sent_at, sends and late columns to the steps table",
+        _v3_leases_and_late,
     ),
 )
 #: The schema version this package writes.

@@ -10,9 +10,9 @@ double-precision columns, which hold a Python float exactly.
 
 MySQL/MariaDB tables use ``utf8mb4`` with the binary collation, so text compares
 case-sensitively (a case-insensitive collation would make ``order-1`` and
-``ORDER-1`` the same idempotency key). Saga names and idempotency keys, found by
-equality, are VARBINARY there (`ExactString`): even the binary collation ignores
-trailing spaces.
+``ORDER-1`` the same idempotency key). Saga names, idempotency keys and lease
+owners, found or compared by equality, are VARBINARY there (`ExactString`): even
+the binary collation ignores trailing spaces.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
@@ -83,6 +84,8 @@ NAME = String(255)
 #: Saga names and idempotency keys: looked up by equality, so compared exactly.
 EXACT_NAME = ExactString(255)
 STATUS = String(24)
+#: Lease owners (``host/pid/task-id``): compared exactly by the lease conditions.
+LEASE_OWNER = ExactString(512)
 
 #: Table options on MySQL/MariaDB (ignored by the other databases).
 MYSQL_TABLE_OPTIONS: dict[str, Any] = {
@@ -174,6 +177,14 @@ def build_tables(prefix: str) -> Tables:
         Column("comp_started_at", Double, nullable=True),
         Column("comp_finished_at", Double, nullable=True),
         Column("comp_error", LONG_TEXT, nullable=True),
+        # Added by schema version 3 (ALTER TABLE ... ADD COLUMN, so they come last).
+        # Rows written before read back with no lease, no sent_at, sends 0 and no late
+        # successes: every column is nullable but `sends`, whose default fills old rows.
+        Column("lease_owner", LEASE_OWNER, nullable=True),
+        Column("lease_expires_at", Double, nullable=True),
+        Column("sent_at", Double, nullable=True),
+        Column("sends", Integer, nullable=False, server_default=text("0")),
+        Column("late", LONG_TEXT, nullable=True),
         PrimaryKeyConstraint("saga_id", "idx", name=f"{prefix}pk_steps"),
         **MYSQL_TABLE_OPTIONS,
     )
@@ -199,6 +210,7 @@ def build_tables(prefix: str) -> Tables:
 
 #: StepRecord field -> steps column, where the names differ.
 STEP_COLUMN = {"index": "idx"}
-#: Columns holding JSON text (encoded and decoded by the store).
+#: Columns holding JSON text (encoded and decoded by the store). ``late`` is NULL in
+#: rows written before schema version 3, which reads as None like the text ``null``.
 EXECUTION_JSON = frozenset({"input", "output"})
-STEP_JSON = frozenset({"output", "compensation_data"})
+STEP_JSON = frozenset({"output", "compensation_data", "late"})

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import URL, make_url
 
+from celery_saga.backends.urls import parse_flag
+
 #: Query parameters that configure the store; every other one goes to the driver.
 URL_OPTIONS = ("table_prefix", "create_tables")
 DEFAULT_TABLE_PREFIX = "saga_"
@@ -27,8 +29,6 @@ _BACKENDS: dict[str, tuple[str, str | None]] = {
     "sqlite": ("sqlite", None),
 }
 _PREFIX = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,6 @@ def validate_table_prefix(prefix: str) -> str:
             f"letters, digits or '_' (such as 'saga_'), got {prefix!r}"
         )
     return prefix
-
-
-def _flag(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(f"URL option {name}={value!r} must be true or false")
 
 
 def parse_store_url(url: str | URL) -> StoreURL:
@@ -114,5 +105,5 @@ def parse_store_url(url: str | URL) -> StoreURL:
     return StoreURL(
         url=clean,
         table_prefix=None if prefix is None else validate_table_prefix(prefix),
-        create_tables=None if create is None else _flag("create_tables", create),
+        create_tables=parse_flag("create_tables", create),
     )

@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from celery_saga.backends.base import (
+    Lease,
     Page,
     SagaBackend,
     StartNext,
@@ -41,6 +42,7 @@ _LAZY = {
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Lease",
     "MemorySagaBackend",
     "MongoSagaBackend",
     "Page",

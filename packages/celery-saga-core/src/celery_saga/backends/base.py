@@ -12,7 +12,7 @@ import abc
 import base64
 import json
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -37,7 +37,10 @@ class StepExpect:
 
     `attempt` must equal the stored attempt, `attempt_at_most` must not be below it
     (this is how a write from an older, fenced attempt is refused), and the
-    execution's status must be one of `saga_status`.
+    execution's status must be one of `saga_status`. Leases: with `lease_free_at`,
+    the step's lease must be free at that time (no owner, or expired by then) or held
+    by `lease_holder`; with `lease_owners`, the stored owner must be one of them
+    (``None`` in it stands for "no owner").
     """
 
     status: frozenset[StepStatus] | None = None
@@ -46,9 +49,18 @@ class StepExpect:
     saga_status: frozenset[SagaStatus] | None = None
     comp_attempt: int | None = None
     comp_attempt_at_most: int | None = None
+    lease_free_at: float | None = None
+    lease_holder: str | None = None
+    lease_owners: tuple[str | None, ...] | None = None
 
     def refusal(
-        self, status: StepStatus, attempt: int, comp_attempt: int, saga_status: SagaStatus
+        self,
+        status: StepStatus,
+        attempt: int,
+        comp_attempt: int,
+        saga_status: SagaStatus,
+        lease_owner: str | None = None,
+        lease_expires_at: float | None = None,
     ) -> str | None:
         """Why a step in this state may not be written, or None if it may.
 
@@ -67,6 +79,15 @@ class StepExpect:
             return f"compensation attempt {comp_attempt} is newer than {self.comp_attempt_at_most}"
         if self.saga_status is not None and saga_status not in self.saga_status:
             return f"saga status is {saga_status.value}"
+        if (
+            self.lease_free_at is not None
+            and lease_owner is not None
+            and lease_owner != self.lease_holder
+            and (lease_expires_at is None or lease_expires_at > self.lease_free_at)
+        ):
+            return f"the lease is held by {lease_owner} until {lease_expires_at}"
+        if self.lease_owners is not None and lease_owner not in self.lease_owners:
+            return f"the lease is held by {lease_owner}"
         return None
 
 
@@ -81,6 +102,36 @@ class StepWrite:
     count: int | None = None
     comp_attempt: int = 0
     started: tuple[int, ...] = ()
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease a worker process holds on one attempt of a step or of its compensation.
+
+    `owner` is ``host/pid/thread/task-id`` (at most 512 characters); `attempt` is the
+    step's attempt (its compensation attempt when `compensation` is true). See
+    `SagaBackend.renew_leases`.
+    """
+
+    saga_id: str
+    index: int
+    owner: str
+    attempt: int
+    compensation: bool = False
+
+    def expect(self) -> StepExpect:
+        """The conditions under which this lease is still (or may become) its owner's."""
+        if self.compensation:
+            return StepExpect(
+                status=_COMPENSATING_ONLY,
+                comp_attempt=self.attempt,
+                lease_owners=(self.owner, None),
+            )
+        return StepExpect(
+            status=_RUNNING_STEP, attempt=self.attempt, lease_owners=(self.owner, None)
+        )
 
 
 @dataclass
@@ -112,6 +163,9 @@ class StoreStats:
 
 
 _RUNNING_ONLY = frozenset({SagaStatus.RUNNING})
+_RUNNING_STEP = frozenset({StepStatus.RUNNING})
+_COMPENSATING_ONLY = frozenset({StepStatus.COMPENSATING})
+_FORWARD_STEP = frozenset({StepStatus.PENDING, StepStatus.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -152,7 +206,8 @@ class SagaBackend(abc.ABC):
 
     Subclasses implement the abstract methods atomically against their server and
     declare the URL schemes they serve in the entry-point group
-    ``celery_saga.backends``. Every write sets the execution's ``updated_at``.
+    ``celery_saga.backends``. Every write but a lease renewal sets the execution's
+    ``updated_at``.
     """
 
     #: URL schemes this class serves (informational; the entry points decide).
@@ -260,6 +315,85 @@ class SagaBackend(abc.ABC):
                     start_next.apply(execution, i)
                     started.append(i)
         return replace(write, started=tuple(started)), execution
+
+    # -- leases and late outcomes -----------------------------------------------------
+    def renew_leases(self, leases: Sequence[Lease], expires_at: float) -> list[Lease]:
+        """Extend each lease to `expires_at`; return the leases that are lost.
+
+        A lease is kept when the step still runs that attempt (RUNNING at
+        `Lease.attempt`, or COMPENSATING at that compensation attempt) and its
+        stored owner is the lease's owner, or nobody: a step marked started with its
+        stage has no owner until its worker's first renewal claims it. A lease whose
+        step moved on, or that another owner took over, is lost and left untouched.
+        Leases of executions that no longer exist are lost too. A renewal is not
+        progress: it leaves the execution's ``updated_at`` alone (the one write that
+        does), so a step stuck for an hour under a live lease still shows its age.
+        Of two claims of one unowned attempt in one call, exactly one wins.
+
+        A worker process's heartbeat makes this one call per beat for every lease
+        the process holds, so stores should do it in one round trip; this default
+        makes one request per lease.
+        """
+        lost: list[Lease] = []
+        for lease in leases:
+            try:
+                write = self.update_step(
+                    lease.saga_id,
+                    lease.index,
+                    {"lease_owner": lease.owner, "lease_expires_at": expires_at},
+                    expect=lease.expect(),
+                )
+            except KeyError:
+                lost.append(lease)
+                continue
+            if not write.applied:
+                lost.append(lease)
+        return lost
+
+    def take_over(
+        self,
+        saga_id: str,
+        index: int,
+        changes: Mapping[str, Any],
+        *,
+        attempt: int,
+        now: float,
+        compensation: bool = False,
+    ) -> StepWrite:
+        """Take over a step's current attempt whose lease is free, by compare-and-set.
+
+        Applies `changes` (typically a new attempt, no owner, a new ``sent_at``) only
+        if the step is still at `attempt` (its compensation attempt, with
+        `compensation`) and in the forward (or compensating) part, and its lease is
+        free at `now`: no owner, or expired by then. A lease renewed meanwhile, or
+        claimed by a worker that just started the attempt, refuses the takeover.
+        """
+        if compensation:
+            expect = StepExpect(status=_COMPENSATING_ONLY, comp_attempt=attempt, lease_free_at=now)
+        else:
+            expect = StepExpect(status=_FORWARD_STEP, attempt=attempt, lease_free_at=now)
+        return self.update_step(saga_id, index, changes, expect=expect)
+
+    @abc.abstractmethod
+    def record_late(
+        self,
+        saga_id: str,
+        index: int,
+        attempt: int,
+        changes: Mapping[str, Any],
+        *,
+        expect_state: str | None = None,
+    ) -> StepWrite:
+        """Create or update the late-success entry of `attempt` in step `index`'s ``late``.
+
+        Entries live in the step's ``late`` field, a JSON object keyed by the attempt
+        number as a string. With `expect_state` None the entry must not exist yet
+        and is created from `changes`; otherwise the entry's ``state`` must equal
+        `expect_state` and `changes` are merged into it. Atomic: of concurrent
+        writers with the same expectation, exactly one applies. The returned
+        `StepWrite` reports the step's status and attempt and the saga's status;
+        an unknown saga or step raises KeyError.
+        """
 
     # -- listing and housekeeping -----------------------------------------------
     @abc.abstractmethod

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from celery_saga.backends.base import (
+    Lease,
     Page,
     SagaBackend,
     StepExpect,
@@ -153,11 +155,14 @@ class MemorySagaBackend(SagaBackend):
             saga_status = SagaStatus(entry.header["status"])
             status = StepStatus(step["status"])
             if expect is not None and expect.refusal(
-                status, step["attempt"], step["comp_attempt"], saga_status
+                status,
+                step["attempt"],
+                step["comp_attempt"],
+                saga_status,
+                step.get("lease_owner"),
+                step.get("lease_expires_at"),
             ):
-                return StepWrite(
-                    False, status, step["attempt"], saga_status, None, step["comp_attempt"]
-                )
+                return _refused(step, saga_status)
             step.update(encoded)
             count = None
             if count_in is not None:
@@ -165,14 +170,59 @@ class MemorySagaBackend(SagaBackend):
                 entry.counters[count_in] = count
                 step["seq"] = count
             entry.header["updated_at"] = now()
-            return StepWrite(
-                True,
-                StepStatus(step["status"]),
-                step["attempt"],
-                saga_status,
-                count,
-                step["comp_attempt"],
-            )
+            return replace(_refused(step, saga_status), applied=True, count=count)
+
+    def renew_leases(self, leases: Sequence[Lease], expires_at: float) -> list[Lease]:
+        self.stats.add(1, payload_size(expires_at) * len(leases))
+        lost: list[Lease] = []
+        with self._lock:
+            for lease in leases:
+                entry = self._entries.get(lease.saga_id)
+                step = None if entry is None else entry.steps.get(lease.index)
+                if (
+                    entry is None
+                    or step is None
+                    or lease.expect().refusal(
+                        StepStatus(step["status"]),
+                        step["attempt"],
+                        step["comp_attempt"],
+                        SagaStatus(entry.header["status"]),
+                        step.get("lease_owner"),
+                        step.get("lease_expires_at"),
+                    )
+                ):
+                    lost.append(lease)
+                    continue
+                step["lease_owner"], step["lease_expires_at"] = lease.owner, expires_at
+        return lost
+
+    def record_late(
+        self,
+        saga_id: str,
+        index: int,
+        attempt: int,
+        changes: Mapping[str, Any],
+        *,
+        expect_state: str | None = None,
+    ) -> StepWrite:
+        encoded = json.loads(json.dumps({k: plain_value(v) for k, v in changes.items()}))
+        self.stats.add(1, payload_size(encoded))
+        with self._lock:
+            entry = self._entries.get(saga_id)
+            if entry is None or index not in entry.steps:
+                raise KeyError(f"no step {index} in saga {saga_id}")
+            step = entry.steps[index]
+            saga_status = SagaStatus(entry.header["status"])
+            late = dict(step.get("late") or {})
+            found = late.get(str(attempt))
+            if (found is None) != (expect_state is None) or (
+                found is not None and found.get("state") != expect_state
+            ):
+                return _refused(step, saga_status)
+            late[str(attempt)] = {**(found or {}), **encoded}
+            step["late"] = late
+            entry.header["updated_at"] = now()
+            return replace(_refused(step, saga_status), applied=True)
 
     # -- listing and housekeeping ----------------------------------------------------------
     def list(
@@ -267,3 +317,17 @@ class MemorySagaBackend(SagaBackend):
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+def _refused(step: dict[str, Any], saga_status: SagaStatus) -> StepWrite:
+    """A refused write's report: the state the step is in (`replace` it for an applied one)."""
+    return StepWrite(
+        False,
+        StepStatus(step["status"]),
+        step["attempt"],
+        saga_status,
+        None,
+        step["comp_attempt"],
+        lease_owner=step.get("lease_owner"),
+        lease_expires_at=step.get("lease_expires_at"),
+    )

@@ -12,7 +12,7 @@ import click
 
 from celery_saga import registry
 from celery_saga.config import backend_for
-from celery_saga.errors import InvalidSagaId, SagaError
+from celery_saga.errors import InvalidSagaId, SagaError, read_error
 from celery_saga.ids import validate_saga_id
 from celery_saga.models import SagaExecution, SagaStatus, StepRecord, now
 
@@ -20,9 +20,13 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from celery_saga.backends.base import SagaBackend
-    from celery_saga.runtime.engine import Runtime
+    from celery_saga.runtime.binding import Runtime
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
+#: `recover` went on past executions it could not recover (each reported).
+EXIT_SOME_ERRORS = 4
+#: The saga's stored record exists but cannot be read (damaged, or from a newer schema).
+EXIT_UNREADABLE = 5
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -82,14 +86,17 @@ def _fail(message: str, code: int) -> NoReturn:
 
 def _load(ctx: click.Context, saga_id: str) -> SagaExecution:
     store = _store(ctx)
-    execution = store.get(saga_id)
+    try:
+        execution = store.get(saga_id)
+    except Exception as exc:  # one clear line, never a traceback
+        _fail(read_error(saga_id, exc), EXIT_UNREADABLE)
     if execution is None:
         _fail(f"no saga {saga_id} in {store!r}", EXIT_NOT_FOUND)
     return execution
 
 
 def _runtime(ctx: click.Context, execution: SagaExecution) -> Runtime:
-    from celery_saga.runtime.engine import Runtime
+    from celery_saga.runtime.binding import Runtime
 
     try:
         saga_obj = registry.lookup(execution.saga_name, _app(ctx))
@@ -249,7 +256,7 @@ def show(ctx: click.Context, saga_id: str, as_json: bool) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, saga_id: str, reason: str | None) -> None:
     """Cancel an execution: no new step starts, done steps are compensated."""
-    from celery_saga.runtime.engine import cancel as cancel_saga
+    from celery_saga.runtime.compensation import cancel as cancel_saga
 
     ex = _load(ctx, saga_id)
     if not cancel_saga(_runtime(ctx, ex), saga_id, reason):
@@ -265,7 +272,7 @@ def cancel(ctx: click.Context, saga_id: str, reason: str | None) -> None:
 @click.pass_context
 def retry(ctx: click.Context, saga_id: str) -> None:
     """Retry a FAILED saga's failed compensations, or move a stalled one on."""
-    from celery_saga.runtime.engine import retry_compensations
+    from celery_saga.runtime.operator import retry_compensations
 
     ex = _load(ctx, saga_id)
     if not retry_compensations(_runtime(ctx, ex), saga_id):
@@ -280,7 +287,7 @@ def retry(ctx: click.Context, saga_id: str) -> None:
 @click.pass_context
 def resolve(ctx: click.Context, saga_id: str, step: int, note: str) -> None:
     """Mark a failed compensation as done by hand; the saga ends once none is left."""
-    from celery_saga.runtime.engine import resolve_compensation
+    from celery_saga.runtime.operator import resolve_compensation
 
     ex = _load(ctx, saga_id)
     if step >= len(ex.steps):
@@ -313,11 +320,13 @@ def recover(ctx: click.Context, stalled_after: float | None, as_json: bool) -> N
     else:
         for item in report.resumed:
             click.echo(f"{item.saga_id}  {item.action}")
+        for saga_id, reason in report.errors:
+            click.echo(f"error: {saga_id}: {reason}", err=True)
         click.echo(
             f"examined {report.examined}, acted on {report.acted}, errors {len(report.errors)}"
         )
     if report.errors:
-        sys.exit(EXIT_REFUSED)
+        sys.exit(EXIT_SOME_ERRORS)
 
 
 @saga.command()

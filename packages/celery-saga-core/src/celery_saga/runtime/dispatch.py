@@ -1,5 +1,6 @@
 """Send signatures on the saga's own app, reusing one producer per batch.
 
+Every message goes out as JSON (`SERIALIZER`), whatever the app's `task_serializer`.
 In eager mode (`task_always_eager`) a step that dispatches the next stage would
 recurse once per step; instead the outermost send drains a per-thread queue, so a
 long saga runs as a loop, like `chain.apply()`.
@@ -12,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from celery_saga.compiler import SERIALIZER
 from celery_saga.runtime.log import logger
 
 if TYPE_CHECKING:
@@ -41,7 +43,7 @@ def send(
         return
     with app.producer_or_acquire() as producer:
         for sig in signatures:
-            sig.apply_async(producer=producer)
+            sig.apply_async(producer=producer, serializer=SERIALIZER)
 
 
 def _send_eager(signatures: Sequence[Signature], handler: EagerErrorHandler | None) -> None:

@@ -25,10 +25,15 @@ from celery.app.trace import build_tracer
 from celery.exceptions import Ignore, Retry
 from celery.utils.objects import mro_lookup
 
+from celery_saga import registry
+from celery_saga.backends.base import Lease, StepExpect
+from celery_saga.compiler import SERIALIZER
 from celery_saga.errors import PermanentFailure, SagaError, StepOutputError
 from celery_saga.headers import SagaHeader, header_of
 from celery_saga.retry import error_types
-from celery_saga.runtime import engine
+from celery_saga.runtime import compensation, forward, leases
+from celery_saga.runtime.binding import Runtime, describe_error, outcome_of
+from celery_saga.runtime.decide import Admission
 from celery_saga.runtime.log import log
 
 HANDLED = "celery_saga_handled"
@@ -78,12 +83,57 @@ def instrument(task: Task) -> None:
 
     functools.update_wrapper(__call__, original)
     cls.__call__ = __call__
+    if isinstance(cls, type) and issubclass(cls, Task):
+        _json_retries(cls)
     setattr(cls, _MARK, True)
     _shield_autoretry(task)
     if getattr(task, "__trace__", None) is not None:
         # A worker built this task's tracer before the saga was defined: rebuild it
         # so the tracer calls the wrapper.
         task.__trace__ = build_tracer(task.name, task, app=task._get_app())
+
+
+def _json_retries(cls: type[Task]) -> None:
+    """Keep a saga message JSON when Celery sends it again, whatever `task_serializer`.
+
+    Covers the gate's retries and a step's own ``self.retry()`` or autoretry.
+    """
+    original_retry = cls.retry
+
+    def retry(self: Task, *args: Any, **options: Any) -> Any:
+        header = header_of(self.request)
+        if header is not None:
+            options.setdefault("serializer", SERIALIZER)
+            _give_back_lease(self, header)  # before the retry message exists
+        return original_retry(self, *args, **options)
+
+    functools.update_wrapper(retry, original_retry)
+    cls.retry = retry
+
+
+def _give_back_lease(task: Task, header: SagaHeader) -> None:
+    """A task that retries itself gives its lease back, so the retry need not wait for it.
+
+    The retry is a new message for the same attempt; it is sent by ``retry()`` before
+    the task returns, so the lease goes back first.
+    """
+    owner = leases.owner_of(header.task_id)
+    beat = leases.heartbeat()
+    mine = [lease for lease in beat.held() if lease.owner == owner]
+    if not mine:
+        return
+    backend = Runtime.for_header(header, task._get_app()).backend
+    for lease in mine:
+        beat.release(lease)
+        try:
+            backend.update_step(
+                lease.saga_id,
+                lease.index,
+                {"lease_owner": None, "lease_expires_at": None},
+                expect=StepExpect(lease_owners=(owner,)),
+            )
+        except Exception as exc:  # the retry then waits for the lease to expire instead
+            log(logging.WARNING, lease.saga_id, lease.index, "lease not given back: %r", exc)
 
 
 def _shield_autoretry(task: Task) -> None:
@@ -111,7 +161,7 @@ def _run(
     kwargs: dict[str, Any],
 ) -> Any:
     try:
-        rt = engine.Runtime.for_header(header, task._get_app())
+        rt = Runtime.for_header(header, task._get_app())
     except SagaError as exc:
         # This process does not know the saga: run the step and let the reply
         # errback / success signal carry the outcome to a worker that does.
@@ -125,7 +175,24 @@ def _run(
     if header.started and not request.retries and not redelivered:
         started_at = time.time()  # marked started with its stage: no gate of its own
     else:
-        _gate(task, rt, header, engine.step_started, header.task_id, request.retries or 0)
+        # A redelivered copy of a message its stage marked started may meet the first
+        # copy still running, not yet claimed by its heartbeat: the gate checks for that.
+        copy = header.started and redelivered and not request.retries
+        _gate(task, rt, header, forward.step_started, header.task_id, request.retries or 0, copy)
+    # Held while the body and its bookkeeping run; a step marked started with its
+    # stage is claimed by the first beat (a short step costs no lease write at all).
+    lease = Lease(header.saga_id, header.index, leases.owner_of(header.task_id), header.attempt)
+    with leases.holding(rt.backend, lease, leases.lease_seconds(rt.app)):
+        return _run_step(rt, header, body, kwargs, started_at)
+
+
+def _run_step(
+    rt: Runtime,
+    header: SagaHeader,
+    body: Callable[[], Any],
+    kwargs: dict[str, Any],
+    started_at: float | None,
+) -> Any:
     try:
         value = body()
     except Retry:
@@ -135,8 +202,8 @@ def _run(
         _bookkeep(
             rt,
             header,
-            engine.step_failed,
-            engine.describe_error(failure),
+            forward.step_failed,
+            describe_error(failure),
             failure.compensation_data,
             error_types(failure),
             started_at,
@@ -147,57 +214,68 @@ def _run(
         _bookkeep(
             rt,
             header,
-            engine.step_failed,
-            engine.describe_error(exc),
+            forward.step_failed,
+            describe_error(exc),
             data,
             error_types(exc),
             started_at,
         )
         raise
     try:
-        output, compensation_data = engine.outcome_of(rt, header, value)
+        output, compensation_data = outcome_of(rt, header, value)
     except StepOutputError as exc:
-        _bookkeep(rt, header, engine.step_failed, str(exc), None, error_types(exc), started_at)
+        _bookkeep(rt, header, forward.step_failed, str(exc), None, error_types(exc), started_at)
         raise
-    _bookkeep(rt, header, engine.step_succeeded, output, compensation_data, started_at, kwargs)
+    _bookkeep(rt, header, forward.step_succeeded, output, compensation_data, started_at, kwargs)
     return output
 
 
 def _run_compensation(
     task: Task,
-    rt: engine.Runtime,
+    rt: Runtime,
     request: Any,
     header: SagaHeader,
     body: Callable[[], Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    _gate(task, rt, header, engine.compensation_started, header.task_id)
+    _gate(task, rt, header, compensation.compensation_started, header.task_id)
     model = _compensation_model(task)
     if model is not None and args and isinstance(args[0], dict):
         body = functools.partial(task.run, model.model_validate(args[0]), *args[1:], **kwargs)
+    if header.late is not None:  # undoing a superseded attempt's effect: no lease of its own
+        return _compensate(rt, header, body)
+    owner = leases.owner_of(header.task_id)
+    lease = Lease(header.saga_id, header.index, owner, header.attempt, compensation=True)
+    with leases.holding(rt.backend, lease, leases.lease_seconds(rt.app)):
+        return _compensate(rt, header, body)
+
+
+def _compensate(rt: Runtime, header: SagaHeader, body: Callable[[], Any]) -> Any:
     try:
         value = body()
     except Retry:
         raise
     except Exception as exc:
-        _bookkeep(rt, header, engine.compensation_failed, engine.describe_error(exc))
+        _bookkeep(rt, header, compensation.compensation_failed, describe_error(exc))
         raise
-    _bookkeep(rt, header, engine.compensation_succeeded)
+    _bookkeep(rt, header, compensation.compensation_succeeded)
     return value
 
 
 def _gate(
-    task: Task, rt: engine.Runtime, header: SagaHeader, fn: Callable[..., bool], *args: Any
+    task: Task, rt: Runtime, header: SagaHeader, fn: Callable[..., Admission], *args: Any
 ) -> None:
     """Record that an attempt starts, or refuse it (Ignore) or put it off (retry)."""
     try:
-        allowed = _bookkeep(rt, header, fn, *args, gate=True)
+        admission: Admission = _bookkeep(rt, header, fn, *args, gate=True)
     except SagaError:
         raise
     except Exception as exc:  # the store is unreachable: run nothing, try again later
         raise task.retry(exc=exc, countdown=2, max_retries=None) from exc
-    if not allowed:
+    if admission.wait is not None:  # another process runs this attempt: try after its lease
+        raise task.retry(countdown=admission.wait, max_retries=None)
+    if not admission.run:
         raise Ignore()
 
 
@@ -216,7 +294,7 @@ _RETRY_DELAYS = (0.05, 0.25, 1.0, 2.0)
 
 
 def _bookkeep(
-    rt: engine.Runtime, header: SagaHeader, fn: Callable[..., Any], *args: Any, gate: bool = False
+    rt: Runtime, header: SagaHeader, fn: Callable[..., Any], *args: Any, gate: bool = False
 ) -> Any:
     """Run a bookkeeping call, retrying transient store or broker errors.
 
@@ -254,3 +332,6 @@ def _bookkeep(
             )
             time.sleep(delay)
     return None
+
+
+registry.on_task(instrument)  # every task that becomes a step or compensation

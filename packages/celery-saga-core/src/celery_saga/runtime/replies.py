@@ -15,17 +15,20 @@ from typing import Any
 from celery import Signature, current_task, shared_task
 from celery.signals import task_failure, task_success
 
-from celery_saga.compiler import REPLY_FAILURE, REPLY_SUCCESS
+from celery_saga.compiler import REPLY_FAILURE, REPLY_SUCCESS, SERIALIZER
 from celery_saga.errors import PermanentFailure, SagaError, SagaNotRegistered, StepOutputError
 from celery_saga.headers import SagaHeader, header_of
 from celery_saga.ids import parse_task_id
-from celery_saga.response import StepResponse, normalize_result, to_plain
+from celery_saga.plain import to_plain
+from celery_saga.response import StepResponse, ensure_json, normalize_result
 from celery_saga.retry import error_types
-from celery_saga.runtime import engine
+from celery_saga.runtime import compensation, forward, orphans
+from celery_saga.runtime.binding import Runtime, describe_error, outcome_of
 from celery_saga.runtime.instrument import HANDLED
 from celery_saga.runtime.log import log, logger
 
 _RETRY = {
+    "serializer": SERIALIZER,  # their own retries stay JSON on an app that pickles
     "acks_late": True,
     "reject_on_worker_lost": True,
     "ignore_result": True,
@@ -51,26 +54,29 @@ def reply_success(retval: Any = None, saga: Any = None) -> None:
     if header is None:
         return
     try:
-        rt = engine.Runtime.for_header(header, current_task.app)
+        rt = Runtime.for_header(header, current_task.app)
     except SagaNotRegistered:
-        payload = normalize_result(retval)
-        engine.record_unregistered(
-            current_task.app,
-            header,
-            succeeded=True,
-            output=payload[0],
-            compensation_data=payload[1],
+        what = f"the return value of step {header.index} of saga {header.saga_name!r}"
+        try:
+            output, data = normalize_result(retval, what)
+            ensure_json(output, what)
+            ensure_json(data, what)
+        except StepOutputError as exc:
+            orphans.record_unregistered(current_task.app, header, succeeded=False, error=str(exc))
+            return
+        orphans.record_unregistered(
+            current_task.app, header, succeeded=True, output=output, compensation_data=data
         )
         return
     if header.compensation:
-        engine.compensation_succeeded(rt, header)
+        compensation.compensation_succeeded(rt, header)
         return
     try:
-        output, compensation_data = engine.outcome_of(rt, header, retval)
+        output, compensation_data = outcome_of(rt, header, retval)
     except StepOutputError as exc:
-        engine.step_failed(rt, header, str(exc), None, error_types(exc))
+        forward.step_failed(rt, header, str(exc), None, error_types(exc))
         return
-    engine.step_succeeded(rt, header, output, compensation_data)
+    forward.step_succeeded(rt, header, output, compensation_data)
 
 
 @shared_task(name=REPLY_FAILURE, **_RETRY)  # type: ignore[untyped-decorator]
@@ -97,18 +103,17 @@ def reply_failure(
             return  # the step's own worker already recorded it
         details: dict[str, Any] = {
             "saga": saga,
-            "error": engine.describe_error(exc) if exc is not None else None,
+            "error": describe_error(exc) if exc is not None else None,
             "error_names": error_types(exc) if isinstance(exc, BaseException) else [],
         }
         if isinstance(exc, PermanentFailure):
             details["compensation_data"] = exc.compensation_data
         task_id = getattr(request, "id", None) or header.task_id
         app = current_task.app
-        Signature(
-            REPLY_FAILURE, (task_id,), details, {"queue": header.queue}, app=app
-        ).apply_async()
+        options = {"queue": header.queue, "serializer": SERIALIZER}
+        Signature(REPLY_FAILURE, (task_id,), details, options, app=app).apply_async()
         return
-    rt = engine.Runtime.for_header(header, current_task.app)
+    rt = Runtime.for_header(header, current_task.app)
     message = (
         error
         or _peek_error(rt, request)
@@ -118,12 +123,12 @@ def reply_failure(
         )
     )
     if header.compensation:
-        engine.compensation_failed(rt, header, message)
+        compensation.compensation_failed(rt, header, message)
     else:
-        engine.step_failed(rt, header, message, compensation_data, error_names or ())
+        forward.step_failed(rt, header, message, compensation_data, error_names or ())
 
 
-def _peek_error(rt: engine.Runtime, task_id: str) -> str | None:
+def _peek_error(rt: Runtime, task_id: str) -> str | None:
     """Read a failed task's exception from the result backend, without waiting."""
     try:
         from celery.backends.base import DisabledBackend
@@ -134,7 +139,7 @@ def _peek_error(rt: engine.Runtime, task_id: str) -> str | None:
         meta = backend.get_task_meta(task_id)
         result = meta.get("result")
         if meta.get("status") == "FAILURE" and isinstance(result, BaseException):
-            return engine.describe_error(result)
+            return describe_error(result)
     except Exception:  # the result backend is optional; its errors are not ours
         return None
     return None
@@ -164,7 +169,7 @@ def forward_unrecorded_success(sender: Any = None, result: Any = None, **_: Any)
         REPLY_SUCCESS,
         (payload,),
         {"saga": header.to_dict()},
-        {"queue": header.queue},
+        {"queue": header.queue, "serializer": SERIALIZER},
         app=sender._get_app(),
     ).apply_async()
 
@@ -202,21 +207,21 @@ def record_unreported_failure(
     if REPLY_FAILURE in _callback_names(getattr(request, "errbacks", None)):
         return  # a step named by task name: its reply errback reports it
     error = (
-        engine.describe_error(exception)
+        describe_error(exception)
         if isinstance(exception, BaseException)
         else (f"task {task_id} failed")
     )
     try:
-        rt = engine.Runtime.for_header(header, sender._get_app() if sender else None)
+        rt = Runtime.for_header(header, sender._get_app() if sender else None)
     except SagaNotRegistered:
-        engine.record_unregistered(sender._get_app(), header, succeeded=False, error=error)
+        orphans.record_unregistered(sender._get_app(), header, succeeded=False, error=error)
         return
     if header.compensation:
-        engine.compensation_failed(rt, header, error)
+        compensation.compensation_failed(rt, header, error)
     else:
         data = exception.compensation_data if isinstance(exception, PermanentFailure) else None
         names = error_types(exception) if isinstance(exception, BaseException) else []
-        engine.step_failed(rt, header, error, data, names)
+        forward.step_failed(rt, header, error, data, names)
 
 
 def _find_execution(app: Any, saga_id: str) -> Any:

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from celery_saga.backends.base import SagaBackend, StartNext, StepExpect
+from celery_saga.backends.base import Lease, SagaBackend, StartNext, StepExpect
 from celery_saga.models import SagaExecution, SagaStatus, StepRecord, StepStatus
 
 _FORWARD = frozenset({StepStatus.PENDING, StepStatus.RUNNING})
@@ -95,6 +95,20 @@ class Requirements:
         """Workers in other processes see the same executions."""
         return True
 
+    @property
+    def renews_leases_in_one_round_trip(self) -> bool:
+        """`renew_leases` renews any number of leases in one request (counted in `stats`),
+        at least when every one is still held (the common case)."""
+        return False
+
+    @property
+    def expires_finished(self) -> bool:
+        """Finished executions can be set to expire after a retention period (a TTL).
+
+        A store that declares it must also override the `store_with_retention` fixture.
+        """
+        return False
+
 
 class BackendConformance:
     """The contract of `celery_saga.backends.SagaBackend`, as pytest tests."""
@@ -126,6 +140,17 @@ class BackendConformance:
         raise NotImplementedError(
             f"{type(self).__name__} must define a `backend` fixture that yields a fresh, "
             "empty SagaBackend"
+        )
+
+    @pytest.fixture
+    def store_with_retention(self) -> Callable[[int], SagaBackend]:
+        """Provide a factory: ``make(seconds)`` is a fresh, empty store whose finished
+        executions expire `seconds` after they finish (stores that declare
+        `Requirements.expires_finished` must override this fixture, and close what
+        they made afterwards)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} declares Requirements.expires_finished: it must define a "
+            "`store_with_retention` fixture that returns a factory make(seconds) -> SagaBackend"
         )
 
     # -- create and read --------------------------------------------------------------
@@ -377,6 +402,184 @@ class BackendConformance:
         )
         assert sum(wins) == 1
 
+    # -- leases and late outcomes ---------------------------------------------------------
+    def _running(self, backend: SagaBackend, *, owner: str | None, expires: float | None) -> str:
+        """A stored execution whose step 0 runs attempt 1 under `owner`'s lease."""
+        execution = make_execution()
+        backend.create(execution)
+        changes: dict[str, Any] = {"status": StepStatus.RUNNING, "attempt": 1, "sent_at": 1.0}
+        if owner is not None:
+            changes.update(lease_owner=owner, lease_expires_at=expires)
+        assert backend.update_step(execution.saga_id, 0, changes).applied
+        return execution.saga_id
+
+    def test_lease_conditions_refuse_a_live_lease_and_pass_a_free_or_own_one(
+        self, backend: SagaBackend
+    ) -> None:
+        """`lease_free_at`/`lease_holder`/`lease_owners` agree with `StepExpect.refusal`."""
+        t = time.time()
+        sid = self._running(backend, owner="host/1/task-a", expires=t + 30)
+        refused = backend.update_step(
+            sid, 0, {"error": "no"}, expect=StepExpect(lease_free_at=t, lease_holder="host/2/b")
+        )
+        assert not refused.applied
+        assert (refused.lease_owner, refused.lease_expires_at) == ("host/1/task-a", t + 30)
+        assert not backend.update_step(
+            sid, 0, {"error": "no"}, expect=StepExpect(lease_owners=("host/2/b", None))
+        ).applied
+        for expect in (
+            StepExpect(lease_free_at=t, lease_holder="host/1/task-a"),  # its own lease
+            StepExpect(lease_free_at=t + 31),  # expired by then
+            StepExpect(lease_owners=("host/1/task-a",)),
+        ):
+            assert backend.update_step(sid, 0, {"error": "yes"}, expect=expect).applied, expect
+        unowned = self._running(backend, owner=None, expires=None)
+        assert backend.update_step(
+            unowned, 0, {"error": "yes"}, expect=StepExpect(lease_free_at=t)
+        ).applied
+        assert backend.update_step(
+            unowned, 0, {"error": "yes"}, expect=StepExpect(lease_owners=("x", None))
+        ).applied
+        got = backend.get(sid)
+        assert got is not None and got.step(0).error == "yes"
+
+    def test_renew_leases_extends_held_claims_unowned_and_reports_lost(
+        self, backend: SagaBackend
+    ) -> None:
+        """One call renews what is still held, claims unowned attempts, reports the rest."""
+        t = time.time()
+        mine = self._running(backend, owner="me", expires=t + 5)
+        unowned = self._running(backend, owner=None, expires=None)
+        theirs = self._running(backend, owner="other", expires=t + 30)
+        moved = self._running(backend, owner="me", expires=t + 5)
+        backend.update_step(moved, 0, {"status": StepStatus.SUCCESS})
+        comp = self._running(backend, owner=None, expires=None)
+        backend.update_step(comp, 0, {"status": StepStatus.COMPENSATING, "comp_attempt": 1})
+        leases = [
+            Lease(mine, 0, "me", 1),
+            Lease(unowned, 0, "me", 1),
+            Lease(theirs, 0, "me", 1),
+            Lease(moved, 0, "me", 1),
+            Lease(comp, 0, "me", 1, compensation=True),
+            Lease(unowned, 1, "me", 1),  # step 1 is not running
+            Lease(str(uuid.uuid4()), 0, "me", 1),  # no such execution
+        ]
+        lost = backend.renew_leases(leases, t + 60)
+        assert sorted(lost, key=repr) == sorted(leases[2:4] + leases[5:], key=repr)
+        for sid in (mine, unowned, comp):
+            got = backend.get(sid)
+            assert got is not None
+            assert (got.step(0).lease_owner, got.step(0).lease_expires_at) == ("me", t + 60)
+        for sid, owner in ((theirs, "other"), (moved, "me")):
+            got = backend.get(sid)
+            assert got is not None and got.step(0).lease_owner == owner
+            assert got.step(0).lease_expires_at != t + 60
+        assert backend.renew_leases([], t) == []
+
+    def test_renew_leases_costs_one_round_trip_for_many(self, backend: SagaBackend) -> None:
+        """A heartbeat renews every lease of its process in one store call."""
+        if not self.requirements.renews_leases_in_one_round_trip:
+            pytest.skip("this store declares it renews leases one by one")
+        t = time.time()
+        leases = [Lease(self._running(backend, owner=None, expires=None), 0, "me", 1)]
+        leases += [Lease(self._running(backend, owner="me", expires=t), 0, "me", 1)] * 2
+        leases += [Lease(self._running(backend, owner="me", expires=t), 0, "me", 1)]
+        backend.stats.reset()
+        assert backend.renew_leases(leases, t + 60) == []
+        assert backend.stats.round_trips == 1
+
+    def test_take_over_only_once_the_lease_is_free(self, backend: SagaBackend) -> None:
+        """A live lease refuses a takeover; an expired one lets exactly the first through."""
+        t = time.time()
+        sid = self._running(backend, owner="host/1/a", expires=t + 30)
+        change = {"attempt": 2, "lease_owner": None, "lease_expires_at": None, "sent_at": t}
+        refused = backend.take_over(sid, 0, change, attempt=1, now=t)
+        assert not refused.applied and refused.lease_owner == "host/1/a"
+        taken = backend.take_over(sid, 0, change, attempt=1, now=t + 31)
+        assert taken.applied and taken.attempt == 2
+        assert not backend.take_over(
+            sid, 0, {**change, "attempt": 3}, attempt=1, now=t + 31
+        ).applied
+        got = backend.get(sid)
+        assert got is not None
+        assert (got.step(0).attempt, got.step(0).lease_owner, got.step(0).sent_at) == (2, None, t)
+        # The superseded owner's renewal is lost and changes nothing.
+        assert backend.renew_leases([Lease(sid, 0, "host/1/a", 1)], t + 90) != []
+        got = backend.get(sid)
+        assert got is not None and got.step(0).lease_owner is None
+
+    def test_take_over_a_compensation_checks_its_own_attempt(self, backend: SagaBackend) -> None:
+        t = time.time()
+        sid = self._running(backend, owner=None, expires=None)
+        backend.update_step(
+            sid,
+            0,
+            {
+                "status": StepStatus.COMPENSATING,
+                "comp_attempt": 2,
+                "lease_owner": "host/1/c",
+                "lease_expires_at": t + 30,
+            },
+        )
+        change = {"comp_attempt": 3, "lease_owner": None, "lease_expires_at": None}
+        assert not backend.take_over(sid, 0, change, attempt=2, now=t, compensation=True).applied
+        assert not backend.take_over(
+            sid, 0, change, attempt=1, now=t + 31, compensation=True
+        ).applied
+        assert not backend.take_over(sid, 0, change, attempt=2, now=t + 31).applied  # forward
+        taken = backend.take_over(sid, 0, change, attempt=2, now=t + 31, compensation=True)
+        assert taken.applied and taken.comp_attempt == 3
+
+    def test_16_threads_take_over_one_expired_lease_exactly_one_wins(
+        self, backend: SagaBackend
+    ) -> None:
+        t = time.time()
+        sid = self._running(backend, owner="gone", expires=t - 1)
+        writes = _race(
+            16,
+            lambda i: backend.take_over(
+                sid, 0, {"attempt": 2, "lease_owner": None, "task_id": f"t{i}"}, attempt=1, now=t
+            ),
+        )
+        assert sum(w.applied for w in writes) == 1
+
+    def test_record_late_creates_once_then_moves_by_state(self, backend: SagaBackend) -> None:
+        """Late successes are kept by attempt; each state change applies once."""
+        sid = self._running(backend, owner=None, expires=None)
+        first = {"state": "recorded", "output": {"n": 2**60}, "compensation_data": {"id": "x"}}
+        assert backend.record_late(sid, 0, 1, first).applied
+        assert not backend.record_late(sid, 0, 1, {"state": "recorded"}).applied
+        assert backend.record_late(sid, 0, 3, {"state": "recorded", "output": None}).applied
+        moved = backend.record_late(sid, 0, 1, {"state": "compensating"}, expect_state="recorded")
+        assert moved.applied and moved.status is StepStatus.RUNNING
+        assert moved.saga_status is SagaStatus.RUNNING
+        assert not backend.record_late(
+            sid, 0, 1, {"state": "compensated"}, expect_state="recorded"
+        ).applied
+        assert not backend.record_late(
+            sid, 0, 2, {"state": "compensated"}, expect_state="recorded"
+        ).applied
+        got = backend.get(sid)
+        assert got is not None
+        assert got.step(0).late == {
+            "1": {**first, "state": "compensating"},
+            "3": {"state": "recorded", "output": None},
+        }
+        with pytest.raises(KeyError):
+            backend.record_late(str(uuid.uuid4()), 0, 1, first)
+
+    def test_16_threads_record_one_late_success_exactly_one_wins(
+        self, backend: SagaBackend
+    ) -> None:
+        sid = self._running(backend, owner=None, expires=None)
+        writes = _race(
+            16, lambda i: backend.record_late(sid, 0, 1, {"state": "recorded", "writer": i})
+        )
+        assert sum(w.applied for w in writes) == 1
+        got = backend.get(sid)
+        late = None if got is None else got.step(0).late
+        assert late is not None and set(late) == {"1"}
+
     # -- listing ----------------------------------------------------------------------------
     def _fill(self, backend: SagaBackend, n: int, **kw: Any) -> list[SagaExecution]:
         base = time.time() - 1000
@@ -498,6 +701,99 @@ class BackendConformance:
         assert backend.delete(execution.saga_id)
         assert backend.get(execution.saga_id) is None
         assert not backend.delete(execution.saga_id)
+
+    # -- leaving a terminal status ----------------------------------------------------------------
+    def test_execution_taken_back_from_terminal_to_active_keeps_everything(
+        self, backend: SagaBackend
+    ) -> None:
+        execution = make_execution()
+        backend.create(execution)
+        sid = execution.saga_id
+        backend.update_step(sid, 0, {"status": StepStatus.SUCCESS, "output": {"id": 2**62 + 1}})
+        backend.update_step(
+            sid,
+            1,
+            {"status": StepStatus.COMPENSATION_FAILED, "error": "boom", "comp_error": "no undo"},
+        )
+        assert backend.update_saga(
+            sid, {"status": SagaStatus.FAILED, "finished_at": time.time(), "error": "boom"}
+        )
+        failed = backend.get(sid)
+        assert failed is not None
+        # What an operator retry does: FAILED goes back to COMPENSATING.
+        assert backend.update_saga(
+            sid,
+            {"status": SagaStatus.COMPENSATING, "finished_at": None},
+            expect_status={SagaStatus.FAILED},
+        )
+        assert not backend.update_saga(
+            sid, {"status": SagaStatus.COMPENSATING}, expect_status={SagaStatus.FAILED}
+        )
+        got = backend.get(sid)
+        assert got is not None
+        assert (got.status, got.finished_at, got.error) == (SagaStatus.COMPENSATING, None, "boom")
+        assert [s.to_dict() for s in got.steps] == [s.to_dict() for s in failed.steps]
+        assert got.step(0).output == {"id": 2**62 + 1}
+        write = backend.update_step(
+            sid,
+            1,
+            {"status": StepStatus.COMPENSATED},
+            expect=StepExpect(saga_status=frozenset({SagaStatus.COMPENSATING})),
+        )
+        assert write.applied and write.saga_status is SagaStatus.COMPENSATING
+        listed = {s.saga_id for s in backend.list(status=SagaStatus.COMPENSATING).items}
+        assert sid in listed
+        assert sid not in {s.saga_id for s in backend.list(status=SagaStatus.FAILED).items}
+
+    def test_leaving_a_terminal_status_clears_the_expiry(
+        self, request: pytest.FixtureRequest
+    ) -> None:
+        if not self.requirements.expires_finished:
+            pytest.skip(
+                "this store declares that finished executions never expire "
+                "(Requirements.expires_finished)"
+            )
+        retention = 1
+        make: Callable[[int], SagaBackend] = request.getfixturevalue("store_with_retention")
+        store = make(retention)
+        retried, stays = make_execution(), make_execution()
+        for execution in (retried, stays):
+            store.create(execution)
+            store.update_step(execution.saga_id, 0, {"status": StepStatus.SUCCESS})
+        # `retried` finishes first, so its expiry, were it still armed, comes first.
+        for execution in (retried, stays):
+            assert store.update_saga(
+                execution.saga_id, {"status": SagaStatus.FAILED, "finished_at": time.time()}
+            )
+        assert store.update_saga(
+            retried.saga_id,
+            {"status": SagaStatus.COMPENSATING, "finished_at": None},
+            expect_status={SagaStatus.FAILED},
+        )
+        # The execution that stayed finished expires (so this store's retention works
+        # and its time has passed for both)...
+        deadline = time.monotonic() + retention + 30
+        while store.get(stays.saga_id) is not None:
+            assert time.monotonic() < deadline, "a finished execution did not expire"
+            time.sleep(0.05)
+        # ...while the unfinished one is still there, for another retention period too.
+        deadline = time.monotonic() + retention + 0.5
+        while True:
+            got = store.get(retried.saga_id)
+            assert got is not None, "an unfinished execution expired"
+            assert got.status is SagaStatus.COMPENSATING
+            assert got.step(0).status is StepStatus.SUCCESS and len(got.steps) == 3
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        # Finishing it again arms the expiry again.
+        assert store.update_saga(
+            retried.saga_id, {"status": SagaStatus.COMPENSATED, "finished_at": time.time()}
+        )
+        deadline = time.monotonic() + retention + 30
+        while store.get(retried.saga_id) is not None:
+            assert time.monotonic() < deadline, "a finished execution did not expire"
+            time.sleep(0.05)
 
     # -- waiting ----------------------------------------------------------------------------------
     def test_wait_returns_when_terminal(self, backend: SagaBackend) -> None:

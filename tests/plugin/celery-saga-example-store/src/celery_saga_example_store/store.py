@@ -10,6 +10,12 @@ Every write is a single ``BEGIN IMMEDIATE`` transaction: SQLite takes the write 
 at BEGIN, so reading, checking and writing inside it is a compare-and-set that holds
 across threads and processes. A step write touches that step's row and the
 execution's ``updated_at``, never the other steps.
+
+Leases need nothing of their own: the lease fields are step fields like any other,
+`StepExpect.refusal` checks the lease conditions when it is given the stored owner
+and expiry, and the base class's `renew_leases` and `take_over` are built on
+`update_step`. Late successes (`record_late`) are one more compare-and-set on the
+step's ``late`` field.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -74,6 +80,22 @@ _IN_FINISHED = f"status IN ({', '.join('?' * len(_FINISHED))})"
 def _dumps(value: Any) -> str:
     # ASCII-only JSON text: big integers, floats and unicode come back exact.
     return json.dumps(value, separators=(",", ":"))
+
+
+def _report(
+    applied: bool, step: dict[str, Any], saga_status: SagaStatus, count: int | None = None
+) -> StepWrite:
+    """What a step write reports: the step's state (after the write, if applied)."""
+    return StepWrite(
+        applied,
+        StepStatus(step["status"]),
+        step["attempt"],
+        saga_status,
+        count,
+        step["comp_attempt"],
+        lease_owner=step.get("lease_owner"),
+        lease_expires_at=step.get("lease_expires_at"),
+    )
 
 
 def _header(row: sqlite3.Row) -> dict[str, Any]:
@@ -252,13 +274,17 @@ class ExampleStore(SagaBackend):
             if row is None:
                 raise KeyError(f"no step {index} in saga {saga_id}")
             step, saga_status = json.loads(row["data"]), SagaStatus(row["status"])
-            status, attempt, comp_attempt = (
+            # The contract's own check, on the stored state (the lease fields are absent
+            # from steps stored before leases existed: .get() reads them as None).
+            if expect is not None and expect.refusal(
                 StepStatus(step["status"]),
                 step["attempt"],
                 step["comp_attempt"],
-            )
-            if expect is not None and expect.refusal(status, attempt, comp_attempt, saga_status):
-                return StepWrite(False, status, attempt, saga_status, None, comp_attempt)
+                saga_status,
+                step.get("lease_owner"),
+                step.get("lease_expires_at"),
+            ):
+                return _report(False, step, saga_status)
             step.update(plain)
             count = None
             if count_in is not None:
@@ -275,14 +301,45 @@ class ExampleStore(SagaBackend):
                 (_dumps(step), saga_id, index),
             )
             conn.execute("UPDATE executions SET updated_at = ? WHERE saga_id = ?", (now(), saga_id))
-        return StepWrite(
-            True,
-            StepStatus(step["status"]),
-            step["attempt"],
-            saga_status,
-            count,
-            step["comp_attempt"],
-        )
+        return _report(True, step, saga_status, count)
+
+    # -- late successes ---------------------------------------------------------------------
+    def record_late(
+        self,
+        saga_id: str,
+        index: int,
+        attempt: int,
+        changes: Mapping[str, Any],
+        *,
+        expect_state: str | None = None,
+    ) -> StepWrite:
+        plain = {name: plain_value(value) for name, value in changes.items()}
+        self.stats.add(1, payload_size(plain))
+        with self._tx() as conn:  # read, check and write under the write lock
+            row = conn.execute(
+                "SELECT steps.data, executions.status FROM steps JOIN executions USING (saga_id)"
+                " WHERE saga_id = ? AND idx = ?",
+                (saga_id, index),
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no step {index} in saga {saga_id}")
+            step, saga_status = json.loads(row["data"]), SagaStatus(row["status"])
+            late = step.get("late") or {}
+            entry = late.get(str(attempt))  # entries are keyed by the attempt as a string
+            if expect_state is None:
+                ok = entry is None  # create: the entry must not exist yet
+            else:
+                ok = entry is not None and entry.get("state") == expect_state
+            if not ok:
+                return _report(False, step, saga_status)
+            late[str(attempt)] = {**(entry or {}), **plain}
+            step["late"] = late
+            conn.execute(
+                "UPDATE steps SET data = ? WHERE saga_id = ? AND idx = ?",
+                (_dumps(step), saga_id, index),
+            )
+            conn.execute("UPDATE executions SET updated_at = ? WHERE saga_id = ?", (now(), saga_id))
+        return _report(True, step, saga_status)
 
     # -- listing and housekeeping ---------------------------------------------------------
     def list(
@@ -356,6 +413,6 @@ class ExampleStore(SagaBackend):
         return len(doomed)
 
     @staticmethod
-    def _drop(conn: sqlite3.Connection, saga_ids: list[str]) -> None:
+    def _drop(conn: sqlite3.Connection, saga_ids: Sequence[str]) -> None:
         for table in ("steps", "counters", "executions"):
             conn.executemany(f"DELETE FROM {table} WHERE saga_id = ?", [(i,) for i in saga_ids])

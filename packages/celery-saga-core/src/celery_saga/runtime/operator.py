@@ -1,0 +1,77 @@
+"""What an operator (or the CLI) asks of an execution: retry compensations, resolve one."""
+
+from __future__ import annotations
+
+import logging
+
+from celery_saga.backends.base import StepExpect
+from celery_saga.models import SagaStatus, StepStatus, now
+from celery_saga.runtime import driver
+from celery_saga.runtime.binding import Runtime
+from celery_saga.runtime.log import log
+from celery_saga.runtime.resume import resume
+
+_COMPENSATION_FAILED = frozenset({StepStatus.COMPENSATION_FAILED})
+
+
+def retry_compensations(rt: Runtime, saga_id: str) -> bool:
+    """An operator's retry: a FAILED saga's failed compensations run again (fresh budget).
+
+    The failed steps go back to the outcome they had before compensation, the
+    saga to COMPENSATING, and compensation resumes in reverse completion order.
+    Each retried step's last error stays in its record until it succeeds.
+    """
+    execution = rt.backend.get(saga_id)
+    if execution is None:
+        return False
+    if execution.status is SagaStatus.FAILED:
+        for record in execution.steps:
+            if record.status is StepStatus.COMPENSATION_FAILED:
+                rt.backend.update_step(
+                    saga_id,
+                    record.index,
+                    {"status": StepStatus.FAILED if record.error else StepStatus.SUCCESS},
+                    expect=StepExpect(status=_COMPENSATION_FAILED),
+                )
+        if not rt.backend.update_saga(
+            saga_id,
+            {"status": SagaStatus.COMPENSATING, "finished_at": None},
+            expect_status={SagaStatus.FAILED},
+        ):
+            return False
+        log(logging.WARNING, saga_id, None, "compensation retried by an operator")
+        driver.compensate_next(rt, saga_id)
+        return True
+    if execution.status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.PENDING):
+        return resume(rt, execution).acted
+    return False
+
+
+def resolve_compensation(rt: Runtime, saga_id: str, index: int, note: str) -> bool:
+    """An operator undid a step by hand: record it, and finish the saga if nothing is left."""
+    execution = rt.backend.get(saga_id)
+    if execution is None:
+        return False
+    record = execution.step(index)
+    write = rt.backend.update_step(
+        saga_id,
+        index,
+        {
+            "status": StepStatus.COMPENSATED,
+            "comp_finished_at": now(),
+            "comp_error": f"resolved by hand: {note} (last error: {record.comp_error})",
+        },
+        expect=StepExpect(status=_COMPENSATION_FAILED),
+    )
+    if not write.applied:
+        return False
+    log(logging.WARNING, saga_id, index, "compensation resolved by hand: %s", note)
+    execution = rt.backend.get(saga_id)
+    if (
+        execution is not None
+        and execution.status is SagaStatus.FAILED
+        and not any(s.status is StepStatus.COMPENSATION_FAILED for s in execution.steps)
+    ):
+        final = SagaStatus.CANCELLED if execution.cancelled_at else SagaStatus.COMPENSATED
+        rt.backend.update_saga(saga_id, {"status": final}, expect_status={SagaStatus.FAILED})
+    return True

@@ -1,0 +1,169 @@
+"""Network faults between workers and their servers, injected by a TCP proxy.
+
+`tests/faults.py` puts a proxy between the worker processes and the state store, or
+the broker, and cuts, black-holes or heals it while sagas run. Whatever happens,
+nothing is lost: after the fault heals and recovery runs, every saga is terminal and
+every step's effect is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from e2e_support import ProcessSetup, WorkerProcess, wait_for
+from faults import FaultProxy
+from worker_app import make_app
+
+from celery_saga import SagaStatus, recover
+from celery_saga.config import backend_for
+
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
+
+CONF: dict[str, Any] = {
+    "saga_lease_seconds": 3.0,
+    "saga_recovery_stalled_after": 2.0,
+    "worker_prefetch_multiplier": 1,
+}
+
+
+def through(proxy: FaultProxy, url: str) -> str:
+    """`url` with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
+
+
+@contextmanager
+def recovery_every(app: Any, seconds: float) -> Iterator[None]:
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(seconds):  # a beat schedule: one pass per period
+            try:
+                recover(app)
+            except Exception as exc:  # a pass may meet the fault too; the next one retries
+                print(f"recovery pass failed: {exc!r}")
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+
+def progressed(results: list[Any], steps: int) -> bool:
+    """Some sagas have steps done and some have steps left: a fault now hits the middle."""
+    done = [sum(s.status.value == "success" for s in r.execution.steps) for r in results]
+    return any(d > 0 for d in done) and any(d < steps for d in done)
+
+
+def settle(app: Any, results: list[Any], timeout: float) -> None:
+    with recovery_every(app, 0.5):
+        wait_for(
+            lambda: all(r.status is SagaStatus.COMPLETED for r in results),
+            timeout,
+            "every saga to complete after the fault",
+        )
+
+
+def check_effects(scenarios: Any, results: list[Any]) -> None:
+    effects = scenarios.journal.effects("effects")
+    for result in results:
+        assert {f"{result.saga_id}:{n}" for n in range(5)} <= effects
+    assert scenarios.journal.effects("undone") == set(), "nothing was compensated"
+
+
+def test_store_black_holed_for_10s_during_bookkeeping_loses_nothing(
+    processes: ProcessSetup, worker_processes: Callable[..., WorkerProcess]
+) -> None:
+    if processes.store.startswith("sqlite"):
+        pytest.skip("workers reach a SQLite store as a file, not over the network")
+    port = urlsplit(processes.store).port
+    assert port is not None
+    with FaultProxy(port) as proxy:
+        env = processes.env(
+            SAGA_E2E_CONF=json.dumps(CONF), SAGA_E2E_STORE=through(proxy, processes.store)
+        )
+        worker_processes("worker_app", [processes.queue], 4, env)
+        app, (scenarios, _) = processes.app(conf=CONF)
+        results = [scenarios.crash.run(n=i) for i in range(20)]
+        wait_for(lambda: progressed(results, 5), 30, "sagas half way")
+        proxy.black_hole()
+        time.sleep(10)  # the outage itself: the store answers nothing for 10 s
+        proxy.heal()
+        settle(app, results, timeout=120)
+    check_effects(scenarios, results)
+
+
+def test_broker_cut_during_stage_hand_on_loses_nothing(
+    processes: ProcessSetup, worker_processes: Callable[..., WorkerProcess]
+) -> None:
+    port = urlsplit(processes.broker).port
+    assert port is not None
+    with FaultProxy(port) as proxy:
+        env = processes.env(
+            SAGA_E2E_CONF=json.dumps(CONF), SAGA_E2E_BROKER=through(proxy, processes.broker)
+        )
+        worker_processes("worker_app", [processes.queue], 4, env)
+        app, (scenarios, _) = processes.app(conf=CONF)
+        results = [scenarios.crash.run(n=i) for i in range(20)]
+        wait_for(lambda: progressed(results, 5), 30, "sagas half way")
+        proxy.cut()
+        time.sleep(3)  # the outage itself: no connection to the broker for 3 s
+        proxy.heal()
+        settle(app, results, timeout=180)
+    check_effects(scenarios, results)
+
+
+def test_broker_down_at_run_then_the_same_key_completes_one_execution(
+    processes: ProcessSetup, worker_processes: Callable[..., WorkerProcess]
+) -> None:
+    port = urlsplit(processes.broker).port
+    assert port is not None
+    env = processes.env(SAGA_E2E_CONF=json.dumps(CONF))
+    worker_processes("worker_app", [processes.queue], 2, env)
+    with FaultProxy(port) as proxy:
+        conf = {
+            **CONF,
+            "broker_connection_timeout": 2,
+            "broker_connection_max_retries": 1,
+            "task_publish_retry_policy": {"max_retries": 1, "interval_start": 0},
+        }
+        app, (scenarios, _) = make_app(
+            broker=through(proxy, processes.broker),
+            store=processes.store,
+            journal=processes.journal,
+            queue=processes.queue,
+            prefix=processes.journal_prefix,
+            conf=conf,
+        )
+        proxy.cut()
+        key = f"order-{processes.queue}"
+        with pytest.raises(Exception) as raised:
+            scenarios.crash.run(n=1, idempotency_key=key)
+        assert not isinstance(raised.value, AssertionError)
+        stored = scenarios.crash.result(_by_key(app, scenarios.crash, key)).execution
+        assert stored is not None and stored.status is SagaStatus.PENDING, stored
+        proxy.heal()
+        result = scenarios.crash.run(n=1, idempotency_key=key)
+        assert result.saga_id == stored.saga_id
+        assert result.get(timeout=60) is not None
+    assert result.status is SagaStatus.COMPLETED
+    listed = result.backend.list(name=scenarios.crash.name).items
+    assert [s.saga_id for s in listed if s.idempotency_key == key] == [result.saga_id]
+
+
+def _by_key(app: Any, saga: Any, key: str) -> str:
+    """The id of the execution created with idempotency key `key`."""
+    execution = backend_for(app, saga.backend).find_by_idempotency_key(key)
+    assert execution is not None, "run() left no record behind"
+    return execution.saga_id
