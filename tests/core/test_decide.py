@@ -304,6 +304,8 @@ def test_refused_gate_waits_for_a_live_lease_of_another_owner_on_the_same_attemp
         (StepStatus.RUNNING, 3, 2, True),
         (StepStatus.FAILED, 3, 2, True),
         (StepStatus.SKIPPED, 2, 2, True),  # marked skipped while it ran
+        (StepStatus.COMPENSATED, 2, 2, False),  # its own success, already undone
+        (StepStatus.COMPENSATED, 3, 2, True),
     ],
 )
 def test_is_late(status: StepStatus, attempt: int, mine: int, expected: bool) -> None:

@@ -20,6 +20,7 @@ from celery.contrib.testing.worker import start_worker
 from click.testing import CliRunner
 from e2e_support import broker_url, delete_queues, wait_for
 from kombu.asynchronous import set_event_loop
+from support import STORES
 
 from celery_saga import Saga, SagaStatus
 from celery_saga.cli import saga as saga_cli
@@ -30,6 +31,12 @@ from celery_saga.runtime.recovery import recover
 from celery_saga.runtime.start import new_execution
 
 TIMEOUT = 60
+
+
+#: The records are damaged through redis-py, so this runs where the Redis store is tested.
+pytestmark = pytest.mark.skipif(
+    "redis" not in STORES, reason="runs in the Redis store's test cell (CELERY_SAGA_TEST_STORES)"
+)
 
 
 @pytest.fixture

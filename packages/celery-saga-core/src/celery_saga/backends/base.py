@@ -9,15 +9,24 @@ contract, races included.
 from __future__ import annotations
 
 import abc
-import base64
-import json
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+from celery_saga.backends.helpers import (
+    SAGA_MUTABLE_FIELDS,
+    check_limit,
+    check_saga_changes,
+    check_step_changes,
+    decode_cursor,
+    encode_cursor,
+    is_terminal,
+    normalize_status,
+    payload_size,
+    plain_value,
+)
 from celery_saga.models import (
-    STEP_MUTABLE_FIELDS,
     TERMINAL_STATUSES,
     SagaExecution,
     SagaStatus,
@@ -25,10 +34,27 @@ from celery_saga.models import (
     StepStatus,
 )
 
-#: Fields `update_saga` may change.
-SAGA_MUTABLE_FIELDS = frozenset(
-    {"status", "output", "error", "failed_step", "finished_at", "cancelled_at"}
-)
+#: The contract's names, and the store helpers (from `helpers`: stores may import them
+#: from either module, as they did before the helpers moved).
+__all__ = [
+    "SAGA_MUTABLE_FIELDS",
+    "Lease",
+    "Page",
+    "SagaBackend",
+    "StartNext",
+    "StepExpect",
+    "StepWrite",
+    "StoreStats",
+    "check_limit",
+    "check_saga_changes",
+    "check_step_changes",
+    "decode_cursor",
+    "encode_cursor",
+    "is_terminal",
+    "normalize_status",
+    "payload_size",
+    "plain_value",
+]
 
 
 @dataclass(frozen=True)
@@ -449,87 +475,3 @@ class SagaBackend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
-
-
-# -- helpers shared by store implementations -------------------------------------------
-
-
-def payload_size(*values: Any) -> int:
-    """Bytes of `values` as JSON text (strings count as their UTF-8 length)."""
-    total = 0
-    for value in values:
-        if isinstance(value, bytes):
-            total += len(value)
-        elif isinstance(value, str):
-            total += len(value.encode())
-        else:
-            total += len(json.dumps(plain_value(value), separators=(",", ":")).encode())
-    return total
-
-
-def check_step_changes(changes: Mapping[str, Any]) -> None:
-    """Refuse unknown step fields before anything is written."""
-    unknown = set(changes) - STEP_MUTABLE_FIELDS
-    if unknown:
-        raise ValueError(
-            f"update_step got fields it cannot set: {sorted(unknown)}; "
-            f"settable fields are {sorted(STEP_MUTABLE_FIELDS)}"
-        )
-
-
-def check_saga_changes(changes: Mapping[str, Any]) -> None:
-    """Refuse unknown execution fields before anything is written."""
-    unknown = set(changes) - SAGA_MUTABLE_FIELDS
-    if unknown:
-        raise ValueError(
-            f"update_saga got fields it cannot set: {sorted(unknown)}; "
-            f"settable fields are {sorted(SAGA_MUTABLE_FIELDS)}"
-        )
-
-
-def plain_value(value: Any) -> Any:
-    """Enum members become their values, so changes can be stored as JSON."""
-    if isinstance(value, SagaStatus | StepStatus):
-        return value.value
-    return value
-
-
-def normalize_status(status: SagaStatus | str | None) -> SagaStatus | None:
-    """Accept a status or its string value; raise a clear error for anything else."""
-    if status is None or isinstance(status, SagaStatus):
-        return status
-    try:
-        return SagaStatus(str(status).lower())
-    except ValueError:
-        choices = ", ".join(s.value for s in SagaStatus)
-        raise ValueError(f"unknown saga status {status!r}; use one of: {choices}") from None
-
-
-def encode_cursor(created_at: float, saga_id: str) -> str:
-    """Opaque listing cursor: the position of the last item returned."""
-    raw = json.dumps([created_at, saga_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[float, str]:
-    """Parse a cursor made by `encode_cursor`, with a clear error for anything else."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, saga_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        return float(created_at), str(saga_id)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(
-            f"invalid listing cursor {cursor!r}: pass back the cursor of the previous page"
-        ) from exc
-
-
-def check_limit(limit: int) -> int:
-    """Listing page sizes are 1..1000."""
-    if not isinstance(limit, int) or not 1 <= limit <= 1000:
-        raise ValueError(f"limit must be an integer from 1 to 1000, got {limit!r}")
-    return limit
-
-
-def is_terminal(status: SagaStatus) -> bool:
-    """True for COMPLETED, COMPENSATED and FAILED."""
-    return status in TERMINAL_STATUSES

@@ -213,14 +213,25 @@ RUN = Admission(True)
 REFUSE = Admission(False)
 
 
+_SUCCEEDED = frozenset(
+    {
+        StepStatus.SUCCESS,
+        StepStatus.COMPENSATING,
+        StepStatus.COMPENSATED,
+        StepStatus.COMPENSATION_FAILED,
+    }
+)
+
+
 def is_late(status: StepStatus, attempt: int, my_attempt: int) -> bool:
     """Whether a success whose write was refused is a late one (to record, maybe undo).
 
-    Only a copy of an attempt that itself succeeded is a mere duplicate; a success of
-    a superseded attempt, or of one whose step ended otherwise meanwhile, did
-    something nothing else records.
+    A copy of the attempt whose success the step records (and may since have
+    compensated) is a mere duplicate of that effect; a success of a superseded
+    attempt, or of one whose step ended otherwise (failed, skipped), did something
+    nothing else records.
     """
-    return not (status is StepStatus.SUCCESS and attempt == my_attempt)
+    return not (status in _SUCCEEDED and attempt == my_attempt)
 
 
 def lease_free(record: StepRecord, now: float, stalled_after: float) -> bool:
