@@ -109,7 +109,7 @@ def tests(session: nox.Session, backend: str, celery: str) -> None:
         *spec.get("extras", []),
         *nox.project.dependency_groups(PYPROJECT, "test"),
     )
-    env = {"CELERY_SAGA_TEST_STORES": spec["stores"]}
+    env = {"CELERY_SAGA_TEST_STORES": spec["stores"], "CELERY_SAGA_TEST_CELERY": celery}
     session.run("python", "-m", "pytest", *spec["tests"], *session.posargs, env=env)
 
 

@@ -19,12 +19,13 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from e2e_support import ProcessSetup, WorkerProcess, wait_for
 from faults import FaultProxy
+from support import LONG_PROCESS_TESTS
 from worker_app import make_app
 
 from celery_saga import SagaStatus, recover
 from celery_saga.config import backend_for
 
-pytestmark = [pytest.mark.processes, pytest.mark.slow]
+pytestmark = [pytest.mark.processes, pytest.mark.slow, LONG_PROCESS_TESTS]
 
 CONF: dict[str, Any] = {
     "saga_lease_seconds": 3.0,

@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 from e2e_support import ProcessSetup, WorkerProcess, delete_queues, wait_for
+from support import LONG_PROCESS_TESTS
 
 from celery_saga import SagaCompensated, SagaStatus, StepStatus, recover
 
-pytestmark = [pytest.mark.processes, pytest.mark.slow]
+pytestmark = [pytest.mark.processes, pytest.mark.slow, LONG_PROCESS_TESTS]
 
 LEASE = 3.0
 #: Aggressive on purpose: 0.2.0's clock-based recovery re-sent every step longer than
