@@ -1,7 +1,7 @@
 """Every check a contributor or CI runs, as nox sessions.
 
     nox -s tests                      # the whole matrix: every store x Celery version
-    nox -s "tests(memory, newest)"   # one cell (see `nox -l` for the names)
+    nox -s "tests-3.11(memory, newest)"   # one cell (see `nox -l` for the names)
     nox -s demo                       # the order saga on an in-process worker
     nox -s lint build docs bench
     nox -s plugin isolation           # a third-party store; each store installed alone

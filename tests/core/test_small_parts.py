@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from pydantic import BaseModel
 
@@ -159,3 +161,22 @@ def test_lazy_backend_names_say_which_package_to_install() -> None:
                 getattr(backends, name)
         else:
             assert getattr(backends, name).__name__ == name
+
+
+@pytest.mark.parametrize(
+    ("deadline", "seconds"),
+    [(90, 90.0), (1.5, 1.5), (timedelta(minutes=2), 120.0), (None, None)],
+)
+def test_a_saga_deadline_is_seconds_or_a_timedelta(deadline: object, seconds: float | None) -> None:
+    from celery_saga import Saga
+
+    assert Saga("deadline_kinds", deadline=deadline).deadline == seconds  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("deadline", [0, -1, "soon"])
+def test_a_bad_saga_deadline_says_what_it_takes(deadline: object) -> None:
+    from celery_saga import Saga
+    from celery_saga.errors import SagaDefinitionError
+
+    with pytest.raises(SagaDefinitionError, match="positive number of seconds"):
+        Saga("bad_deadline", deadline=deadline)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from celery_saga import registry
@@ -142,7 +143,7 @@ class Saga:
         backend: SagaBackend | str | None = None,
         *,
         app: Celery | None = None,
-        deadline: float | None = None,
+        deadline: float | timedelta | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise SagaDefinitionError(f"a saga needs a non-empty name, got {name!r}")
@@ -156,7 +157,7 @@ class Saga:
                 )
         self.name = name
         self.backend = backend
-        self.deadline = None if deadline is None else float(deadline)
+        self.deadline: float | None = None if deadline is None else float(deadline)
         self._app = app
         self._entries: list[Entry] = []
         self._output: OutputSpec | None = None

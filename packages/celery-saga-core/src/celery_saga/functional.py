@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from celery_saga.builder import ParallelEntry, Saga, StepEntry, make_step_entry
@@ -248,7 +249,7 @@ def saga(
     backend: SagaBackend | str | None = None,
     *,
     app: Celery | None = None,
-    deadline: float | None = None,
+    deadline: float | timedelta | None = None,
 ) -> Callable[[Callable[[Any], Any]], Saga]:
     """Define a saga from a function of `input`, traced once into a `Saga`.
 
