@@ -190,6 +190,9 @@ def test_recovery(
         (StepStatus.RUNNING, 1, SagaStatus.COMPENSATING, 1, 1, Gate.SKIP),
         (StepStatus.PENDING, 1, SagaStatus.COMPENSATING, 1, 0, Gate.SKIP),
         (StepStatus.PENDING, 0, SagaStatus.CANCELLED, 1, 0, Gate.SKIP),
+        # Refused while the saga runs (a lease of another attempt): never skipped.
+        (StepStatus.RUNNING, 1, SagaStatus.RUNNING, 2, 0, Gate.REFUSE),
+        (StepStatus.PENDING, 1, SagaStatus.RUNNING, 1, 0, Gate.REFUSE),
     ],
 )
 def test_refused_gate(
@@ -288,11 +291,11 @@ def test_refused_gate_waits_for_a_live_lease_of_another_owner_on_the_same_attemp
     )
     assert (
         decide.refused_gate(*args, lease_owner="a", lease_expires_at=4.0, owner="b", now=5.0)
-        is Gate.SKIP
+        is Gate.REFUSE
     )
     assert (
         decide.refused_gate(*args, lease_owner="b", lease_expires_at=9.0, owner="b", now=5.0)
-        is Gate.SKIP
+        is Gate.REFUSE
     )
 
 

@@ -198,6 +198,10 @@ def refused_gate(
         and saga_status in (SagaStatus.COMPENSATING, SagaStatus.PENDING)
     ):
         return Gate.IN_FLIGHT
+    if saga_status is SagaStatus.RUNNING:
+        # Refused for another reason (a lease) while the saga goes on: leave the step to
+        # whoever holds it, or to recovery; skipping it would turn the saga back.
+        return Gate.REFUSE
     return Gate.SKIP
 
 
