@@ -83,46 +83,61 @@ def check_effects(scenarios: Any, results: list[Any]) -> None:
     assert scenarios.journal.effects("undone") == set(), "nothing was compensated"
 
 
+def survive(
+    processes: ProcessSetup,
+    worker_processes: Callable[..., WorkerProcess],
+    *,
+    through_proxy: str,
+    fault: Callable[[FaultProxy], None],
+    seconds: float,
+    settle_within: float,
+) -> None:
+    """20 sagas of 5 steps; half way, `fault` hits the proxy to the broker or the store
+    (`through_proxy`) for `seconds`; after it heals and recovery runs, all complete and
+    every step's effect is recorded."""
+    url = processes.broker if through_proxy == "broker" else processes.store
+    port = urlsplit(url).port
+    assert port is not None
+    with FaultProxy(port) as proxy:
+        routed = {f"SAGA_E2E_{through_proxy.upper()}": through(proxy, url)}
+        env = processes.env(SAGA_E2E_CONF=json.dumps(CONF), **routed)
+        worker_processes("worker_app", [processes.queue], 4, env)
+        app, (scenarios, _) = processes.app(conf=CONF)
+        results = [scenarios.crash.run(n=i) for i in range(20)]
+        wait_for(lambda: progressed(results, 5), 30, "sagas half way")
+        fault(proxy)
+        time.sleep(seconds)  # the outage itself
+        proxy.heal()
+        settle(app, results, timeout=settle_within)
+    check_effects(scenarios, results)
+
+
 def test_store_black_holed_for_10s_during_bookkeeping_loses_nothing(
     processes: ProcessSetup, worker_processes: Callable[..., WorkerProcess]
 ) -> None:
     if processes.store.startswith("sqlite"):
         pytest.skip("workers reach a SQLite store as a file, not over the network")
-    port = urlsplit(processes.store).port
-    assert port is not None
-    with FaultProxy(port) as proxy:
-        env = processes.env(
-            SAGA_E2E_CONF=json.dumps(CONF), SAGA_E2E_STORE=through(proxy, processes.store)
-        )
-        worker_processes("worker_app", [processes.queue], 4, env)
-        app, (scenarios, _) = processes.app(conf=CONF)
-        results = [scenarios.crash.run(n=i) for i in range(20)]
-        wait_for(lambda: progressed(results, 5), 30, "sagas half way")
-        proxy.black_hole()
-        time.sleep(10)  # the outage itself: the store answers nothing for 10 s
-        proxy.heal()
-        settle(app, results, timeout=120)
-    check_effects(scenarios, results)
+    survive(
+        processes,
+        worker_processes,
+        through_proxy="store",
+        fault=FaultProxy.black_hole,  # the store answers nothing
+        seconds=10,
+        settle_within=120,
+    )
 
 
 def test_broker_cut_during_stage_hand_on_loses_nothing(
     processes: ProcessSetup, worker_processes: Callable[..., WorkerProcess]
 ) -> None:
-    port = urlsplit(processes.broker).port
-    assert port is not None
-    with FaultProxy(port) as proxy:
-        env = processes.env(
-            SAGA_E2E_CONF=json.dumps(CONF), SAGA_E2E_BROKER=through(proxy, processes.broker)
-        )
-        worker_processes("worker_app", [processes.queue], 4, env)
-        app, (scenarios, _) = processes.app(conf=CONF)
-        results = [scenarios.crash.run(n=i) for i in range(20)]
-        wait_for(lambda: progressed(results, 5), 30, "sagas half way")
-        proxy.cut()
-        time.sleep(3)  # the outage itself: no connection to the broker for 3 s
-        proxy.heal()
-        settle(app, results, timeout=180)
-    check_effects(scenarios, results)
+    survive(
+        processes,
+        worker_processes,
+        through_proxy="broker",
+        fault=FaultProxy.cut,  # no connection to the broker
+        seconds=3,
+        settle_within=180,
+    )
 
 
 def test_broker_down_at_run_then_the_same_key_completes_one_execution(
