@@ -158,9 +158,10 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def demo(session: nox.Session) -> None:
-    """The order saga on a real Celery worker in this process: no server needed."""
+    """The order saga, then the composing example, on a real Celery worker in this process."""
     install_packages(session, ["core"])
     session.run("python", "examples/demo.py")
+    session.run("python", "examples/composing.py")
 
 
 #: The package this project grew from, benchmarked in a venv of its own (it has the

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from celery_saga.backends import MemorySagaBackend, SagaBackend
-from celery_saga.testing import BackendConformance, Requirements
+from celery_saga.models import SagaStatus
+from celery_saga.testing import BackendConformance, Requirements, make_execution
 
 
 class Notifies(Requirements):
@@ -29,11 +30,12 @@ class TestMemoryConformance(BackendConformance):
 
 
 def test_the_suite_refuses_a_silent_override_or_deletion_of_any_of_its_tests() -> None:
-    """Whatever part of the suite a test comes from (records, leases, listing)."""
+    """Whatever part of the suite a test comes from (records, leases, listing, composition)."""
     for name in (
         "test_update_step_applies_and_reports",
         "test_take_over_only_once_the_lease_is_free",
         "test_wait_times_out",
+        "test_list_children_of_one_execution_newest_first_with_cursor",
     ):
         with pytest.raises(TypeError, match=f"overrides the conformance test {name}"):
             type("Silent", (BackendConformance,), {name: lambda self, backend: None})
@@ -45,3 +47,30 @@ def test_the_suite_refuses_a_silent_override_or_deletion_of_any_of_its_tests() -
             """An override that says why."""
 
         assert type("Declared", (BackendConformance,), {name: declared}).__test__ is True
+
+
+def test_a_record_of_schema_1_reads_with_defaults_and_takes_the_new_fields() -> None:
+    """Kept as celery-saga 0.3 wrote it: no parent link, no revert reason, no step kinds."""
+    store = MemorySagaBackend()
+    execution = make_execution()
+    store.create(execution)
+    entry = store._entries[execution.saga_id]
+    for name in ("parent_id", "parent_step", "revert_reason"):
+        del entry.header[name]
+    entry.header["schema"] = 1
+    for step in entry.steps.values():
+        del step["kind"], step["child_id"]
+    got = store.get(execution.saga_id)
+    assert got is not None
+    assert (got.schema, got.parent_id, got.parent_step, got.revert_reason) == (1, None, None, None)
+    assert [(s.kind, s.child_id) for s in got.steps] == [("task", None)] * 3
+    assert store.list().items[0].parent_id is None
+    child = make_execution(parent_id=execution.saga_id, parent_step=0)
+    store.create(child)
+    assert store.update_step(execution.saga_id, 0, {"child_id": child.saga_id}).applied
+    assert store.update_saga(execution.saga_id, {"status": SagaStatus.COMPLETED})
+    assert store.update_saga(execution.saga_id, {"revert_reason": "back"})
+    got = store.get(execution.saga_id)
+    assert got is not None
+    assert (got.step(0).child_id, got.revert_reason) == (child.saga_id, "back")
+    assert [s.saga_id for s in store.list(parent_id=execution.saga_id).items] == [child.saga_id]

@@ -232,27 +232,30 @@ def test_listing_is_right_while_a_create_is_interrupted(store: RedisSagaBackend)
     name = "half-created"
     done = make_execution(name=name)
     store.create(done)
-    pending = make_execution(name=name)
+    pending = make_execution(name=name, parent_id=done.saga_id, parent_step=0)
     sid = pending.saga_id
     # The create has marked the execution and indexed it, but not written it yet.
     assert store._begin_create(
         keys=[store.keys.execution(sid), store.keys.creating(sid)], args=[60]
     )
-    store._reindex(sid, name, pending.status.value, pending.created_at)
+    store._reindex(pending)
     truth = {done.saga_id: SagaStatus.RUNNING}
     check_listing(store, name, truth)
     assert store.get(sid) is None
     # Readers did not take the entries for those of a vanished execution.
     assert store.client.zscore(store.keys.index_all(), sid) is not None
     assert store.client.zscore(store.keys.index_status("running"), sid) is not None
+    assert listed(store, parent_id=done.saga_id) == []
+    assert store.client.zscore(store.keys.index_parent(done.saga_id), sid) is not None
     store._write_created(pending, store._fields(pending))
     truth[sid] = SagaStatus.RUNNING
     check_listing(store, name, truth)
     assert not store.client.exists(store.keys.creating(sid))
+    assert ids(listed(store, parent_id=done.saga_id)) == {sid}
 
     # An entry whose execution is gone, with no create under way, is removed by readers.
     ghost = make_execution(name=name)
-    store._reindex(ghost.saga_id, name, "running", ghost.created_at)
+    store._reindex(ghost)
     check_listing(store, name, truth)
     assert store.client.zscore(store.keys.index_name(name), ghost.saga_id) is None
 

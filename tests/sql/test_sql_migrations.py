@@ -54,8 +54,8 @@ def test_fresh_database_goes_through_every_version(
     store = make_store(database_url, create_tables=False)
     assert migrations.current_version(store.engine, table_prefix) == 0
     result = migrations.upgrade(store.engine, table_prefix)
-    assert (result.before, result.after, result.applied) == (0, 3, (1, 2, 3))
-    assert migrations.current_version(store.engine, table_prefix) == migrations.LATEST == 3
+    assert (result.before, result.after, result.applied) == (0, 4, (1, 2, 3, 4))
+    assert migrations.current_version(store.engine, table_prefix) == migrations.LATEST == 4
     assert set(_shape(store.engine, table_prefix)) == {
         f"{table_prefix}{name}" for name in ("executions", "steps", "counters", "schema_version")
     }
@@ -72,7 +72,7 @@ def test_upgrading_twice_changes_nothing(
     store.create(execution)  # first use creates the tables
     before = _shape(store.engine, table_prefix)
     again = migrations.upgrade(store.engine, table_prefix)
-    assert (again.before, again.after, again.applied) == (3, 3, ())
+    assert (again.before, again.after, again.applied) == (4, 4, ())
     assert _shape(store.engine, table_prefix) == before
     assert store.get(execution.saga_id) is not None
 
@@ -85,8 +85,8 @@ def test_concurrent_upgrades_apply_each_migration_once(
     stores = [make_store(database_url, create_tables=False) for _ in range(6)]
     with ThreadPoolExecutor(max_workers=len(stores)) as pool:
         results = list(pool.map(lambda s: migrations.upgrade(s.engine, table_prefix), stores))
-    assert sorted(r.applied for r in results) == [()] * 5 + [(1, 2, 3)]
-    assert all(r.after == 3 for r in results)
+    assert sorted(r.applied for r in results) == [()] * 5 + [(1, 2, 3, 4)]
+    assert all(r.after == 4 for r in results)
 
 
 def test_newer_schema_is_refused_with_both_versions_named(
@@ -95,7 +95,7 @@ def test_newer_schema_is_refused_with_both_versions_named(
     store = make_store(database_url)
     store.upgrade_schema()
     _set_version(store, 99)
-    with pytest.raises(SchemaVersionError, match=r"schema version 99.*up to 3") as caught:
+    with pytest.raises(SchemaVersionError, match=r"schema version 99.*up to 4") as caught:
         migrations.upgrade(store.engine, table_prefix)
     assert "upgrade celery-saga-sql" in str(caught.value)
     assert migrations.current_version(store.engine, table_prefix) == 99  # left untouched
@@ -131,19 +131,20 @@ def test_upgrade_command_prints_versions_before_and_after(
     assert "applied 1:" in first.output
     assert "applied 2:" in first.output
     assert "applied 3:" in first.output
-    assert "schema version after: 3" in first.output
+    assert "applied 4:" in first.output
+    assert "schema version after: 4" in first.output
     second = runner.invoke(cli, args)
     assert second.exit_code == 0, second.output
-    assert "schema version before: 3" in second.output
+    assert "schema version before: 4" in second.output
     assert "applied" not in second.output
-    assert "schema version after: 3" in second.output
+    assert "schema version after: 4" in second.output
     shown = runner.invoke(cli, ["version", database_url, "--table-prefix", table_prefix])
-    assert "schema version: 3" in shown.output
+    assert "schema version: 4" in shown.output
     _set_version(store, 7)
     refused = runner.invoke(cli, args)
     assert refused.exit_code != 0
     assert "schema version 7" in refused.output
-    assert "up to 3" in refused.output
+    assert "up to 4" in refused.output
 
 
 def test_upgrade_command_runs_as_a_module(tmp_path: Path) -> None:
@@ -160,7 +161,7 @@ def test_upgrade_command_runs_as_a_module(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "table prefix: 'cli_'" in done.stdout
     assert "schema version before: 0" in done.stdout
-    assert "schema version after: 3" in done.stdout
+    assert "schema version after: 4" in done.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "celery_saga_sql", "upgrade", "sqlite://"],
         capture_output=True,
@@ -172,14 +173,20 @@ def test_upgrade_command_runs_as_a_module(tmp_path: Path) -> None:
     assert "needs a file" in bad.stderr
 
 
-# -- older tables: version 1 (before deadline_at and cancelled_at) and version 2 (before leases) --
+# -- older tables: version 1 (before deadline_at and cancelled_at), version 2 (before leases)
+# -- and version 3 (before composition: parent links, step kinds, revert reasons) ----------
 
-#: The columns each version adds, by table.
-ADDED: dict[int, tuple[str, frozenset[str]]] = {
-    2: ("executions", frozenset({"deadline_at", "cancelled_at"})),
-    3: ("steps", frozenset(migrations.V3_STEP_COLUMNS)),
+#: The columns each version adds, by table (in the order it adds them).
+ADDED: dict[int, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    2: (("executions", ("deadline_at", "cancelled_at")),),
+    3: (("steps", migrations.V3_STEP_COLUMNS),),
+    4: (
+        ("executions", migrations.V4_EXECUTION_COLUMNS),
+        ("steps", migrations.V4_STEP_COLUMNS),
+    ),
 }
-OLD_VERSIONS = (1, 2)
+OLD_VERSIONS = (1, 2, 3)
+LATEST = 4
 
 
 def _columns(engine: Engine, prefix: str, table: str) -> set[str]:
@@ -205,12 +212,16 @@ def _make_version(
 
 def _assert_columns_up_to(engine: Engine, prefix: str, version: int) -> None:
     """The tables have the columns of `version` and none of a later one."""
-    for added, (table, names) in ADDED.items():
-        present = _columns(engine, prefix, table)
-        if added <= version:
-            assert names <= present, (added, present)
-        else:
-            assert not names & present, (added, present)
+    for added, tables in ADDED.items():
+        for table, names in tables:
+            present = _columns(engine, prefix, table)
+            if added <= version:
+                assert set(names) <= present, (added, present)
+            else:
+                assert not set(names) & present, (added, present)
+    parent_index = f"{prefix}ix_executions_parent_created"
+    indexes = {i["name"] for i in inspect(engine).get_indexes(f"{prefix}executions")}
+    assert (parent_index in indexes) is (version >= 4), indexes
 
 
 #: An execution as an older writer stored it, column by column.
@@ -316,6 +327,9 @@ def _check_old_row(store: SQLSagaBackend, saga_id: str, version: int) -> None:
     for step in got.steps:  # the version 3 fields, as a step that never had them
         assert (step.lease_owner, step.lease_expires_at, step.sent_at) == (None, None, None)
         assert (step.sends, step.late) == (0, None)
+    # The version 4 fields: a top-level execution of task steps, never reverted.
+    assert (got.parent_id, got.parent_step, got.revert_reason) == (None, None, None)
+    assert [(s.kind, s.child_id) for s in got.steps] == [("task", None)] * 2
     found = store.find_by_idempotency_key("old-key")
     assert found is not None
     assert found.to_dict() == got.to_dict()
@@ -344,13 +358,19 @@ def test_old_tables_are_upgraded_by_the_command_keeping_their_rows(
         assert f"applied {version}:" not in result.output
     if old < 2:
         assert "applied 2: add the deadline_at and cancelled_at columns" in result.output
+    if old < 3:
+        assert (
+            "applied 3: add the lease_owner, lease_expires_at, sent_at, sends and late columns"
+            in result.output
+        )
     assert (
-        "applied 3: add the lease_owner, lease_expires_at, sent_at, sends and late columns"
+        "applied 4: add the parent_id, parent_step and revert_reason columns and the parent_id "
+        "index to the executions table, and the kind and child_id columns to the steps table"
         in result.output
     )
-    assert "schema version after: 3" in result.output
-    assert migrations.current_version(store.engine, table_prefix) == 3
-    _assert_columns_up_to(store.engine, table_prefix, 3)
+    assert f"schema version after: {LATEST}" in result.output
+    assert migrations.current_version(store.engine, table_prefix) == LATEST
+    _assert_columns_up_to(store.engine, table_prefix, LATEST)
 
     _check_old_row(store, saga_id, old)
     assert [s.saga_id for s in store.list(status=SagaStatus.RUNNING).items] == [saga_id]
@@ -372,6 +392,27 @@ def test_old_tables_are_upgraded_by_the_command_keeping_their_rows(
         1,
     )
     assert got.step(0).late == {"1": {"state": "recorded", "output": {"n": 1}}}
+    # ...composition: a child saga of an old step, its id on that step, a revert reason...
+    child = make_execution(parent_id=saga_id, parent_step=1)
+    child.steps[0].kind = "external"
+    store.create(child)
+    assert store.update_step(saga_id, 1, {"child_id": child.saga_id}).applied
+    assert store.update_saga(saga_id, {"revert_reason": "returned"})
+    assert [s.saga_id for s in store.list(parent_id=saga_id).items] == [child.saga_id]
+    got = store.get(saga_id)
+    assert got is not None
+    assert (got.step(1).child_id, got.step(1).kind, got.revert_reason) == (
+        child.saga_id,
+        "task",
+        "returned",
+    )
+    stored_child = store.get(child.saga_id)
+    assert stored_child is not None
+    assert (stored_child.parent_id, stored_child.parent_step, stored_child.step(0).kind) == (
+        saga_id,
+        1,
+        "external",
+    )
     # ...and deadline_at and cancelled_at.
     cancelled = time.time()
     assert store.update_saga(
@@ -391,7 +432,7 @@ def test_old_tables_are_upgraded_by_the_command_keeping_their_rows(
     # Upgraded tables are the tables a fresh database gets, name for name and type for type.
     fresh_prefix = f"f{table_prefix[1:]}"
     fresh = make_store(database_url, table_prefix=fresh_prefix)
-    assert fresh.upgrade_schema().applied == (1, 2, 3)
+    assert fresh.upgrade_schema().applied == (1, 2, 3, 4)
     assert _normalized(_shape(fresh.engine, fresh_prefix), fresh_prefix) == _normalized(
         _shape(store.engine, table_prefix), table_prefix
     )
@@ -418,8 +459,9 @@ def test_upgrade_from_an_old_version_by_the_module_command(
     assert done.returncode == 0, done.stderr
     assert f"schema version before: {old}" in done.stdout
     assert ("applied 2:" in done.stdout) is (old < 2)
-    assert "applied 3:" in done.stdout
-    assert "schema version after: 3" in done.stdout
+    assert ("applied 3:" in done.stdout) is (old < 3)
+    assert "applied 4:" in done.stdout
+    assert f"schema version after: {LATEST}" in done.stdout
     _check_old_row(store, saga_id, old)
 
 
@@ -452,7 +494,7 @@ def test_without_create_tables_old_tables_are_refused_with_the_command_to_run(
             operation()
         message = str(caught.value)
         assert f"prefix {table_prefix!r} are at schema version {old}" in message
-        assert "needs version 3" in message
+        assert f"needs version {LATEST}" in message
         assert f"python -m celery_saga_sql upgrade <url> --table-prefix {table_prefix}" in message
     # Nothing was changed: still the old version, same columns, the rows as written.
     assert migrations.current_version(store.engine, table_prefix) == old
@@ -476,33 +518,42 @@ def test_a_store_with_create_tables_upgrades_old_tables_itself(
     saga_id = _write_old_row(first, old)
     store = make_store(database_url)  # create_tables=True: upgraded on first use
     _check_old_row(store, saga_id, old)
-    assert migrations.current_version(store.engine, table_prefix) == 3
+    assert migrations.current_version(store.engine, table_prefix) == LATEST
 
 
+@pytest.mark.parametrize("stopped", ["after one column", "before the last column"])
 @pytest.mark.parametrize("version", sorted(ADDED))
 def test_an_interrupted_upgrade_can_be_run_again(
     version: int,
+    stopped: str,
     database_url: str,
     make_store: Callable[..., SQLSagaBackend],
     table_prefix: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """MySQL commits each ALTER: an upgrade stopped after one column must finish later."""
+    """MySQL commits each ALTER: an upgrade stopped after any statement must finish later."""
     store = make_store(database_url, create_tables=False)
     _make_version(store.engine, table_prefix, monkeypatch, version - 1)
     saga_id = _write_old_row(store, version - 1)
-    table_name, names = ADDED[version]
-    table = store.tables.metadata.tables[f"{table_prefix}{table_name}"]
-    first = next(c for c in table.columns if c.name in names)  # the first column it adds
+    columns = [
+        store.tables.metadata.tables[f"{table_prefix}{table_name}"].c[name]
+        for table_name, names in ADDED[version]
+        for name in names
+    ]
+    done = columns[:1] if stopped == "after one column" else columns[:-1]
     with store.engine.begin() as conn:
-        spec = CreateColumn(first).compile(dialect=conn.dialect)
-        conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {spec}"))
+        for column in done:
+            spec = CreateColumn(column).compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {column.table.name} ADD COLUMN {spec}"))
+        if version == 4 and stopped == "before the last column":  # and the index, made too
+            index = f"{table_prefix}ix_executions_parent_created"
+            next(i for i in store.tables.executions.indexes if i.name == index).create(conn)
     assert migrations.current_version(store.engine, table_prefix) == version - 1
     result = migrations.upgrade(store.engine, table_prefix)
     assert (result.before, result.after, result.applied) == (
         version - 1,
-        3,
-        tuple(range(version, 4)),
+        LATEST,
+        tuple(range(version, LATEST + 1)),
     )
-    _assert_columns_up_to(store.engine, table_prefix, 3)
+    _assert_columns_up_to(store.engine, table_prefix, LATEST)
     _check_old_row(store, saga_id, version - 1)

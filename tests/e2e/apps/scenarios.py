@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from composition_scenarios import build_composition
 from pydantic import BaseModel
 
 from celery_saga import (
@@ -54,6 +55,21 @@ class Journal:
         else:
             with self._lock:
                 self._memory[saga_id].append(event)
+
+    def append(self, key: str, event: str) -> None:
+        """Append `event` to the list `key` (one list across the levels of nested sagas)."""
+        if self._client is not None:
+            self._client.rpush(f"{self.prefix}log:{key}", event)
+        else:
+            with self._lock:
+                self._memory[f"log:{key}"].append(event)
+
+    def log(self, key: str) -> list[str]:
+        """The events appended to `key`, in order."""
+        if self._client is not None:
+            return list(self._client.lrange(f"{self.prefix}log:{key}", 0, -1))
+        with self._lock:
+            return list(self._memory[f"log:{key}"])
 
     def incr(self, key: str, amount: int = 1) -> int:
         """Count something (shared between processes when the journal is in Redis)."""
@@ -144,6 +160,7 @@ class Scenarios:
     timeout_soft: Saga
     tasks: dict[str, Any]
     leases: Any = None  # lease_scenarios.LeaseScenarios, set by worker_app.make_app
+    composition: Any = None  # composition_scenarios.CompositionScenarios
 
 
 def build(app: Celery, journal: Journal, *, tag: str = "") -> Scenarios:
@@ -506,6 +523,7 @@ def build(app: Celery, journal: Journal, *, tag: str = "") -> Scenarios:
         timeout_hard=timeout_hard,
         timeout_soft=timeout_soft,
         tasks=t,
+        composition=build_composition(app, journal, f"{name}.compose"),
     )
 
 

@@ -21,17 +21,20 @@ from celery_saga.errors import (
     SchemaVersionError,
     StepOutputError,
 )
-from celery_saga.functional import parallelize, saga, step, transform
+from celery_saga.functional import external, parallelize, saga, step, transform, when
 from celery_saga.headers import current_step, idempotency_key
-from celery_saga.models import SagaExecution, SagaStatus, StepRecord, StepStatus
-from celery_saga.outcomes import SagaCancelled, SagaCompensated, SagaFailed
+from celery_saga.models import SagaExecution, SagaStatus, StepKind, StepRecord, StepStatus
+from celery_saga.outcomes import SagaCancelled, SagaCompensated, SagaFailed, SagaReverted
 from celery_saga.response import StepResponse
 from celery_saga.result import SagaResult
 from celery_saga.retry import RetryPolicy
+from celery_saga.runtime import children as _children  # noqa: F401  (child saga steps)
+from celery_saga.runtime import external as _external  # noqa: F401  (external steps)
 from celery_saga.runtime import instrument as _instrument  # noqa: F401  (instruments step tasks)
 from celery_saga.runtime import recovery as _recovery  # noqa: F401  (registers celery_saga.recover)
 from celery_saga.runtime import replies as _replies  # noqa: F401  (registers reply tasks)
 from celery_saga.runtime import unknown as _unknown  # noqa: F401  (fails steps no worker has)
+from celery_saga.runtime.external import StepCompletion
 from celery_saga.runtime.recovery import RecoveryReport, recover
 from celery_saga.version import __version__
 
@@ -50,14 +53,18 @@ __all__ = [
     "SagaFailed",
     "SagaNotRegistered",
     "SagaResult",
+    "SagaReverted",
     "SagaStatus",
     "SchemaVersionError",
+    "StepCompletion",
+    "StepKind",
     "StepOutputError",
     "StepRecord",
     "StepResponse",
     "StepStatus",
     "__version__",
     "current_step",
+    "external",
     "idempotency_key",
     "parallelize",
     "recover",
@@ -67,4 +74,5 @@ __all__ = [
     "set_default_backend",
     "step",
     "transform",
+    "when",
 ]

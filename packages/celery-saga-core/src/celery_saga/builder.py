@@ -5,25 +5,31 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from celery_saga import registry
 from celery_saga.decorators import step_meta
-from celery_saga.definition import (
-    ContextFn,
+from celery_saga.definition import SagaDefinition
+from celery_saga.errors import SagaDefinitionError
+from celery_saga.outline import mermaid, outline
+from celery_saga.plan import (
     ContextInput,
     InputSpec,
     MapperInput,
+    Node,
     OutputSpec,
-    SagaDefinition,
-    Stage,
-    StepSpec,
+    Parallel,
+    Step,
+    SubSaga,
+    Transform,
+    When,
+    all_leaves,
+    leaves,
 )
-from celery_saga.errors import SagaDefinitionError
 from celery_saga.retry import RetryPolicy
-from celery_saga.tasks import TaskRef, check_task_ref, is_task, task_name
+from celery_saga.staging import compile_plan
+from celery_saga.tasks import check_task_ref, is_task, task_name
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -48,34 +54,11 @@ STEP_OPTIONS = frozenset(
 )
 
 
-@dataclass
-class StepEntry:
-    """A step as the user gave it, before indexes are assigned."""
-
-    task: TaskRef
-    compensate: TaskRef | None
-    no_compensation: bool
-    input: InputSpec = field(default_factory=ContextInput)
-    options: Mapping[str, Any] = field(default_factory=dict)
-    retry: RetryPolicy | None = None
-    compensation_retry: RetryPolicy | None = None
-
-
-@dataclass
-class ParallelEntry:
-    """Steps that run at the same time."""
-
-    steps: list[StepEntry]
-
-
-@dataclass
-class TransformEntry:
-    """A context transform applied at its place in the plan."""
-
-    fn: ContextFn
-
-
-Entry = StepEntry | ParallelEntry | TransformEntry
+#: The plan nodes under the names the builder used before the plan tree.
+StepEntry = Step
+ParallelEntry = Parallel
+TransformEntry = Transform
+Entry = Node
 
 
 def make_step_entry(
@@ -88,7 +71,7 @@ def make_step_entry(
     retry: RetryPolicy | None = None,
     compensation_retry: RetryPolicy | None = None,
     what: str = "step",
-) -> StepEntry:
+) -> Step:
     """Validate a step and merge in what `@saga_step` said about it."""
     ref = check_task_ref(task, what)
     meta = step_meta(ref) if not isinstance(ref, str) else step_meta(None)
@@ -107,7 +90,7 @@ def make_step_entry(
                 f"step {task_name(ref)!r}: {name} must be a RetryPolicy, "
                 f"got {type(policy).__name__}"
             )
-    return StepEntry(
+    return Step(
         task=ref,
         compensate=comp_ref,
         no_compensation=bool(no_compensation or meta.no_compensation),
@@ -175,13 +158,15 @@ class Saga:
         options: Mapping[str, Any] | None = None,
         retry: RetryPolicy | None = None,
         compensation_retry: RetryPolicy | None = None,
+        when: Callable[[dict[str, Any]], Any] | None = None,
     ) -> Saga:
         """Add a step: a Celery task (or task name) called with the context as kwargs.
 
         `compensate` overrides the one from `@saga_step`; `input` maps the context
         to the step's keyword arguments; `options` are Celery message options for
         this step only (queue, priority, countdown, time_limit, soft_time_limit...);
-        `retry` and `compensation_retry` are saga-level `RetryPolicy` objects.
+        `retry` and `compensation_retry` are saga-level `RetryPolicy` objects. With
+        `when`, the step runs only if ``when(context)`` is true (else it is SKIPPED).
         """
         what = f"step {len(self._flat_steps())} of saga {self.name!r}"
         entry = make_step_entry(
@@ -194,18 +179,62 @@ class Saga:
             compensation_retry=compensation_retry,
             what=what,
         )
-        return self._append(entry)
+        return self._append(_conditional(entry, when, what))
+
+    def add_saga(
+        self,
+        child: Saga,
+        *,
+        input: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        compensate: bool = True,
+        when: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> Saga:
+        """Add a child saga as one step: its own execution, linked to this one.
+
+        The step succeeds with the child's output when the child completes, and fails
+        when it compensates. With `compensate`, a completed child is compensated as a
+        whole (reverted) when this saga compensates.
+        """
+        what = f"step {len(self._flat_steps())} of saga {self.name!r}"
+        node = make_subsaga(self, child, input=_mapper(input, what), compensate=compensate)
+        return self._append(_conditional(node, when, what))
+
+    def add_external(
+        self,
+        name: str,
+        *,
+        timeout: float | timedelta | None = None,
+        compensate: Any = None,
+        input: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        when: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> Saga:
+        """Add a step completed from outside: a webhook, a person, another system.
+
+        The saga waits, holding no worker, until `SagaResult.complete_step(name,
+        output)` or `fail_step(name, error)` is called (or `celery saga complete` /
+        `fail`). Past `timeout` the step fails and the saga compensates (the recovery
+        pass notices: schedule it). `compensate` undoes a completed step, called with
+        its output.
+        """
+        what = f"external step {name!r} of saga {self.name!r}"
+        node = make_external(name, timeout=timeout, compensate=compensate, what=what)
+        if input is not None:
+            node.input = _mapper(input, what) or node.input
+        return self._append(_conditional(node, when, what))
 
     def add_parallel(
         self,
         *tasks_or_tuples: Any,
         input: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         retry: RetryPolicy | None = None,
+        when: Callable[[dict[str, Any]], Any] | None = None,
     ) -> Saga:
-        """Add steps that run at the same time; each is a task or a (task, compensate) pair.
+        """Add steps that run at the same time; each is a task, a (task, compensate) pair,
+        or a child `Saga`.
 
         The saga moves on when all have finished; if one fails for good, the others
-        finish first and then everything done so far is compensated.
+        finish first and then everything done so far is compensated. With `when`, the
+        whole group runs only if ``when(context)`` is true.
         """
         if not tasks_or_tuples:
             raise SagaDefinitionError(
@@ -213,8 +242,11 @@ class Saga:
             )
         what = f"parallel group {len(self._entries)} of saga {self.name!r}"
         mapper = _mapper(input, what)
-        steps = []
+        members: list[Step | SubSaga] = []
         for item in tasks_or_tuples:
+            if isinstance(item, Saga):
+                members.append(make_subsaga(self, item, input=mapper))
+                continue
             if isinstance(item, tuple):
                 if len(item) != 2:
                     raise SagaDefinitionError(
@@ -223,10 +255,10 @@ class Saga:
                 task, comp = item
             else:
                 task, comp = item, None
-            steps.append(
+            members.append(
                 make_step_entry(task, compensate=comp, input=mapper, retry=retry, what=what)
             )
-        return self._append(ParallelEntry(steps))
+        return self._append(_conditional(Parallel(members), when, what))
 
     def add_transform(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Saga:
         """Replace the context with ``fn(context)`` at this point of the plan."""
@@ -234,31 +266,39 @@ class Saga:
             raise SagaDefinitionError(
                 f"add_transform() on saga {self.name!r} needs a callable, got {type(fn).__name__}"
             )
-        return self._append(TransformEntry(fn))
+        return self._append(Transform(fn))
 
-    def _append(self, entry: Entry) -> Saga:
+    def _append(self, entry: Node) -> Saga:
         self._entries.append(entry)
         self._definition = None
         self._instrument(entry)
         registry.register(self)
         return self
 
-    def _instrument(self, entry: Entry) -> None:
-        for step in entry.steps if isinstance(entry, ParallelEntry) else [entry]:
-            if isinstance(step, StepEntry):
+    def _instrument(self, entry: Node) -> None:
+        for step in leaves(entry):
+            if isinstance(step, Step):
                 for ref in (step.task, step.compensate):
                     if ref is not None and is_task(ref):
                         registry.task_added(ref)
 
     # -- the compiled definition -----------------------------------------------------------
-    def _flat_steps(self) -> list[StepEntry]:
-        flat: list[StepEntry] = []
-        for entry in self._entries:
-            if isinstance(entry, StepEntry):
-                flat.append(entry)
-            elif isinstance(entry, ParallelEntry):
-                flat.extend(entry.steps)
-        return flat
+    def _flat_steps(self) -> list[Step | SubSaga]:
+        return all_leaves(self._entries)
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        """The plan tree as built so far (`celery_saga.plan` nodes)."""
+        return tuple(self._entries)
+
+    def contains(self, other: Saga) -> bool:
+        """Whether `other` is this saga or a child of it, at any depth."""
+        if other is self:
+            return True
+        return any(
+            isinstance(leaf, SubSaga) and isinstance(leaf.saga, Saga) and leaf.saga.contains(other)
+            for leaf in self._flat_steps()
+        )
 
     @property
     def app(self) -> Celery:
@@ -266,6 +306,8 @@ class Saga:
         if self._app is not None:
             return self._app
         for step in self._flat_steps():
+            if isinstance(step, SubSaga):
+                return step.saga.app
             for ref in (step.task, step.compensate):
                 if ref is not None and not isinstance(ref, str):
                     app: Celery = ref._get_app()
@@ -291,82 +333,21 @@ class Saga:
         return self._output is not None
 
     def _compile(self) -> SagaDefinition:
-        if not self._flat_steps():
-            raise SagaDefinitionError(
-                f"saga {self.name!r} has no steps: add one with add_step() before running it"
-            )
-        stages: list[Stage] = []
-        pending: list[ContextFn] = []
-        index = 0
-        for entry in self._entries:
-            if isinstance(entry, TransformEntry):
-                pending.append(entry.fn)
-                continue
-            group = entry.steps if isinstance(entry, ParallelEntry) else [entry]
-            specs = []
-            for step in group:
-                specs.append(
-                    StepSpec(
-                        index=index,
-                        stage=len(stages),
-                        task_name=task_name(step.task),
-                        task=None if isinstance(step.task, str) else step.task,
-                        compensation_name=task_name(step.compensate) if step.compensate else None,
-                        compensation=(
-                            None
-                            if step.compensate is None or isinstance(step.compensate, str)
-                            else step.compensate
-                        ),
-                        no_compensation=step.no_compensation,
-                        input=step.input,
-                        options=step.options,
-                        retry=step.retry,
-                        compensation_retry=step.compensation_retry,
-                    )
-                )
-                index += 1
-            stages.append(
-                Stage(
-                    index=len(stages),
-                    steps=tuple(specs),
-                    parallel=isinstance(entry, ParallelEntry),
-                    transforms=tuple(pending),
-                )
-            )
-            pending = []
-        return SagaDefinition(
-            name=self.name,
-            stages=tuple(stages),
+        return compile_plan(
+            self.name,
+            self._entries,
             app=self.app,
-            final_transforms=tuple(pending),
             output=self._output,
             deadline=self.deadline,
         )
 
     def outline(self) -> list[Any]:
         """The plan so far, as plain data (used to spot two sagas sharing a name)."""
-        outline: list[Any] = []
-        for entry in self._entries:
-            if isinstance(entry, TransformEntry):
-                outline.append(["transform", getattr(entry.fn, "__qualname__", "?")])
-            else:
-                group = entry.steps if isinstance(entry, ParallelEntry) else [entry]
-                outline.append(
-                    [
-                        "parallel" if isinstance(entry, ParallelEntry) else "step",
-                        [
-                            [
-                                task_name(s.task),
-                                task_name(s.compensate) if s.compensate else None,
-                                s.no_compensation,
-                            ]
-                            for s in group
-                        ],
-                    ]
-                )
-        if self._output is not None:
-            outline.append(["output"])
-        return outline
+        return outline(self._entries, self._output is not None)
+
+    def mermaid(self) -> str:
+        """The plan as a Mermaid flowchart (paste it into any Mermaid viewer)."""
+        return mermaid(self.name, self._entries)
 
     # -- running -------------------------------------------------------------------------------
     def run(
@@ -393,6 +374,60 @@ class Saga:
 
     def __repr__(self) -> str:
         return f"<Saga {self.name!r}: {len(self._flat_steps())} steps>"
+
+
+def _conditional(
+    node: Step | SubSaga | Parallel, when: Any, what: str
+) -> Step | SubSaga | Parallel | When:
+    """`node`, or `node` under a condition when `when` is given."""
+    if when is None:
+        return node
+    if not callable(when):
+        raise SagaDefinitionError(
+            f"{what}: when= must be a callable taking the context dict, got {type(when).__name__}"
+        )
+    return When(when, node)
+
+
+def make_subsaga(
+    parent: Saga, child: Any, *, input: InputSpec | None = None, compensate: bool = True
+) -> SubSaga:
+    """A child saga step of `parent`; a child that contains `parent` is refused."""
+    if not isinstance(child, Saga):
+        raise SagaDefinitionError(
+            f"saga {parent.name!r}: add_saga() takes a Saga (Saga(name)... or a @saga "
+            f"function), got {type(child).__name__}"
+        )
+    if child.contains(parent):
+        raise SagaDefinitionError(
+            f"saga {parent.name!r} cannot contain saga {child.name!r}: "
+            + (
+                "a saga cannot be its own step"
+                if child is parent
+                else f"{child.name!r} already contains {parent.name!r}, so the plan would never end"
+            )
+        )
+    return SubSaga(child, input=input or ContextInput(), compensate=bool(compensate))
+
+
+def make_external(
+    name: Any, *, timeout: float | timedelta | None, compensate: Any, what: str
+) -> Step:
+    """An external step named `name`, waiting at most `timeout` (seconds or a timedelta)."""
+    if not isinstance(name, str) or not name.strip():
+        raise SagaDefinitionError(f"{what}: an external step needs a non-empty name")
+    seconds: float | None = None
+    if timeout is not None:
+        total = getattr(timeout, "total_seconds", None)
+        value = total() if callable(total) else timeout
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise SagaDefinitionError(
+                f"{what}: timeout must be a positive number of seconds or a timedelta, "
+                f"got {timeout!r}"
+            )
+        seconds = float(value)
+    comp = check_task_ref(compensate, f"compensate of {name!r}") if compensate else None
+    return Step(task=name, compensate=comp, external=True, timeout=seconds)
 
 
 def _caller() -> str:

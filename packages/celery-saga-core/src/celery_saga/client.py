@@ -13,6 +13,7 @@ from celery_saga import registry
 from celery_saga.config import backend_for
 from celery_saga.ids import validate_saga_id
 from celery_saga.result import SagaResult
+from celery_saga.runtime import external, operator
 from celery_saga.runtime.binding import Runtime
 from celery_saga.runtime.compensation import cancel
 from celery_saga.runtime.start import start
@@ -38,6 +39,16 @@ class Client:
     def cancel(self, saga: Saga, saga_id: str, reason: str | None) -> bool:
         """Cancel an execution of `saga` (see `SagaResult.cancel`)."""
         return cancel(Runtime.of(saga), saga_id, reason)
+
+    def settle(
+        self, saga: Saga, saga_id: str, step: str, output: Any, error: str | None
+    ) -> external.StepCompletion:
+        """Record an external step's outcome (see `SagaResult.complete_step`)."""
+        return external.settle(Runtime.of(saga), saga_id, step, output=output, error=error)
+
+    def revert(self, saga: Saga, saga_id: str, reason: str | None) -> None:
+        """Revert a completed execution (see `SagaResult.revert`)."""
+        operator.revert(Runtime.of(saga), saga_id, reason)
 
 
 registry.set_launcher(Client())

@@ -103,6 +103,7 @@ def step_signature(
         deadline_at=execution.deadline_at,
         started=started,
         run_queue=execution.queue,
+        child=execution.parent_id is not None,
     )
     options: dict[str, Any] = dict(spec.options)
     if (

@@ -10,82 +10,51 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celery_saga.errors import SagaDefinitionError
+from celery_saga.outline import describe
+from celery_saga.plan import (
+    Context,
+    ContextFn,
+    ContextInput,
+    ContextSource,
+    DictOutput,
+    InputSpec,
+    LiteralInput,
+    LiteralSource,
+    MapperInput,
+    Node,
+    OutputSpec,
+    Source,
+    StepOutputSource,
+    TransformInput,
+)
 from celery_saga.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from celery import Celery, Task
 
-Context = dict[str, Any]
-ContextFn = Callable[[Context], Any]
-
-# -- where a step's input comes from ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ContextInput:
-    """The step receives the whole saga context as keyword arguments (the default)."""
-
-
-@dataclass(frozen=True)
-class MapperInput:
-    """The step receives ``fn(context)``, which must return a dict."""
-
-    fn: ContextFn
-
-
-@dataclass(frozen=True)
-class LiteralInput:
-    """The step receives a fixed dict given in the definition."""
-
-    value: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class StepOutputSource:
-    """A transform source: the output of step `index`."""
-
-    index: int
-
-
-@dataclass(frozen=True)
-class ContextSource:
-    """A transform source: the saga context at that point."""
-
-
-@dataclass(frozen=True)
-class LiteralSource:
-    """A transform source: a fixed value."""
-
-    value: Any
-
-
-Source = StepOutputSource | ContextSource | LiteralSource
-
-
-@dataclass(frozen=True)
-class TransformInput:
-    """The step receives ``fn(*sources)``, or the sources' dicts merged when fn is None."""
-
-    sources: tuple[Source, ...]
-    fn: Callable[..., Any] | None = None
-
-
-InputSpec = ContextInput | MapperInput | LiteralInput | TransformInput
-
-
-@dataclass(frozen=True)
-class DictOutput:
-    """A functional saga returned a dict whose values are references."""
-
-    items: tuple[tuple[str, OutputSpec], ...]
-
-
-OutputSpec = ContextSource | StepOutputSource | TransformInput | LiteralSource | DictOutput
+__all__ = [
+    "Context",
+    "ContextFn",
+    "ContextInput",
+    "ContextSource",
+    "DictOutput",
+    "InputSpec",
+    "LiteralInput",
+    "LiteralSource",
+    "MapperInput",
+    "OutputSpec",
+    "SagaDefinition",
+    "Source",
+    "Stage",
+    "StepOutputSource",
+    "StepSpec",
+    "TransformInput",
+]
 
 # -- steps and stages --------------------------------------------------------------------------
 
@@ -105,6 +74,14 @@ class StepSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     retry: RetryPolicy | None = field(default=None, compare=False)
     compensation_retry: RetryPolicy | None = field(default=None, compare=False)
+    #: "task", "external" or "saga" (a `StepKind` value).
+    kind: str = "task"
+    #: Run only if ``when(context)`` is true; otherwise the step is SKIPPED.
+    when: ContextFn | None = field(default=None, compare=False)
+    #: An external step's time limit in seconds (None: it waits as long as it takes).
+    timeout: float | None = None
+    #: A saga step's child saga (a `celery_saga.Saga`).
+    child: Any = field(default=None, compare=False)
 
     @property
     def by_name(self) -> bool:
@@ -114,7 +91,14 @@ class StepSpec:
     @property
     def compensated(self) -> bool:
         """True when this step has a compensation to run."""
+        if self.kind == "saga":
+            return not self.no_compensation
         return self.compensation_name is not None and not self.no_compensation
+
+    @property
+    def is_task(self) -> bool:
+        """True for a step that a Celery task message carries out."""
+        return self.kind == "task"
 
 
 @dataclass(frozen=True)
@@ -140,6 +124,8 @@ class SagaDefinition:
     final_transforms: tuple[ContextFn, ...] = ()
     output: OutputSpec | None = None
     deadline: float | None = field(default=None, compare=False)
+    #: The plan tree the stages were compiled from.
+    plan: tuple[Node, ...] = field(default=(), compare=False)
 
     @property
     def steps(self) -> tuple[StepSpec, ...]:
@@ -155,26 +141,7 @@ class SagaDefinition:
 
     def describe(self) -> list[Any]:
         """A JSON-able outline of the plan: what the hash covers."""
-        outline: list[Any] = []
-        for stage in self.stages:
-            outline.append(
-                {
-                    "parallel": stage.parallel,
-                    "transforms": [_callable_id(fn) for fn in stage.transforms],
-                    "steps": [
-                        [
-                            spec.task_name,
-                            spec.compensation_name,
-                            spec.no_compensation,
-                            _input_id(spec.input),
-                        ]
-                        for spec in stage.steps
-                    ],
-                }
-            )
-        outline.append({"final": [_callable_id(fn) for fn in self.final_transforms]})
-        outline.append({"output": _output_id(self.output)})
-        return outline
+        return describe(self.plan, self.output)
 
     @property
     def hash(self) -> str:
@@ -185,37 +152,3 @@ class SagaDefinition:
             cached = hashlib.sha256(raw.encode()).hexdigest()[:16]
             object.__setattr__(self, "_hash", cached)
         return cached
-
-
-def _callable_id(fn: Callable[..., Any] | None) -> str | None:
-    if fn is None:
-        return None
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
-def _source_id(source: Source) -> Any:
-    if isinstance(source, StepOutputSource):
-        return ["step", source.index]
-    if isinstance(source, LiteralSource):
-        return ["literal", source.value]
-    return ["context"]
-
-
-def _input_id(spec: InputSpec) -> Any:
-    if isinstance(spec, MapperInput):
-        return ["mapper", _callable_id(spec.fn)]
-    if isinstance(spec, LiteralInput):
-        return ["literal", dict(spec.value)]
-    if isinstance(spec, TransformInput):
-        return ["transform", [_source_id(s) for s in spec.sources], _callable_id(spec.fn)]
-    return ["context"]
-
-
-def _output_id(spec: OutputSpec | None) -> Any:
-    if spec is None:
-        return None
-    if isinstance(spec, DictOutput):
-        return ["dict", [[k, _output_id(v)] for k, v in spec.items]]
-    if isinstance(spec, TransformInput):
-        return _input_id(spec)
-    return _source_id(spec)

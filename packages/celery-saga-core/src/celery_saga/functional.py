@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from celery_saga.builder import ParallelEntry, Saga, StepEntry, make_step_entry
+from celery_saga.builder import Saga, make_external, make_step_entry, make_subsaga
 from celery_saga.definition import (
     ContextInput,
     ContextSource,
@@ -28,6 +28,7 @@ from celery_saga.definition import (
     TransformInput,
 )
 from celery_saga.errors import SagaDefinitionError
+from celery_saga.plan import Parallel, Step, SubSaga, When
 from celery_saga.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class StepRef(_Ref):
     """A step's output; as a step's input it stands for the context, as in 0.1."""
 
     index: int
-    entry: StepEntry = field(repr=False)
+    entry: Step | SubSaga = field(repr=False)
 
     def __bool__(self) -> bool:
         return True
@@ -104,7 +105,8 @@ class ParallelRef:
 
 @dataclass
 class _Trace:
-    entries: list[StepEntry | ParallelEntry] = field(default_factory=list)
+    entries: list[Step | SubSaga | Parallel | When] = field(default_factory=list)
+    name: str = ""
     count: int = 0
 
 
@@ -168,22 +170,90 @@ def step(
     """Inside a @saga function: add a step and return a reference to its output.
 
     `input_ref` is `input` or a step result (the step gets the context, as in the
-    builder), a `transform(...)` (the step gets its value), or a literal dict.
+    builder), a `transform(...)` (the step gets its value), or a literal dict. A
+    `Saga` as `task` is a child saga run as one step (its output is the step's).
     """
     trace = _trace("step")
-    entry = make_step_entry(
-        task,
-        compensate=compensate,
-        no_compensation=no_compensation,
-        input=_input_spec(input_ref, input_fn),
-        retry=retry,
-        compensation_retry=compensation_retry,
-        what=f"step {trace.count}",
-    )
+    entry: Step | SubSaga
+    if isinstance(task, Saga):
+        if task.name == trace.name:
+            raise SagaDefinitionError(f"saga {trace.name!r} cannot be a step of itself")
+        holder = Saga(trace.name or "?")
+        entry = make_subsaga(
+            holder,
+            task,
+            input=_input_spec(input_ref, input_fn),
+            compensate=not no_compensation,
+        )
+    else:
+        entry = make_step_entry(
+            task,
+            compensate=compensate,
+            no_compensation=no_compensation,
+            input=_input_spec(input_ref, input_fn),
+            retry=retry,
+            compensation_retry=compensation_retry,
+            what=f"step {trace.count}",
+        )
+    return _add(trace, entry)
+
+
+def _add(trace: _Trace, entry: Step | SubSaga) -> StepRef:
     ref = StepRef(trace.count, entry)
     trace.count += 1
     trace.entries.append(entry)
     return ref
+
+
+def external(
+    name: str,
+    input_ref: Any = None,
+    *,
+    timeout: float | timedelta | None = None,
+    compensate: Any = None,
+) -> StepRef:
+    """Inside a @saga function: a step completed from outside (see `Saga.add_external`)."""
+    trace = _trace("external")
+    entry = make_external(
+        name, timeout=timeout, compensate=compensate, what=f"external step {name!r}"
+    )
+    entry.input = _input_spec(input_ref, None)
+    return _add(trace, entry)
+
+
+def when(ref: Any, predicate: Any) -> Any:
+    """Inside a @saga function: run the step (or parallelize group) `ref` only if
+    ``predicate(context)`` is true; otherwise it is SKIPPED. Returns `ref`.
+
+    Write it around the step: ``gift = when(step(wrap, input), lambda ctx: ctx["gift"])``.
+    """
+    trace = _trace("when")
+    if not callable(predicate):
+        raise SagaDefinitionError("when() needs a callable taking the context as its predicate")
+    if isinstance(ref, StepRef):
+        target: Any = ref.entry
+    elif isinstance(ref, ParallelRef) and ref.refs:
+        target = next(
+            (
+                e
+                for e in trace.entries
+                if isinstance(e, Parallel) and ref.refs[0].entry in e.members
+            ),
+            None,
+        )
+    else:
+        target = None
+    if (
+        trace.entries
+        and isinstance(target, Step | SubSaga | Parallel)
+        and trace.entries[-1] is target
+    ):
+        trace.entries[-1] = When(predicate, target)
+        return ref
+    raise SagaDefinitionError(
+        "when() must wrap the step() or parallelize() call just made, in its own "
+        "arguments: when(step(task, input), predicate)"
+    )
 
 
 def transform(sources: Any, transform_fn: Callable[..., Any] | None = None) -> TransformRef:
@@ -210,6 +280,11 @@ def parallelize(*step_refs: StepRef) -> ParallelRef:
         raise SagaDefinitionError("parallelize() takes the results of step() calls")
     entries = [r.entry for r in step_refs]
     tail = trace.entries[-len(entries) :]
+    if any(isinstance(e, When) for e in tail):
+        raise SagaDefinitionError(
+            "a step inside parallelize() cannot have its own when(): put when() around "
+            "the parallelize() call"
+        )
     if [id(e) for e in tail] != [id(e) for e in entries]:
         raise SagaDefinitionError(
             "parallelize() must wrap step() calls made in its own arguments, in order: "
@@ -226,7 +301,7 @@ def parallelize(*step_refs: StepRef) -> ParallelRef:
                 "same group: they run at the same time"
             )
     del trace.entries[-len(entries) :]
-    trace.entries.append(ParallelEntry(entries))
+    trace.entries.append(Parallel(entries))
     return ParallelRef(list(step_refs))
 
 
@@ -258,7 +333,7 @@ def saga(
     """
 
     def decorator(fn: Callable[[Any], Any]) -> Saga:
-        trace = _Trace()
+        trace = _Trace(name=name)
         token = _current.set(trace)
         try:
             returned = fn(InputRef())

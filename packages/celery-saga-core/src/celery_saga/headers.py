@@ -34,6 +34,8 @@ class SagaHeader:
     run_queue: str | None = None
     #: For the compensation of a superseded attempt's late success: that attempt.
     late: int | None = None
+    #: The execution is a child saga: its end is reported to its parent.
+    child: bool = False
 
     @property
     def task_id(self) -> str:
@@ -71,6 +73,8 @@ class SagaHeader:
             data["rq"] = self.run_queue
         if self.late is not None:
             data["l"] = self.late
+        if self.child:
+            data["p"] = 1
         return data
 
     @classmethod
@@ -96,6 +100,7 @@ class SagaHeader:
                 started=bool(data.get("g")),
                 run_queue=data.get("rq") or None,
                 late=int(data["l"]) if data.get("l") is not None else None,
+                child=bool(data.get("p")),
             )
         except (KeyError, TypeError, ValueError):
             return None

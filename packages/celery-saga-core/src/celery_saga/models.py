@@ -15,8 +15,10 @@ from typing import Any
 from celery_saga.errors import CorruptRecordError, SchemaVersionError
 
 #: Version of the stored record shape. Bump it, and teach `from_dict` the old one,
-#: whenever a field changes meaning.
-SCHEMA_VERSION = 1
+#: whenever a field changes meaning. 2 added composition: REVERTED, parent links
+#: (`parent_id`, `parent_step`), `revert_reason`, and the step's `kind` and `child_id`;
+#: a version-1 record reads as one with none of them.
+SCHEMA_VERSION = 2
 
 
 class SagaStatus(str, enum.Enum):
@@ -29,6 +31,8 @@ class SagaStatus(str, enum.Enum):
     COMPENSATED = "compensated"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: A COMPLETED saga whose steps were compensated on request (`SagaResult.revert`).
+    REVERTED = "reverted"
 
     @property
     def is_terminal(self) -> bool:
@@ -50,8 +54,26 @@ class StepStatus(str, enum.Enum):
 
 
 TERMINAL_STATUSES = frozenset(
-    {SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED, SagaStatus.CANCELLED}
+    {
+        SagaStatus.COMPLETED,
+        SagaStatus.COMPENSATED,
+        SagaStatus.FAILED,
+        SagaStatus.CANCELLED,
+        SagaStatus.REVERTED,
+    }
 )
+
+
+class StepKind(str, enum.Enum):
+    """What carries a step out: a Celery task, the outside world, or a child saga."""
+
+    TASK = "task"
+    #: Completed from outside (`SagaResult.complete_step` / `fail_step`, the CLI).
+    EXTERNAL = "external"
+    #: A child saga: its own execution, linked to this step (`StepRecord.child_id`).
+    SAGA = "saga"
+
+
 ACTIVE_STATUSES = frozenset({SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING})
 #: Step statuses that end the forward part of a step (it will not run again).
 FINISHED_STEP_STATUSES = frozenset(
@@ -85,6 +107,9 @@ class StepRecord:
     stage: int
     compensation_task_name: str | None = None
     no_compensation: bool = False
+    #: What carries the step out (`StepKind` value); ``task_name`` then names the
+    #: task, the external step, or the child saga.
+    kind: str = StepKind.TASK.value
     status: StepStatus = StepStatus.PENDING
     attempt: int = 0
     task_id: str | None = None
@@ -110,6 +135,8 @@ class StepRecord:
     sends: int = 0
     #: Successes of superseded attempts, by attempt number (see `LATE_STATES`).
     late: dict[str, Any] | None = None
+    #: The child execution of a `StepKind.SAGA` step, once started.
+    child_id: str | None = None
 
     # -- compatibility with celery-saga 0.1 ------------------------------------
     @property
@@ -120,6 +147,8 @@ class StepRecord:
     @property
     def needs_compensation(self) -> bool:
         """Whether this step has done something a compensation must undo."""
+        if self.kind == StepKind.SAGA.value:  # the child is compensated as a whole
+            return self.status is StepStatus.SUCCESS and not self.no_compensation
         if self.no_compensation or not self.compensation_task_name:
             return False
         if self.status is StepStatus.SUCCESS:
@@ -141,6 +170,7 @@ class StepRecord:
         try:
             values = {k: v for k, v in data.items() if k in _STEP_FIELDS}
             values["status"] = StepStatus(values.get("status", StepStatus.PENDING.value))
+            values["kind"] = StepKind(values.get("kind", StepKind.TASK.value)).value
             for name in _STEP_INTS & values.keys():
                 if not isinstance(values[name], int) or isinstance(values[name], bool):
                     raise TypeError(f"{name} is {values[name]!r}, not an integer")
@@ -162,7 +192,8 @@ LATE_STATES = ("recorded", "compensating", "compensated", "compensation_failed")
 STEP_MUTABLE_FIELDS = frozenset(
     f.name
     for f in fields(StepRecord)
-    if f.name not in {"index", "task_name", "stage", "compensation_task_name", "no_compensation"}
+    if f.name
+    not in {"index", "task_name", "stage", "compensation_task_name", "no_compensation", "kind"}
 )
 
 
@@ -186,6 +217,11 @@ class SagaExecution:
     finished_at: float | None = None
     deadline_at: float | None = None
     cancelled_at: float | None = None
+    #: The execution whose step started this one (a child saga), and that step's index.
+    parent_id: str | None = None
+    parent_step: int | None = None
+    #: Why a COMPLETED saga is being (or was) reverted; None unless it was.
+    revert_reason: str | None = None
     schema: int = SCHEMA_VERSION
 
     # -- compatibility with celery-saga 0.1 ------------------------------------
@@ -269,6 +305,7 @@ class SagaSummary:
     finished_at: float | None = None
     idempotency_key: str | None = None
     error: str | None = None
+    parent_id: str | None = None
 
     @classmethod
     def of(cls, execution: SagaExecution) -> SagaSummary:
@@ -282,6 +319,7 @@ class SagaSummary:
             finished_at=execution.finished_at,
             idempotency_key=execution.idempotency_key,
             error=execution.error,
+            parent_id=execution.parent_id,
         )
 
     @classmethod
@@ -296,4 +334,5 @@ class SagaSummary:
             finished_at=None if data.get("finished_at") is None else float(data["finished_at"]),
             idempotency_key=data.get("idempotency_key"),
             error=data.get("error"),
+            parent_id=data.get("parent_id"),
         )

@@ -33,3 +33,7 @@ class SagaFailed(_SagaOutcomeError):
 
 class SagaCancelled(SagaCompensated):
     """The saga was cancelled and every completed step was compensated."""
+
+
+class SagaReverted(SagaCompensated):
+    """The saga had completed and was reverted on request: every step was compensated."""

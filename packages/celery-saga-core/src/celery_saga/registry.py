@@ -56,6 +56,10 @@ class Launcher(Protocol):
 
     def cancel(self, saga: Any, saga_id: str, reason: str | None) -> bool: ...
 
+    def settle(self, saga: Any, saga_id: str, step: str, output: Any, error: str | None) -> Any: ...
+
+    def revert(self, saga: Any, saga_id: str, reason: str | None) -> None: ...
+
 
 _task_hooks: list[Callable[[Any], None]] = []
 _launcher: list[Launcher] = []

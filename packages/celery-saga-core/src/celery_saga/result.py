@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 from celery_saga.ids import validate_saga_id
 from celery_saga.models import TERMINAL_STATUSES, SagaExecution, SagaStatus, StepStatus
-from celery_saga.outcomes import SagaCancelled, SagaCompensated, SagaFailed
+from celery_saga.outcomes import SagaCancelled, SagaCompensated, SagaFailed, SagaReverted
 
 if TYPE_CHECKING:
     from celery_saga.backends.base import SagaBackend
     from celery_saga.registry import Saga
 
 # Re-exported here because celery-saga 0.1 defined them in this module.
-__all__ = ["SagaCancelled", "SagaCompensated", "SagaFailed", "SagaResult"]
+__all__ = ["SagaCancelled", "SagaCompensated", "SagaFailed", "SagaResult", "SagaReverted"]
 
 
 class SagaResult:
@@ -23,8 +23,14 @@ class SagaResult:
     says what a saga id looks like), so no malformed id ever reaches the store.
     """
 
-    def __init__(self, saga_id: str, backend: SagaBackend, *, saga: Saga | None = None) -> None:
+    def __init__(
+        self, saga_id: str, backend: SagaBackend | str, *, saga: Saga | None = None
+    ) -> None:
         self.saga_id = validate_saga_id(saga_id)
+        if isinstance(backend, str):  # a store URL, as in `saga_backend`
+            from celery_saga.config import backend_for
+
+            backend = backend_for(None, backend)
         self._backend = backend
         self._saga = saga
 
@@ -132,6 +138,12 @@ class SagaResult:
             for s in execution.steps
             if s.error and s.status is not StepStatus.SKIPPED
         )
+        if execution.status is SagaStatus.REVERTED:
+            raise SagaReverted(
+                f"saga {execution.saga_name} ({execution.saga_id}) completed and was then "
+                f"reverted ({execution.revert_reason}); every step it had done was compensated",
+                execution=execution,
+            )
         if execution.status is SagaStatus.CANCELLED:
             raise SagaCancelled(
                 f"saga {execution.saga_name} ({execution.saga_id}) was {execution.error}; "
@@ -170,6 +182,47 @@ class SagaResult:
             raise LookupError(f"saga {self.saga_id} does not exist in {self._backend!r}")
         saga = self._saga or registry.lookup(execution.saga_name)
         return bool(registry.launcher().cancel(saga, self.saga_id, reason))
+
+    def _launch_saga(self) -> tuple[Any, Any]:
+        """The launcher and this execution's saga (looked up by name if not given)."""
+        from celery_saga import registry
+
+        saga = self._saga
+        if saga is None:
+            execution = self.execution
+            if execution is None:
+                raise LookupError(f"saga {self.saga_id} does not exist in {self._backend!r}")
+            saga = registry.lookup(execution.saga_name)
+        return registry.launcher(), saga
+
+    def complete_step(self, step: str, output: dict[str, Any] | None = None) -> Any:
+        """Complete the external step `step` with `output` (merged into the context).
+
+        Returns a `StepCompletion`: true when applied; false, with its ``reason``, when
+        refused (already completed or failed, not reached yet, or the saga is
+        compensating or finished). Never applied twice. Needs the saga's definition
+        in this process (import the module that defines it).
+        """
+        launcher, saga = self._launch_saga()
+        return launcher.settle(saga, self.saga_id, step, output, None)
+
+    def fail_step(self, step: str, error: str = "failed from outside") -> Any:
+        """Fail the external step `step` with `error`: the saga compensates.
+
+        Returns a `StepCompletion`, as `complete_step` does.
+        """
+        launcher, saga = self._launch_saga()
+        return launcher.settle(saga, self.saga_id, step, None, str(error))
+
+    def revert(self, reason: str | None = None) -> None:
+        """Revert a COMPLETED saga: compensate every compensable step in reverse order.
+
+        The saga ends REVERTED (`get()` then raises `SagaReverted`), or FAILED if a
+        compensation cannot be done. Anything but a COMPLETED saga is refused with a
+        `SagaError` that gives its status.
+        """
+        launcher, saga = self._launch_saga()
+        launcher.revert(saga, self.saga_id, reason)
 
     def __repr__(self) -> str:
         return f"<SagaResult saga_id={self.saga_id} status={self.status}>"

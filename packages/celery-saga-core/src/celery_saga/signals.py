@@ -16,12 +16,14 @@ saga_completed = Signal(name="saga_completed", providing_args={"saga_id", "outpu
 saga_compensated = Signal(name="saga_compensated", providing_args={"saga_id", "error"})
 saga_failed = Signal(name="saga_failed", providing_args={"saga_id", "error"})
 saga_cancelled = Signal(name="saga_cancelled", providing_args={"saga_id", "error"})
+saga_reverted = Signal(name="saga_reverted", providing_args={"saga_id", "error"})
 
 __all__ = [
     "saga_cancelled",
     "saga_compensated",
     "saga_completed",
     "saga_failed",
+    "saga_reverted",
     "saga_started",
     "step_failed",
     "step_succeeded",

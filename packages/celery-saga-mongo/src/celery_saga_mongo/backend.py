@@ -21,7 +21,7 @@ command, so no transactions are needed:
 - the step write that completes a stage (``update_step_and_get``) gets the whole
   execution back from the same ``findAndModify``: its projection returns the
   document only when the counter's new value is the stage's size;
-- listing reads the (status | name | both | neither, created_at, _id) indexes
+- listing reads the (status | name | both | parent | neither, created_at, _id) indexes
   newest first with a keyset cursor, never ``skip()``, and every query is an
   equality plus one ``created_at`` range. It first reads the span of creation
   times that filled the previous page of the same listing (half as much again), and the
@@ -117,7 +117,7 @@ _NEWEST_FIRST = [("created_at", -1), ("_id", -1)]
 _SPAN_SLACK = 1.5
 #: Shortest span a listing starts with (seconds).
 _MIN_SPAN = 0.001
-#: Listings (status, name) whose span is remembered.
+#: Listings (status, name, parent) whose span is remembered.
 _SPANS_KEPT = 1024
 #: Field of a step write's reply that carries the whole document (see `_step_projection`).
 _WHOLE = "execution"
@@ -125,8 +125,10 @@ _WHOLE = "execution"
 #: (``$set`` of ``late.<attempt>`` while ``late`` is null).
 _PATH_NOT_VIABLE = 28
 
-#: Index name -> keys. Listing uses the four (…, created_at, _id) indexes newest
-#: first; the idempotency index is unique over documents whose key is a string.
+#: Index name -> keys. Listing uses the five (…, created_at, _id) indexes newest
+#: first (``parent_created``, added with saga composition, lists the children of one
+#: execution: a store of this version creates it on first use, next to the others); the
+#: idempotency index is unique over documents whose key is a string.
 INDEXES: dict[str, list[tuple[str, int]]] = {
     "status_created": [("status", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)],
     "name_created": [("saga_name", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)],
@@ -137,6 +139,7 @@ INDEXES: dict[str, list[tuple[str, int]]] = {
         ("created_at", ASCENDING),
         ("_id", ASCENDING),
     ],
+    "parent_created": [("parent_id", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)],
 }
 IDEMPOTENCY_INDEX = "idempotency_key_unique"
 
@@ -214,8 +217,9 @@ class MongoSagaBackend(SagaBackend):
         self._create_indexes = create_indexes is not False
         self._ready = threading.Event()
         self._lock = threading.Lock()
-        #: (status, name) -> seconds of creation time the last full page of that listing spanned.
-        self._spans: dict[tuple[str | None, str | None], float] = {}
+        #: (status, name, parent) -> seconds of creation time the last full page of that
+        #: listing spanned.
+        self._spans: dict[tuple[str | None, str | None, str | None], float] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MongoSagaBackend:
@@ -279,6 +283,8 @@ class MongoSagaBackend(SagaBackend):
     def create(self, execution: SagaExecution) -> tuple[SagaExecution, bool]:
         check_saga_id(execution.saga_id)
         check_text(execution.saga_name, "saga name")
+        if execution.parent_id is not None:  # filtered on by listings: a plain string
+            check_saga_id(execution.parent_id)
         key = execution.idempotency_key
         if key is not None:
             check_text(key, "idempotency key")
@@ -583,11 +589,14 @@ class MongoSagaBackend(SagaBackend):
         created_after: float | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        parent_id: str | None = None,
     ) -> Page:
         wanted = normalize_status(status)
         check_limit(limit)
         position = decode_cursor(cursor) if cursor else None
         base: dict[str, Any] = {}
+        if parent_id is not None:  # first: the children index leads with it
+            base["parent_id"] = check_saga_id(parent_id)
         if wanted is not None:
             base["status"] = wanted.value
         if name is not None:
@@ -603,7 +612,7 @@ class MongoSagaBackend(SagaBackend):
         low = None if after is None else (after, False)
         self._prepare()
         want = limit + 1
-        key = (base.get("status"), base.get("saga_name"))
+        key = (base.get("status"), base.get("saga_name"), base.get("parent_id"))
         top = now() if high is None else high[0]
         span = self._spans.get(key)
         if span is not None and (after is None or after < top - span):
@@ -667,7 +676,7 @@ class MongoSagaBackend(SagaBackend):
                 return kept[:want]
             extra = dropped
 
-    def _learn_span(self, key: tuple[str | None, str | None], needed: float) -> None:
+    def _learn_span(self, key: tuple[str | None, str | None, str | None], needed: float) -> None:
         """Remember how far back a full page of this listing reached (with slack)."""
         if len(self._spans) >= _SPANS_KEPT:
             self._spans.clear()

@@ -4,8 +4,9 @@ One document per execution::
 
     {_id: <saga_id>, saga_name, status, input, idempotency_key, definition_hash, queue,
      output, error, failed_step, created_at, updated_at, finished_at, deadline_at,
-     cancelled_at, schema,
-     steps: [{index, task_name, stage, ..., status, attempt, output, ...}, ...],
+     cancelled_at, parent_id, parent_step, revert_reason, schema,
+     steps: [{index, task_name, stage, kind, ..., status, attempt, output, child_id, ...},
+             ...],
      counters: {<name>: <int>, ...}}
 
 ``steps[i]`` is the step whose ``index`` is ``i``, so a step write addresses
@@ -20,7 +21,9 @@ are sent, and so are the step times that conditions compare (``lease_expires_at`
 ``sent_at``). A field missing from an older document reads back as its default, so
 documents written before ``deadline_at``, ``cancelled_at`` or the lease fields
 (``lease_owner``, ``lease_expires_at``, ``sent_at``, ``sends``, ``late``) existed
-need no migration.
+need no migration; nor do documents written before saga composition (record schema
+1): they read back as top-level executions (no ``parent_id``, ``parent_step`` or
+``revert_reason``) of task steps (``kind`` "task", no ``child_id``).
 
 A step's late successes (``late``) are an object keyed by attempt number (a string),
 so one entry is addressed as ``steps.<i>.late.<attempt>`` and created or moved on by
@@ -66,6 +69,7 @@ SUMMARY_PROJECTION = {
     "finished_at": 1,
     "idempotency_key": 1,
     "error": 1,
+    "parent_id": 1,
 }
 #: Longest saga id, saga name or idempotency key accepted (index keys stay small).
 MAX_TEXT = 1024

@@ -3,7 +3,8 @@
 One hash per execution holds the execution fields (``h:*``), each step's fields
 (``s:<i>`` and ``s:<i>:*``, so a step write touches only that step), and counters
 (``c:*``). Compare-and-set runs in Lua on that one key. Listing uses
-sorted sets per status and saga name; completion waits use pub/sub.
+sorted sets per status and saga name, and one per parent execution for its child
+sagas; completion waits use pub/sub.
 
 On a standalone server, create and status changes are single scripts that also
 move the index entries. On a Redis Cluster every script touches one slot (the
@@ -55,6 +56,7 @@ from celery_saga.models import (
     SagaExecution,
     SagaStatus,
     SagaSummary,
+    StepKind,
     StepStatus,
     now,
 )
@@ -65,6 +67,9 @@ from celery_saga_redis.keys import Keys
 URL_OPTIONS = ("prefix", "ttl", "cluster")
 #: Execution fields kept in the immutable header blob ``h``.
 HEADER_FIELDS = ("saga_id", "saga_name", "idempotency_key", "definition_hash", "queue", "schema")
+#: Immutable execution fields kept in ``h`` only when set (a child saga's parent link),
+#: so an execution without them is stored exactly as before they existed.
+OPTIONAL_HEADER_FIELDS = ("parent_id", "parent_step")
 #: Step fields kept apart from the step blob, as raw JSON Lua never re-encodes: user
 #: data, timestamps that must compare exactly, late successes (see scripts.py).
 RAW_STEP_FIELDS = scripts.RAW_STEP_FIELDS
@@ -226,12 +231,16 @@ class RedisSagaBackend(SagaBackend):
     def _fields(execution: SagaExecution) -> list[str]:
         """The hash fields of a new execution (see scripts.py for the layout)."""
         header = execution.header_dict()
-        fields = ["h", _dumps({k: header[k] for k in HEADER_FIELDS})]
+        head = {k: header[k] for k in HEADER_FIELDS}
+        head.update((k, header[k]) for k in OPTIONAL_HEADER_FIELDS if header[k] is not None)
+        fields = ["h", _dumps(head)]
         for name, value in header.items():
-            if name not in HEADER_FIELDS and value is not None:
+            if name not in head and name not in OPTIONAL_HEADER_FIELDS and value is not None:
                 fields += [f"h:{name}", _dumps(value)]
         for step in execution.steps:
             data = step.to_dict()
+            if data["kind"] == StepKind.TASK.value:
+                del data["kind"]  # the default: a task step is stored as before kinds existed
             for name in RAW_STEP_FIELDS:
                 value = data.pop(name)
                 if value is not None:
@@ -282,6 +291,7 @@ class RedisSagaBackend(SagaBackend):
                     repr(execution.created_at),
                     execution.saga_id,
                     gone_owner,
+                    execution.parent_id or "",
                     *fields,
                 ],
             )
@@ -312,7 +322,7 @@ class RedisSagaBackend(SagaBackend):
                 self.stats.add()
                 self.client.delete(creating)
                 return existing, False
-        self._reindex(saga_id, execution.saga_name, execution.status.value, execution.created_at)
+        self._reindex(execution)
         self._write_created(execution, fields)
         return execution, True
 
@@ -617,18 +627,30 @@ class RedisSagaBackend(SagaBackend):
         return _write([*reply, None, None][:7])
 
     # -- indexes -----------------------------------------------------------------------------
-    def _reindex(self, saga_id: str, name: str, status: str, created_at: float) -> None:
-        self.stats.add()
-        pipe = self.client.pipeline(transaction=False)
-        for index in (
+    def _reindex(self, execution: SagaExecution) -> None:
+        """Write a new execution's index entries (a cluster create, before the write)."""
+        name, status = execution.saga_name, execution.status.value
+        indexes = [
             self.keys.index_all(),
             self.keys.index_name(name),
             *self.keys.indexes_for(name, status),
-        ):
-            pipe.zadd(index, {saga_id: created_at})
+        ]
+        if execution.parent_id is not None:
+            indexes.append(self.keys.index_parent(execution.parent_id))
+        self.stats.add()
+        pipe = self.client.pipeline(transaction=False)
+        for index in indexes:
+            pipe.zadd(index, {execution.saga_id: execution.created_at})
         pipe.execute()
 
-    def _index_for(self, status: SagaStatus | None, name: str | None) -> str:
+    def _index_for(self, status: SagaStatus | None, name: str | None, parent_id: str | None) -> str:
+        """The index a listing reads; filters it does not cover are checked per entry.
+
+        The children of one execution are few, so their index serves every listing
+        by parent, the status and name filters applied to what it holds.
+        """
+        if parent_id is not None:
+            return self.keys.index_parent(parent_id)
         if status is not None and name is not None:
             return self.keys.index_name_status(name, status.value)
         if status is not None:
@@ -646,10 +668,11 @@ class RedisSagaBackend(SagaBackend):
         created_after: float | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        parent_id: str | None = None,
     ) -> Page:
         wanted = normalize_status(status)
         check_limit(limit)
-        index = self._index_for(wanted, name)
+        index = self._index_for(wanted, name, parent_id)
         position = decode_cursor(cursor) if cursor else None
         high: Any = "+inf" if created_before is None else f"({created_before!r}"
         if position is not None and (created_before is None or position[0] < created_before):
@@ -667,7 +690,7 @@ class RedisSagaBackend(SagaBackend):
                 rows_after = [(sid, score) for sid, score in rows if (score, sid) < position]
             else:
                 rows_after = rows
-            found, missing = self._summaries(rows_after, wanted, name)
+            found, missing = self._summaries(rows_after, wanted, name, parent_id)
             items.extend(found)
             gone.extend(missing)
             if len(rows) < chunk:
@@ -685,7 +708,11 @@ class RedisSagaBackend(SagaBackend):
     _SUMMARY_FIELDS = ("h", "h:status", "h:created_at", "h:updated_at", "h:finished_at", "h:error")
 
     def _summaries(
-        self, rows: Iterable[tuple[str, float]], status: SagaStatus | None, name: str | None
+        self,
+        rows: Iterable[tuple[str, float]],
+        status: SagaStatus | None,
+        name: str | None,
+        parent_id: str | None = None,
     ) -> tuple[_Summaries, _Ids]:
         rows = list(rows)
         if not rows:
@@ -707,6 +734,8 @@ class RedisSagaBackend(SagaBackend):
                 continue  # an entry left by a status change in flight: readers verify
             if name is not None and summary.saga_name != name:
                 continue
+            if parent_id is not None and summary.parent_id != parent_id:
+                continue  # the id now names another execution
             found.append(summary)
         return found, self._gone(missing)
 
@@ -742,6 +771,8 @@ class RedisSagaBackend(SagaBackend):
         for status in SagaStatus:
             for index in self.keys.indexes_for(name, status.value):
                 pipe.zrem(index, saga_id)
+        if execution.parent_id is not None:
+            pipe.zrem(self.keys.index_parent(execution.parent_id), saga_id)
         if execution.idempotency_key:
             pipe.delete(self.keys.idempotency(execution.idempotency_key))
         pipe.execute()

@@ -61,6 +61,10 @@ class Keys:
         """Executions of one saga in one status."""
         return f"{self.prefix}idx:name:{name}:status:{status}"
 
+    def index_parent(self, parent_id: str) -> str:
+        """The child sagas of one execution (its steps'), scored by creation time."""
+        return f"{self.prefix}idx:parent:{parent_id}"
+
     def indexes_for(self, name: str, status: str) -> tuple[str, str]:
         """The two status-dependent indexes an execution belongs to."""
         return self.index_status(status), self.index_name_status(name, status)

@@ -12,6 +12,8 @@ with cjson without rounding anything: ``{"<attempt>": {"<key>": "<JSON text>"}}`
 every value of an entry kept as the JSON text of the value (see backend.py).
 """
 
+from celery_saga.models import TERMINAL_STATUSES
+
 #: Step fields kept in hash fields of their own (``s:<i>:<name>``), as raw JSON.
 RAW_STEP_FIELDS = (
     "output",
@@ -23,6 +25,14 @@ RAW_STEP_FIELDS = (
 )
 
 _RAW = "local RAW = {" + ", ".join(f"{name} = true" for name in RAW_STEP_FIELDS) + "}\n"
+
+#: The finished statuses, as a Lua set built from `TERMINAL_STATUSES` (so a status the
+#: model adds, such as REVERTED, expires, announces and deletes like the others).
+_TERMINAL = (
+    "local TERMINAL = {"
+    + ", ".join(f"{status} = true" for status in sorted(s.value for s in TERMINAL_STATUSES))
+    + "}\n"
+)
 
 # Shared by the scripts that list allowed statuses: ARGV holds space-separated names.
 _ALLOWED = """
@@ -72,18 +82,21 @@ CREATE_INDEXED = """
 -- name would fall outside an ACL user's key patterns)
 -- ARGV[1] index prefix, ARGV[2] saga name, ARGV[3] status, ARGV[4] created_at,
 -- ARGV[5] saga id, ARGV[6] an owner of the idempotency key known to be gone (''),
--- ARGV[7..] field, value pairs. Returns 1 (created), 0 (the id exists) or the owner.
+-- ARGV[7] the parent execution's id ('' for none: then no children index entry),
+-- ARGV[8..] field, value pairs. Returns 1 (created), 0 (the id exists) or the owner.
 local idem = KEYS[2]
 if idem then
   local owner = redis.call('GET', idem)
   if owner and owner ~= ARGV[6] then return owner end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 if idem then redis.call('SET', idem, ARGV[5]) end
 local ix = ARGV[1]
-for _, key in ipairs({ix .. 'all', ix .. 'name:' .. ARGV[2], ix .. 'status:' .. ARGV[3],
-                      ix .. 'name:' .. ARGV[2] .. ':status:' .. ARGV[3]}) do
+local indexes = {ix .. 'all', ix .. 'name:' .. ARGV[2], ix .. 'status:' .. ARGV[3],
+                 ix .. 'name:' .. ARGV[2] .. ':status:' .. ARGV[3]}
+if ARGV[7] ~= '' then indexes[#indexes + 1] = ix .. 'parent:' .. ARGV[7] end
+for _, key in ipairs(indexes) do
   redis.call('ZADD', key, ARGV[4], ARGV[5])
 end
 return 1
@@ -297,6 +310,7 @@ return lost
 
 UPDATE_SAGA = (
     _ALLOWED
+    + _TERMINAL
     + """
 -- KEYS[1] execution hash
 -- ARGV[1] now, ARGV[2] allowed statuses (space separated), ARGV[3] TTL seconds for a
@@ -308,7 +322,6 @@ UPDATE_SAGA = (
 -- ARGV[6] the created_at the caller knows the execution by ('' to skip the check;
 -- a mismatch returns -1: the id now names another execution),
 -- ARGV[7..] field, JSON value pairs
-local TERMINAL = {completed = true, compensated = true, failed = true, cancelled = true}
 local h = KEYS[1]
 local raw = redis.call('HGET', h, 'h:status')
 if not raw then return {0, false, false} end
@@ -355,15 +368,13 @@ if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return redis.call('HGET', KEYS[1], 'h:status')
 """
 
-DELETE_FINISHED = """
+DELETE_FINISHED = (
+    _TERMINAL
+    + """
 -- KEYS[1] execution hash; ARGV[1] finished-before cutoff ('' for any)
 local raw = redis.call('HGET', KEYS[1], 'h:status')
 if not raw then return 0 end
-local status = cjson.decode(raw)
-if status ~= 'completed' and status ~= 'compensated' and status ~= 'failed'
-   and status ~= 'cancelled' then
-  return -1
-end
+if not TERMINAL[cjson.decode(raw)] then return -1 end
 if ARGV[1] ~= '' then
   local finished = redis.call('HGET', KEYS[1], 'h:finished_at')
   if not finished or finished == 'null' then
@@ -374,3 +385,4 @@ end
 redis.call('DEL', KEYS[1])
 return 1
 """
+)

@@ -109,6 +109,7 @@ from celery_saga.models import (
 )
 from celery_saga_sql import migrations
 from celery_saga_sql.engines import make_engines
+from celery_saga_sql.listing import listing_query
 from celery_saga_sql.schema import EXECUTION_JSON, STEP_JSON, Tables, build_tables
 from celery_saga_sql.urls import DEFAULT_TABLE_PREFIX, parse_store_url, validate_table_prefix
 
@@ -966,36 +967,23 @@ class SQLSagaBackend(SagaBackend):
         created_after: float | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        parent_id: str | None = None,
     ) -> Page:
+        """One indexed query, newest first (see `celery_saga_sql.listing`)."""
         wanted = normalize_status(status)
         check_limit(limit)
         after = decode_cursor(cursor) if cursor else None
         self._prepare()
-        e = self.tables.executions
-        stmt = select(
-            e.c.saga_id,
-            e.c.saga_name,
-            e.c.status,
-            e.c.created_at,
-            e.c.updated_at,
-            e.c.finished_at,
-            e.c.idempotency_key,
-            e.c.error,
+        stmt = listing_query(
+            self.tables.executions,
+            status=wanted,
+            name=name,
+            parent_id=parent_id,
+            created_before=created_before,
+            created_after=created_after,
+            after=after,
+            limit=limit,
         )
-        if wanted is not None:
-            stmt = stmt.where(e.c.status == wanted.value)
-        if name is not None:
-            stmt = stmt.where(e.c.saga_name == name)
-        if created_before is not None:
-            stmt = stmt.where(e.c.created_at < float(created_before))
-        if created_after is not None:
-            stmt = stmt.where(e.c.created_at > float(created_after))
-        if after is not None:
-            at, last_id = after
-            stmt = stmt.where(
-                or_(e.c.created_at < at, and_(e.c.created_at == at, e.c.saga_id < last_id))
-            )
-        stmt = stmt.order_by(e.c.created_at.desc(), e.c.saga_id.desc()).limit(limit + 1)
         rows = self._autocommit(lambda conn: conn.execute(stmt).all())
         items = [SagaSummary.from_dict(dict(row._mapping)) for row in rows[:limit]]
         next_cursor = None

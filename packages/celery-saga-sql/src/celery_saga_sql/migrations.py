@@ -58,6 +58,7 @@ from celery_saga_sql.schema import (
     LONG_TEXT,
     MYSQL_TABLE_OPTIONS,
     NAME,
+    PARENT_INDEX,
     SAGA_ID,
     STATUS,
     Tables,
@@ -194,6 +195,24 @@ def _v3_leases_and_late(conn: Connection, tables: Tables) -> None:
     _add_columns(conn, tables.steps, V3_STEP_COLUMNS)
 
 
+#: The columns version 4 adds, by table, in the order they are added.
+V4_EXECUTION_COLUMNS = ("parent_id", "parent_step", "revert_reason")
+V4_STEP_COLUMNS = ("kind", "child_id")
+
+
+def _v4_composition(conn: Connection, tables: Tables) -> None:
+    # Nullable without a default, but `kind`, NOT NULL DEFAULT 'task': rows written
+    # before read back as top-level executions of task steps, never reverted. As in
+    # version 3, none of these rewrites a row. The index on (parent_id, created_at,
+    # saga_id) serves `list(parent_id=...)`; `checkfirst` skips it when an interrupted
+    # upgrade (MySQL commits each statement) already made it.
+    _add_columns(conn, tables.executions, V4_EXECUTION_COLUMNS)
+    _add_columns(conn, tables.steps, V4_STEP_COLUMNS)
+    name = PARENT_INDEX.format(prefix=tables.prefix)
+    index = next(i for i in tables.executions.indexes if i.name == name)
+    index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the executions, steps and counters tables", _v1_create_tables),
     Migration(
@@ -205,6 +224,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         3,
         "add the lease_owner, lease_expires_at, sent_at, sends and late columns to the steps table",
         _v3_leases_and_late,
+    ),
+    Migration(
+        4,
+        "add the parent_id, parent_step and revert_reason columns and the parent_id index "
+        "to the executions table, and the kind and child_id columns to the steps table",
+        _v4_composition,
     ),
 )
 #: The schema version this package writes.

@@ -84,6 +84,10 @@ NAME = String(255)
 #: Saga names and idempotency keys: looked up by equality, so compared exactly.
 EXACT_NAME = ExactString(255)
 STATUS = String(24)
+#: A step's kind (`StepKind` value: task, external, saga).
+STEP_KIND = String(16)
+#: The name of the children index (schema version 4), for `build_tables` and migrations.
+PARENT_INDEX = "{prefix}ix_executions_parent_created"
 #: Lease owners (``host/pid/task-id``): compared exactly by the lease conditions.
 LEASE_OWNER = ExactString(512)
 
@@ -145,12 +149,19 @@ def build_tables(prefix: str) -> Tables:
         # Added by schema version 2 (ALTER TABLE ... ADD COLUMN, so they come last).
         Column("deadline_at", Double, nullable=True),
         Column("cancelled_at", Double, nullable=True),
+        # Added by schema version 4 (saga composition): a child saga's parent execution
+        # and step, and why a completed saga was reverted. NULL in rows written before.
+        Column("parent_id", SAGA_ID, nullable=True),
+        Column("parent_step", Integer, nullable=True),
+        Column("revert_reason", LONG_TEXT, nullable=True),
         UniqueConstraint("idempotency_key", name=f"{prefix}uq_executions_idempotency_key"),
-        # Listing is newest first by (created_at, saga_id), optionally by status or name.
+        # Listing is newest first by (created_at, saga_id), optionally by status or name,
+        # or among the children of one execution.
         Index(f"{prefix}ix_executions_status_created", "status", "created_at", "saga_id"),
         Index(f"{prefix}ix_executions_name_created", "saga_name", "created_at", "saga_id"),
         Index(f"{prefix}ix_executions_created", "created_at", "saga_id"),
         Index(f"{prefix}ix_executions_updated", "updated_at"),
+        Index(PARENT_INDEX.format(prefix=prefix), "parent_id", "created_at", "saga_id"),
         **MYSQL_TABLE_OPTIONS,
     )
     steps = Table(
@@ -185,6 +196,10 @@ def build_tables(prefix: str) -> Tables:
         Column("sent_at", Double, nullable=True),
         Column("sends", Integer, nullable=False, server_default=text("0")),
         Column("late", LONG_TEXT, nullable=True),
+        # Added by schema version 4: what carries the step out (rows written before are
+        # task steps: the default fills them) and the child execution of a saga step.
+        Column("kind", STEP_KIND, nullable=False, server_default=text("'task'")),
+        Column("child_id", SAGA_ID, nullable=True),
         PrimaryKeyConstraint("saga_id", "idx", name=f"{prefix}pk_steps"),
         **MYSQL_TABLE_OPTIONS,
     )

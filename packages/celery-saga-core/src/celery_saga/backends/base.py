@@ -432,8 +432,14 @@ class SagaBackend(abc.ABC):
         created_after: float | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        parent_id: str | None = None,
     ) -> Page:
-        """Executions newest first, filtered, from an index; resume with `cursor`."""
+        """Executions newest first, filtered, from an index; resume with `cursor`.
+
+        Filters combine: `status`, `name`, creation time, and `parent_id` (only the
+        children of that execution: those created with ``parent_id`` set to it, the
+        child sagas of its steps). Each filter is served by an index of the store.
+        """
 
     @abc.abstractmethod
     def delete(self, saga_id: str) -> bool:

@@ -11,11 +11,17 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from celery_saga.models import STEP_MUTABLE_FIELDS, TERMINAL_STATUSES, SagaStatus, StepStatus
+from celery_saga.models import (
+    STEP_MUTABLE_FIELDS,
+    TERMINAL_STATUSES,
+    SagaStatus,
+    StepKind,
+    StepStatus,
+)
 
 #: Fields `update_saga` may change.
 SAGA_MUTABLE_FIELDS = frozenset(
-    {"status", "output", "error", "failed_step", "finished_at", "cancelled_at"}
+    {"status", "output", "error", "failed_step", "finished_at", "cancelled_at", "revert_reason"}
 )
 
 
@@ -54,7 +60,7 @@ def check_saga_changes(changes: Mapping[str, Any]) -> None:
 
 def plain_value(value: Any) -> Any:
     """Enum members become their values, so changes can be stored as JSON."""
-    if isinstance(value, SagaStatus | StepStatus):
+    if isinstance(value, SagaStatus | StepStatus | StepKind):
         return value.value
     return value
 
@@ -96,7 +102,7 @@ def check_limit(limit: int) -> int:
 
 
 def is_terminal(status: SagaStatus) -> bool:
-    """True for the finished statuses: COMPLETED, COMPENSATED, FAILED and CANCELLED.
+    """True for the finished statuses: COMPLETED, COMPENSATED, FAILED, CANCELLED, REVERTED.
 
     A finished execution changes no more on its own; only a finished one may be
     deleted or purged, or given an expiry.

@@ -234,6 +234,7 @@ class MemorySagaBackend(SagaBackend):
         created_after: float | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        parent_id: str | None = None,
     ) -> Page:
         wanted = normalize_status(status)
         check_limit(limit)
@@ -245,6 +246,8 @@ class MemorySagaBackend(SagaBackend):
             if wanted is not None and h["status"] != wanted.value:
                 continue
             if name is not None and h["saga_name"] != name:
+                continue
+            if parent_id is not None and h.get("parent_id") != parent_id:
                 continue
             if created_before is not None and h["created_at"] >= created_before:
                 continue

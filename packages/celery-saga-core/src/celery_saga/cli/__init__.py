@@ -9,6 +9,7 @@ record cannot be read; the message says why and what to do).
 
 from __future__ import annotations
 
+from celery_saga.cli import outside as _outside  # noqa: F401  (complete, fail, revert)
 from celery_saga.cli.commands import (
     EXIT_NOT_FOUND,
     EXIT_OK,

@@ -14,7 +14,7 @@ from celery_saga import registry
 from celery_saga.config import backend_for
 from celery_saga.errors import InvalidSagaId, SagaError, read_error
 from celery_saga.ids import validate_saga_id
-from celery_saga.models import SagaExecution, SagaStatus, StepRecord, now
+from celery_saga.models import SagaExecution, SagaStatus, StepKind, StepRecord, now
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -126,7 +126,8 @@ def _took(start: float | None, end: float | None) -> str:
 )
 @click.pass_context
 def saga(ctx: click.Context, backend: str | None) -> None:
-    """Inspect and operate sagas: list, show, cancel, retry, resolve, recover, purge."""
+    """Inspect and operate sagas: list, show, cancel, retry, resolve, recover, purge,
+    complete, fail, revert."""
     ctx.meta["celery_saga.backend"] = backend
 
 
@@ -137,6 +138,13 @@ def saga(ctx: click.Context, backend: str | None) -> None:
 @click.option("--newer-than", type=Duration(), default=None, help="Created at most this long ago.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--cursor", default=None, help="Resume after a previous page (see --json).")
+@click.option(
+    "--parent",
+    type=SagaId(),
+    default=None,
+    metavar="SAGA_ID",
+    help="Only the child sagas of this execution.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.pass_context
 def list_(
@@ -147,10 +155,14 @@ def list_(
     newer_than: float | None,
     limit: int,
     cursor: str | None,
+    parent: str | None,
     as_json: bool,
 ) -> None:
-    """List executions, newest first."""
+    """List executions, newest first (with --parent: the children of one execution)."""
     store = _store(ctx)
+    filters: dict[str, Any] = {}
+    if parent is not None:  # only when asked: a store of an older contract lacks it
+        filters["parent_id"] = parent
     try:
         page = store.list(
             status=status,
@@ -159,9 +171,18 @@ def list_(
             cursor=cursor,
             created_before=None if older_than is None else now() - older_than,
             created_after=None if newer_than is None else now() - newer_than,
+            **filters,
         )
     except ValueError as exc:
         _fail(str(exc), EXIT_USAGE)
+    except TypeError as exc:
+        if "parent_id" not in str(exc):
+            raise
+        _fail(
+            f"{store!r} cannot list the children of an execution (its list() takes no "
+            "parent_id): upgrade the store's package to one for celery-saga-core 0.4",
+            EXIT_USAGE,
+        )
     if as_json:
         click.echo(
             json.dumps(
@@ -175,6 +196,7 @@ def list_(
                             "updated_at": s.updated_at,
                             "finished_at": s.finished_at,
                             "error": s.error,
+                            "parent_id": s.parent_id,
                         }
                         for s in page.items
                     ],
@@ -197,6 +219,8 @@ def _step_dict(s: StepRecord) -> dict[str, Any]:
     return {
         "index": s.index,
         "task": s.task_name,
+        "kind": s.kind,
+        "child_id": s.child_id,
         "stage": s.stage,
         "status": s.status.value,
         "attempt": s.attempt,
@@ -230,15 +254,22 @@ def show(ctx: click.Context, saga_id: str, as_json: bool) -> None:
         f"  created {_when(ex.created_at)}  updated {_when(ex.updated_at)}  "
         f"finished {_when(ex.finished_at)}"
     )
+    if ex.parent_id:
+        click.echo(f"  parent: {ex.parent_id} step {ex.parent_step}")
     if ex.idempotency_key:
         click.echo(f"  idempotency key: {ex.idempotency_key}")
+    if ex.revert_reason:
+        click.echo(f"  revert reason: {ex.revert_reason}")
     if ex.error:
         click.echo(f"  error: {ex.error}")
     for s in ex.steps:
+        what = s.task_name if s.kind == StepKind.TASK.value else f"{s.task_name} ({s.kind})"
         click.echo(
-            f"  [{s.index}] stage {s.stage}  {s.task_name:<28} {s.status.value:<19} "
+            f"  [{s.index}] stage {s.stage}  {what:<28} {s.status.value:<19} "
             f"attempt {s.attempt}  {_took(s.started_at, s.finished_at)}"
         )
+        if s.child_id:
+            click.echo(f"        child saga: {s.child_id}")
         if s.error:
             click.echo(f"        error: {s.error}")
         if s.compensation_task_name and s.comp_attempt:

@@ -218,6 +218,7 @@ def cancel(rt: Runtime, saga_id: str, reason: str | None = None) -> bool:
     )
     if turned:
         log(logging.WARNING, saga_id, None, "cancelled%s", f": {reason}" if reason else "")
+        driver.cancelled(rt, saga_id, reason)
         driver.compensate_next(rt, saga_id)
     return turned
 

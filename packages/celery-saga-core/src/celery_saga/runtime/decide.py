@@ -12,10 +12,42 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from celery_saga.definition import ContextInput, ContextSource, SagaDefinition, TransformInput
-from celery_saga.models import SagaExecution, SagaStatus, StepRecord, StepStatus
+from celery_saga.models import SagaExecution, SagaStatus, StepKind, StepRecord, StepStatus
 
 #: Step statuses of a step whose forward part has not ended.
 FORWARD = frozenset({StepStatus.PENDING, StepStatus.RUNNING})
+#: Step statuses that let the saga go on: done, or skipped by its condition.
+PASSED = frozenset({StepStatus.SUCCESS, StepStatus.SKIPPED})
+EXTERNAL = StepKind.EXTERNAL.value
+CHILD = StepKind.SAGA.value
+
+
+def passed(records: Sequence[StepRecord]) -> bool:
+    """Whether every record of a stage let the saga go on (succeeded, or was skipped)."""
+    return all(m.status in PASSED for m in records)
+
+
+def waiting_outside(record: StepRecord) -> bool:
+    """An external step waiting for its completion, or a child saga step whose child runs.
+
+    (A step its stage marked started but whose wait or child was not yet set up is
+    neither: recovery dispatches it again.)
+    """
+    if record.status is not StepStatus.RUNNING:
+        return False
+    if record.kind == EXTERNAL:
+        return record.lease_owner is not None
+    return record.kind == CHILD and record.child_id is not None
+
+
+def timed_out(record: StepRecord, now: float) -> bool:
+    """Whether an external step waited past its timeout."""
+    return (
+        record.kind == EXTERNAL
+        and record.status is StepStatus.RUNNING
+        and record.lease_expires_at is not None
+        and record.lease_expires_at <= now
+    )
 
 
 def was_started(record: StepRecord) -> bool:
@@ -56,7 +88,7 @@ def after_stage(
     """The next move once stage `stage_index` has finished."""
     if deadline_passed(execution, now):
         return AfterStage.EXPIRE
-    done = all(m.status is StepStatus.SUCCESS for m in members(definition, execution, stage_index))
+    done = passed(members(definition, execution, stage_index))
     if execution.status is SagaStatus.RUNNING and done:
         if stage_index + 1 < len(definition.stages):
             return AfterStage.DISPATCH_NEXT
@@ -79,6 +111,8 @@ def late_in(record: StepRecord, state: str) -> list[int]:
 
 
 def _compensable(record: StepRecord) -> bool:
+    if record.kind == CHILD:
+        return not record.no_compensation
     return not record.no_compensation and bool(record.compensation_task_name)
 
 
@@ -89,6 +123,8 @@ def final_status(execution: SagaExecution) -> SagaStatus:
         for s in execution.steps
     ):
         return SagaStatus.FAILED
+    if execution.revert_reason is not None:
+        return SagaStatus.REVERTED
     if execution.cancelled_at is not None:
         return SagaStatus.CANCELLED
     return SagaStatus.COMPENSATED
@@ -124,9 +160,12 @@ def next_compensation(execution: SagaExecution) -> NextCompensation | None:
     ):
         return NextCompensation(wait=True)
     drop = tuple(
-        s.index for s in execution.steps if s.status is StepStatus.PENDING and s.attempt > 0
+        s.index
+        for s in execution.steps
+        if (s.status is StepStatus.PENDING and s.attempt > 0)
+        or (s.kind == EXTERNAL and s.status is StepStatus.RUNNING)
     )
-    if any(s.status is StepStatus.RUNNING for s in execution.steps):
+    if any(s.status is StepStatus.RUNNING and s.index not in drop for s in execution.steps):
         return NextCompensation(drop=drop, wait=True)
     order = sorted(execution.steps, key=lambda s: (s.stage, s.seq or 0, s.index), reverse=True)
     for record in order:
@@ -151,7 +190,10 @@ def can_hand_on(definition: SagaDefinition, index: int, deadline_passed: bool) -
     if len(stage.steps) != 1 or not isinstance(spec.input, ContextInput) or deadline_passed:
         return False
     if spec.stage + 1 < len(stages):
-        return not any(isinstance(s.input, TransformInput) for s in stages[spec.stage + 1].steps)
+        return not any(
+            isinstance(s.input, TransformInput) or not s.is_task or s.when is not None
+            for s in stages[spec.stage + 1].steps
+        )
     return definition.output is None or isinstance(definition.output, ContextSource)
 
 
@@ -269,6 +311,8 @@ class Recover(enum.Enum):
     GIVE_UP_COMPENSATION = "give_up_compensation"  # a compensation sent too often
     REDISPATCH_IN_FLIGHT = "redispatch_in_flight"  # compensating, steps still in flight
     RESEND_LATE = "resend_late"  # the undoing of a late success was lost: send it again
+    TIME_OUT = "time_out"  # external steps waited past their timeout: fail them
+    CHILDREN = "children"  # child saga steps: look at their children (start, or take outcome)
     COMPENSATE_NEXT = "compensate_next"
     WAIT = "wait"  # attempts under live leases (or waiting for a worker): nothing to do yet
     NOTHING = "nothing"
@@ -320,14 +364,21 @@ def recovery(
     if status is SagaStatus.RUNNING:
         for stage in definition.stages:
             records = members(definition, execution, stage.index)
-            if all(m.status is StepStatus.SUCCESS for m in records):
+            if passed(records):
                 continue
-            lost = [m for m in records if m.status in FORWARD]
+            late = tuple(m.index for m in records if timed_out(m, now))
+            if late:
+                return Recovery(Recover.TIME_OUT, stage.index, late)
+            lost = [m for m in records if m.status in FORWARD and not waiting_outside(m)]
             if lost:
                 move = _take_over(lost, now, stalled_after, max_sends)
-                if move is None:
-                    return Recovery(Recover.WAIT, stage.index)
-                return Recovery(move[0], stage.index, move[1])
+                if move is not None:
+                    return Recovery(move[0], stage.index, move[1])
+            children = tuple(m.index for m in records if m.kind == CHILD and waiting_outside(m))
+            if children:
+                return Recovery(Recover.CHILDREN, stage.index, children)
+            if lost or any(waiting_outside(m) for m in records):
+                return Recovery(Recover.WAIT, stage.index)
             return Recovery(Recover.STAGE_FINISHED, stage.index)
         return Recovery(Recover.COMPLETE)
     if status is SagaStatus.COMPENSATING:
@@ -336,7 +387,9 @@ def recovery(
                 sent = (record.late or {})[str(attempt)].get("sent_at")
                 if not isinstance(sent, int | float) or sent <= now - stalled_after:
                     return Recovery(Recover.RESEND_LATE, steps=(record.index,), late=attempt)
-        stalled = [s for s in execution.steps if s.status is StepStatus.COMPENSATING]
+        stalled = [
+            s for s in execution.steps if s.status is StepStatus.COMPENSATING and s.kind != CHILD
+        ]
         if stalled:
             record = stalled[0]
             if not lease_free(record, now, stalled_after):
@@ -344,6 +397,17 @@ def recovery(
             if record.sends >= max_sends:
                 return Recovery(Recover.GIVE_UP_COMPENSATION, steps=(record.index,))
             return Recovery(Recover.RESEND_COMPENSATION, steps=(record.index,))
+        children = tuple(
+            s.index
+            for s in execution.steps
+            if s.kind == CHILD
+            and s.child_id is not None
+            and s.status in (StepStatus.COMPENSATING, StepStatus.RUNNING)
+        )
+        if children:
+            return Recovery(Recover.CHILDREN, steps=children)
+        if any(s.kind == EXTERNAL and s.status is StepStatus.RUNNING for s in execution.steps):
+            return Recovery(Recover.COMPENSATE_NEXT)  # stops waiting for them
         in_flight = [s for s in execution.steps if s.status is StepStatus.RUNNING]
         by_stage = in_flight or dispatched_pending(definition, execution)
         if by_stage:

@@ -9,7 +9,7 @@ nothing twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery_saga import signals
@@ -26,15 +26,76 @@ from celery_saga.runtime.log import log
 RUNNING = frozenset({SagaStatus.RUNNING})
 COMPENSATING_STEP = frozenset({StepStatus.COMPENSATING})
 
+# -- steps no task message carries out: the composition modules plug in here -----------------
+
+#: Begins attempt `attempt` of step `index` with its input: (rt, execution, index, attempt, input).
+Starter = Callable[[Runtime, SagaExecution, int, int, dict[str, Any]], None]
+#: Undoes a step that no compensation message undoes: (rt, execution, record).
+Undoer = Callable[[Runtime, SagaExecution, StepRecord], None]
+#: Hears that an execution ended: (rt, execution, status, output).
+Ended = Callable[[Runtime, SagaExecution, SagaStatus, Any], None]
+#: Hears that an execution was cancelled: (rt, saga id, reason).
+Cancelled = Callable[[Runtime, str, "str | None"], None]
+_starters: dict[str, Starter] = {}
+_undoers: dict[str, Undoer] = {}
+_ended: list[Ended] = []
+_cancelled: list[Cancelled] = []
+
+
+def on_cancel(hook: Cancelled) -> None:
+    """Register a hook called when an execution is cancelled (it cancels its children)."""
+    if hook not in _cancelled:
+        _cancelled.append(hook)
+
+
+def cancelled(rt: Runtime, saga_id: str, reason: str | None) -> None:
+    """Tell the hooks that `saga_id` was cancelled."""
+    for hook in _cancelled:
+        hook(rt, saga_id, reason)
+
+
+def on_start(kind: str, starter: Starter) -> None:
+    """Register how steps of `kind` (a `StepKind` value other than "task") begin."""
+    _starters[kind] = starter
+
+
+def on_undo(kind: str, undoer: Undoer) -> None:
+    """Register how steps of `kind` are compensated, instead of a compensation message."""
+    _undoers[kind] = undoer
+
+
+def on_end(hook: Ended) -> None:
+    """Register a hook called once when an execution completes or ends compensated."""
+    if hook not in _ended:
+        _ended.append(hook)
+
+
+def _tell_ended(rt: Runtime, execution: SagaExecution, status: SagaStatus, output: Any) -> None:
+    """Tell the hooks; one that fails is logged (recovery of a parent catches up)."""
+    for hook in _ended:
+        try:
+            hook(rt, execution, status, output)
+        except Exception as exc:
+            log(logging.ERROR, execution.saga_id, None, "after saga %s: %r", status.value, exc)
+
 
 # -- forward ------------------------------------------------------------------------------------
 
 
 def dispatch_stage(rt: Runtime, execution: SagaExecution, stage_index: int) -> None:
-    """Compute each step's input from the records and send the stage's messages."""
+    """Evaluate the stage's conditions, compute each step's input, and start its steps.
+
+    Steps whose condition is false are SKIPPED; task steps are sent as messages,
+    the others begin through their kind's starter (an external step waits, a child
+    saga starts).
+    """
     stage = rt.definition.stages[stage_index]
     indexes = [spec.index for spec in stage.steps]
-    kwargs, failures = messages.inputs(rt, execution, stage_index, indexes)
+    skipped, failures = messages.conditions(rt, execution, stage_index)
+    run = [i for i in indexes if i not in skipped]
+    kwargs: dict[int, dict[str, Any]] = {}
+    if not failures:
+        kwargs, failures = messages.inputs(rt, execution, stage_index, run)
     if failures:
         # Nothing of this stage is sent: the failing inputs fail their steps, the rest
         # are skipped, and the stage's last member starts the compensation.
@@ -52,9 +113,33 @@ def dispatch_stage(rt: Runtime, execution: SagaExecution, stage_index: int) -> N
                     {"error": "not started: another step of its stage could not start"},
                 )
         return
-    started = {i for i in indexes if decide.was_started(execution.step(i))}
-    attempts = [(i, messages.next_attempt(execution.step(i))) for i in indexes]
-    messages.send_steps(rt, execution, attempts, kwargs, started=started)
+    for index in skipped:
+        attempt = messages.next_attempt(execution.step(index))
+        finish(rt, execution.saga_id, index, attempt, StepStatus.SKIPPED, {"output": None})
+    started = {i for i in run if decide.was_started(execution.step(i))}
+    attempts = [(i, messages.next_attempt(execution.step(i))) for i in run]
+    _begin(rt, execution, attempts, kwargs, started=started)
+
+
+def _begin(
+    rt: Runtime,
+    execution: SagaExecution,
+    attempts: Sequence[tuple[int, int]],
+    kwargs: dict[int, dict[str, Any]],
+    *,
+    started: set[int] | None = None,
+    countdown: float | None = None,
+) -> None:
+    """Send the task steps of `attempts` in one go; begin the others through their starter."""
+    kinds = {i: rt.definition.step(i).kind for i, _ in attempts}
+    tasks = [(i, a) for i, a in attempts if kinds[i] == "task"]
+    if tasks:
+        messages.send_steps(
+            rt, execution, tasks, kwargs, started=started or set(), countdown=countdown
+        )
+    for index, attempt in attempts:
+        if kinds[index] != "task":
+            _starters[kinds[index]](rt, execution, index, attempt, kwargs[index])
 
 
 def redispatch(
@@ -99,7 +184,7 @@ def redispatch(
         if index in failures:
             fail_unstartable(rt, execution.saga_id, index, attempt, failures[index])
     attempts = [(i, a) for i, a in sent if i not in failures]
-    messages.send_steps(rt, execution, attempts, kwargs, countdown=countdown)
+    _begin(rt, execution, attempts, kwargs, countdown=countdown)
     return [i for i, _ in sent]
 
 
@@ -300,11 +385,28 @@ def complete_with(rt: Runtime, execution: SagaExecution, output: Any) -> None:
         signals.saga_completed.send(
             sender=execution.saga_name, saga_id=execution.saga_id, output=output
         )
+        _tell_ended(rt, execution, SagaStatus.COMPLETED, output)
     else:  # cancelled or failed meanwhile
         compensate_next(rt, execution.saga_id)
 
 
 # -- backward -----------------------------------------------------------------------------------
+
+
+def revert(rt: Runtime, saga_id: str, reason: str) -> bool:
+    """Compensate a COMPLETED saga's steps in reverse order; it ends REVERTED.
+
+    False (nothing done) unless the saga was COMPLETED.
+    """
+    if not rt.backend.update_saga(
+        saga_id,
+        {"status": SagaStatus.COMPENSATING, "revert_reason": reason, "finished_at": None},
+        expect_status={SagaStatus.COMPLETED},
+    ):
+        return False
+    log(logging.WARNING, saga_id, None, "reverting: %s", reason)
+    compensate_next(rt, saga_id)
+    return True
 
 
 def expire(rt: Runtime, saga_id: str) -> bool:
@@ -363,6 +465,10 @@ def compensate_next(rt: Runtime, saga_id: str) -> None:
         return
     assert move.compensate is not None
     record = execution.step(move.compensate)
+    undo = _undoers.get(record.kind)
+    if undo is not None:
+        undo(rt, execution, record)
+        return
     attempt = record.comp_attempt + 1
     write = rt.backend.update_step(
         saga_id,
@@ -432,5 +538,7 @@ def finalize(rt: Runtime, execution: SagaExecution, status: SagaStatus) -> None:
     signal = {
         SagaStatus.FAILED: signals.saga_failed,
         SagaStatus.CANCELLED: signals.saga_cancelled,
+        SagaStatus.REVERTED: signals.saga_reverted,
     }.get(status, signals.saga_compensated)
     signal.send(sender=execution.saga_name, saga_id=execution.saga_id, error=execution.error)
+    _tell_ended(rt, execution, status, None)

@@ -292,7 +292,12 @@ def _hand_on(
         queue=header.run_queue,
         deadline_at=header.deadline_at,
         status=SagaStatus.RUNNING,
+        # Only whether there is a parent matters to the next messages (their header).
+        parent_id=header.saga_id if header.child else None,
     )
+    if last and header.child:
+        driver.stage_finished(rt, header.saga_id, spec.stage)  # its end is told to its parent
+        return write
     if last:
         try:
             context = with_final_transforms(rt.definition, context)

@@ -100,6 +100,39 @@ def inputs(
     return found, failures
 
 
+def conditions(
+    rt: Runtime, execution: SagaExecution, stage_index: int
+) -> tuple[set[int], dict[int, str]]:
+    """The stage's steps whose condition (`when`) is false, and the conditions that raised.
+
+    Each predicate is called with the context before the stage, derived from the
+    records, in the process that starts the stage.
+    """
+    specs = [s for s in rt.definition.stages[stage_index].steps if s.when is not None]
+    if not specs:
+        return set(), {}
+    try:
+        ctx = context_before(rt.definition, stage_index, execution)
+    except InputResolutionError as exc:
+        return set(), {s.index: str(exc) for s in specs}
+    skipped: set[int] = set()
+    failures: dict[int, str] = {}
+    for spec in specs:
+        assert spec.when is not None
+        try:
+            holds = spec.when(dict(ctx))
+        except Exception as exc:
+            name = getattr(spec.when, "__qualname__", repr(spec.when))
+            failures[spec.index] = (
+                f"the condition {name!r} of step {spec.index} ({spec.task_name}) raised "
+                f"{type(exc).__name__}: {exc}"
+            )
+        else:
+            if not holds:
+                skipped.add(spec.index)
+    return skipped, failures
+
+
 def next_attempt(record: StepRecord) -> int:
     """The attempt a stage's dispatch sends: the one marked started, or the next."""
     return record.attempt if was_started(record) else record.attempt + 1

@@ -1,10 +1,11 @@
-"""What an operator (or the CLI) asks of an execution: retry compensations, resolve one."""
+"""What an operator (or the CLI) asks of an execution: retry or resolve compensations, revert."""
 
 from __future__ import annotations
 
 import logging
 
 from celery_saga.backends.base import StepExpect
+from celery_saga.errors import SagaError
 from celery_saga.models import SagaStatus, StepStatus, now
 from celery_saga.runtime import driver
 from celery_saga.runtime.binding import Runtime
@@ -73,5 +74,24 @@ def resolve_compensation(rt: Runtime, saga_id: str, index: int, note: str) -> bo
         and not any(s.status is StepStatus.COMPENSATION_FAILED for s in execution.steps)
     ):
         final = SagaStatus.CANCELLED if execution.cancelled_at else SagaStatus.COMPENSATED
+        final = SagaStatus.REVERTED if execution.revert_reason is not None else final
         rt.backend.update_saga(saga_id, {"status": final}, expect_status={SagaStatus.FAILED})
     return True
+
+
+def revert(rt: Runtime, saga_id: str, reason: str | None = None) -> None:
+    """Revert a COMPLETED saga: compensate its steps in reverse order; it ends REVERTED.
+
+    Anything but a COMPLETED saga is refused with a `SagaError` that gives its status.
+    """
+    why = reason or "reverted on request"
+    if driver.revert(rt, saga_id, why):
+        return
+    execution = rt.backend.get(saga_id)
+    if execution is None:
+        raise LookupError(f"saga {saga_id} does not exist in {rt.backend!r}")
+    raise SagaError(
+        f"saga {execution.saga_name} {saga_id} is {execution.status.value}: only a COMPLETED "
+        "saga can be reverted"
+        + (" (it is being reverted already)" if execution.revert_reason is not None else "")
+    )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from celery_saga.config import setting
 from celery_saga.models import SagaExecution, SagaStatus, now
-from celery_saga.runtime import decide, driver, messages
+from celery_saga.runtime import children, decide, driver, external, messages
 from celery_saga.runtime.binding import Runtime
 from celery_saga.runtime.decide import Recover
 
@@ -101,6 +101,13 @@ def resume(rt: Runtime, execution: SagaExecution, *, stalled_after: float | None
     if kind is Recover.COMPENSATE_NEXT:
         driver.compensate_next(rt, sid)
         return Resumed(sid, "compensation resumed", True)
+    if kind is Recover.TIME_OUT:
+        failed = [i for i in move.steps if external.time_out(rt, execution, i)]
+        return Resumed(sid, f"external steps {failed} timed out: failed", bool(failed))
+    if kind is Recover.CHILDREN:
+        acted = children.catch_up(rt, execution, move.steps)
+        what = "caught up with" if acted else "waiting for"
+        return Resumed(sid, f"{what} the child sagas of steps {list(move.steps)}", acted)
     if kind is Recover.WAIT:
         return Resumed(sid, "attempts in flight under live leases: left alone", False)
     return Resumed(sid, f"nothing to do: {execution.status.value}", False)

@@ -23,11 +23,19 @@ def new_execution(
     input: dict[str, Any],
     idempotency_key: str | None,
     queue: str | None,
+    *,
+    saga_id: str | None = None,
+    parent: tuple[str, int] | None = None,
 ) -> SagaExecution:
-    """A PENDING execution of `definition`, with one PENDING record per step."""
+    """A PENDING execution of `definition`, with one PENDING record per step.
+
+    `parent` is (execution id, step index) for a child saga.
+    """
     created = now()
     return SagaExecution(
-        saga_id=new_saga_id(),
+        saga_id=saga_id or new_saga_id(),
+        parent_id=None if parent is None else parent[0],
+        parent_step=None if parent is None else parent[1],
         saga_name=definition.name,
         input=dict(input),
         idempotency_key=idempotency_key,
@@ -43,6 +51,7 @@ def new_execution(
                 stage=spec.stage,
                 compensation_task_name=spec.compensation_name,
                 no_compensation=spec.no_compensation,
+                kind=spec.kind,
             )
             for spec in definition.steps
         ],
@@ -62,13 +71,28 @@ def start(
     to PENDING and the error is raised: calling `run()` again with the same
     idempotency key (or the recovery pass) sends it then.
     """
-    rt = Runtime.of(saga)
+    return start_runtime(Runtime.of(saga), input, idempotency_key=idempotency_key, queue=queue)
+
+
+def start_runtime(
+    rt: Runtime,
+    input: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    queue: str | None = None,
+    saga_id: str | None = None,
+    parent: tuple[str, int] | None = None,
+) -> str:
+    """`start` for a runtime; a child saga gives its own id and its parent's link."""
+    saga = rt.saga
     if idempotency_key is not None:
         validate_idempotency_key(idempotency_key)
     if queue is not None and (not isinstance(queue, str) or not queue):
         raise ValueError(f"queue must be a non-empty string, got {queue!r}")
     ensure_json(input, f"the input of saga {saga.name!r}")
-    execution = new_execution(rt.definition, input, idempotency_key, queue)
+    execution = new_execution(
+        rt.definition, input, idempotency_key, queue, saga_id=saga_id, parent=parent
+    )
     # Created RUNNING with its first stage started: it is dispatched right below.
     for spec in rt.definition.stages[0].steps:
         record = execution.step(spec.index)

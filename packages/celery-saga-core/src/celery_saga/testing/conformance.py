@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery_saga.testing.composition import CompositionTests
 from celery_saga.testing.kit import Requirements, SuiteBase, make_execution
 from celery_saga.testing.lease_tests import LeaseTests
 from celery_saga.testing.listing import ListingTests
@@ -31,13 +32,13 @@ __all__ = ["BackendConformance", "Requirements", "SuiteBase", "make_execution"]
 #: Every test of the suite, by name, from all its parts.
 _SUITE_TESTS = {
     name: member
-    for part in (RecordTests, LeaseTests, ListingTests)
+    for part in (RecordTests, LeaseTests, ListingTests, CompositionTests)
     for name, member in vars(part).items()
     if name.startswith("test_")
 }
 
 
-class BackendConformance(RecordTests, LeaseTests, ListingTests):
+class BackendConformance(RecordTests, LeaseTests, ListingTests, CompositionTests):
     """The contract of `celery_saga.backends.SagaBackend`, as pytest tests."""
 
     __test__ = False

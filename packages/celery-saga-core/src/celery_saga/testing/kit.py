@@ -1,7 +1,8 @@
 """What the conformance suite is built from: record builders, races, capabilities, fixtures.
 
 Store authors use `make_execution` and `Requirements`; the suite's parts
-(`celery_saga.testing.records`, `.leases`, `.listing`) share `SuiteBase` and `race`.
+(`celery_saga.testing.records`, `.lease_tests`, `.listing`, `.composition`) share
+`SuiteBase` and `race`.
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ def make_execution(
     created_at: float | None = None,
     status: SagaStatus = SagaStatus.RUNNING,
     input: dict[str, Any] | None = None,
+    parent_id: str | None = None,
+    parent_step: int | None = None,
 ) -> SagaExecution:
-    """An execution with `steps` PENDING steps (`stages[i]` is step i's stage)."""
+    """An execution with `steps` PENDING steps (`stages[i]` is step i's stage).
+
+    With `parent_id` (and `parent_step`) it is a child saga of that execution's step.
+    """
     stages = stages or list(range(steps))
     return SagaExecution(
         saga_id=str(uuid.uuid4()),
@@ -41,6 +47,8 @@ def make_execution(
         idempotency_key=idempotency_key,
         definition_hash="0123456789abcdef",
         created_at=created_at if created_at is not None else time.time(),
+        parent_id=parent_id,
+        parent_step=parent_step,
         steps=[
             StepRecord(
                 index=i,

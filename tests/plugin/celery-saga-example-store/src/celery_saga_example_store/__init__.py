@@ -5,4 +5,4 @@ from __future__ import annotations
 from celery_saga_example_store.store import ExampleStore
 
 __all__ = ["ExampleStore"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -6,6 +6,10 @@ with an optional ``?timeout=30`` (seconds to wait for the database's write lock)
 
 Layout: one row per execution (the columns listing filters and sorts on, plus the
 rest of the header as JSON text), one row per step (JSON text), one row per counter.
+A step's ``kind`` and ``child_id`` live in its JSON like every other step field; a
+child saga's ``parent_id`` also has a column of its own, indexed, for listing the
+children of an execution (files made by version 0.1 of this store get the column
+and the index when they are opened: `_upgrade`).
 Every write is a single ``BEGIN IMMEDIATE`` transaction: SQLite takes the write lock
 at BEGIN, so reading, checking and writing inside it is a compare-and-set that holds
 across threads and processes. A step write touches that step's row and the
@@ -59,7 +63,8 @@ CREATE TABLE IF NOT EXISTS executions (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     finished_at REAL,
-    header TEXT NOT NULL
+    header TEXT NOT NULL,
+    parent_id TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_executions_status ON executions (status, created_at, saga_id);
 CREATE INDEX IF NOT EXISTS ix_executions_name ON executions (saga_name, created_at, saga_id);
@@ -73,6 +78,10 @@ CREATE TABLE IF NOT EXISTS counters (
     PRIMARY KEY (saga_id, name)
 );
 """
+#: Made after `_upgrade` has added ``parent_id`` to a file of version 0.1.
+PARENT_INDEX = (
+    "CREATE INDEX IF NOT EXISTS ix_executions_parent ON executions (parent_id, created_at, saga_id)"
+)
 _FINISHED = tuple(s.value for s in TERMINAL_STATUSES)
 _IN_FINISHED = f"status IN ({', '.join('?' * len(_FINISHED))})"
 
@@ -117,7 +126,26 @@ class ExampleStore(SagaBackend):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
-        self._conn().executescript(SCHEMA)
+        self._upgrade(self._conn())
+
+    @staticmethod
+    def _upgrade(conn: sqlite3.Connection) -> None:
+        """Create the tables, or bring a file of an older version of this store up to date.
+
+        Version 0.1 had no ``parent_id`` column; its rows read back as top-level
+        executions of task steps (the fields saga composition added take their defaults).
+        """
+        conn.executescript(SCHEMA)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(executions)")}
+            if "parent_id" not in columns:
+                conn.execute("ALTER TABLE executions ADD COLUMN parent_id TEXT")
+            conn.execute(PARENT_INDEX)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> ExampleStore:
@@ -182,7 +210,9 @@ class ExampleStore(SagaBackend):
                 return existing, False
             try:
                 conn.execute(
-                    "INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO executions (saga_id, saga_name, status, idempotency_key,"
+                    " created_at, updated_at, finished_at, header, parent_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         execution.saga_id,
                         execution.saga_name,
@@ -192,6 +222,7 @@ class ExampleStore(SagaBackend):
                         execution.updated_at,
                         execution.finished_at,
                         header,
+                        execution.parent_id,
                     ),
                 )
             except sqlite3.IntegrityError:
@@ -351,12 +382,14 @@ class ExampleStore(SagaBackend):
         created_after: float | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        parent_id: str | None = None,
     ) -> Page:
         wanted = normalize_status(status)
         check_limit(limit)
         where: list[str] = []
         args: list[Any] = []
         for clause, value in (
+            ("parent_id = ?", parent_id),  # first: the index on (parent_id, created_at, ...)
             ("status = ?", None if wanted is None else wanted.value),
             ("saga_name = ?", name),
             ("created_at < ?", created_before),
