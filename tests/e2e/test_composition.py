@@ -127,6 +127,24 @@ def test_a_child_in_a_parallel_group_with_a_failing_member_is_undone_once(env: E
         assert leaf == [*(f"do:{s}" for s in ("L1", "L2", "L3")), "undo:L3", "undo:L2", "undo:L1"]
 
 
+def test_cancelling_a_parent_cancels_its_running_child(env: Env) -> None:
+    c, key = env.scenarios.composition, root()
+    result = c.approval.run(root=key)
+
+    def child_waiting() -> Any:
+        kids = children_of(env, result.saga_id)
+        return kids and waiting(SagaResult(kids[0].saga_id, env.store))
+
+    wait_for(child_waiting, TIMEOUT, "the child saga to wait for its approval")
+    assert result.cancel("order withdrawn")
+    wait_for(lambda: result.status is SagaStatus.CANCELLED, TIMEOUT, "the parent to end")
+    child = only_child(env, result.saga_id)
+    assert child.status is SagaStatus.CANCELLED
+    assert "order withdrawn" in (child.error or "")
+    assert c.journal.log(key) == ["do:A0", "do:A1", "undo:A1", "undo:A0"]
+    assert result.execution.step(1).status is StepStatus.FAILED  # the child undid itself
+
+
 # -- conditional steps ---------------------------------------------------------------------
 
 

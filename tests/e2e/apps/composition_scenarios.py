@@ -31,6 +31,7 @@ class CompositionScenarios:
     checkout: Saga
     checkout_short: Saga
     revertible: Saga
+    approval: Saga
 
 
 def build_composition(app: Celery, journal: Any, name: str = "e2e.compose") -> CompositionScenarios:
@@ -65,7 +66,7 @@ def build_composition(app: Celery, journal: Any, name: str = "e2e.compose") -> C
 
     t = {label: task(label) for label in ("T1", "T2", "M1", "M2", "L1", "L2", "L3")}
     t.update({label: task(label) for label in ("P0", "PA", "PB", "P3", "G1", "WRAP", "G3")})
-    t.update({label: task(label) for label in ("C1", "C3", "R1")})
+    t.update({label: task(label) for label in ("C1", "C3", "R1", "A0", "A1", "A2")})
     t["R2"] = task("R2", compensate=undo_flaky)
 
     leaf = Saga(f"{name}.leaf", app=app).add_step(t["L1"]).add_step(t["L2"]).add_step(t["L3"])
@@ -117,6 +118,15 @@ def build_composition(app: Celery, journal: Any, name: str = "e2e.compose") -> C
         .add_step(t["C3"])
     )
     revertible = Saga(f"{name}.revertible", app=app).add_step(t["R1"]).add_step(t["R2"])
+    approval_child = (
+        Saga(f"{name}.approval_child", app=app).add_step(t["A1"]).add_external("approve")
+    )
+    approval = (
+        Saga(f"{name}.approval", app=app)
+        .add_step(t["A0"])
+        .add_saga(approval_child)
+        .add_step(t["A2"])
+    )
     return CompositionScenarios(
         journal=journal,
         leaf=leaf,
@@ -129,4 +139,5 @@ def build_composition(app: Celery, journal: Any, name: str = "e2e.compose") -> C
         checkout=checkout,
         checkout_short=checkout_short,
         revertible=revertible,
+        approval=approval,
     )

@@ -43,7 +43,8 @@ _cancelled: list[Cancelled] = []
 
 
 def on_cancel(hook: Cancelled) -> None:
-    """Register a hook called when an execution is cancelled (it cancels its children)."""
+    """Register a hook called when an execution is cancelled or past its deadline (it
+    cancels the execution's running children)."""
     if hook not in _cancelled:
         _cancelled.append(hook)
 
@@ -422,6 +423,7 @@ def expire(rt: Runtime, saga_id: str) -> bool:
     )
     if turned:
         log(logging.WARNING, saga_id, None, "deadline of %ss exceeded: compensating", deadline)
+        cancelled(rt, saga_id, f"deadline of {deadline}s exceeded")  # its children stop too
         compensate_next(rt, saga_id)
     return turned
 
