@@ -6,9 +6,12 @@ chains of the same tasks, with a Redis result backend to learn when they finishe
 ``BENCH_BROKER`` is the broker. ``BENCH_COUNT=1`` makes every process report broker
 publishes and state-store round trips to Redis.
 
-Two sagas are defined on each app: ``bench.five`` (five no-op steps: W1, W3, W4, W5)
-and ``bench.fanout`` (one step, then a parallel group of four: W2), with the task
-bodies of `bench_tasks`.
+Four sagas are defined on each app, with the task bodies of `bench_tasks`:
+``bench.five`` (five no-op steps: W1, W3, W4, W5, and W7's flat contender),
+``bench.fanout`` (one step, then a parallel group of four: W2), and for W7
+``bench.nested`` (``noop1``, then the child saga ``bench.child`` of ``noop2``,
+``noop3``, ``noop4``, then ``noop5``: the same five no-op task bodies as
+``bench.five``, the middle three run by a child execution).
 """
 
 from __future__ import annotations
@@ -35,17 +38,20 @@ QUEUE = os.environ.get("BENCH_QUEUE", "bench")
 
 @dataclass(frozen=True)
 class BenchApp:
-    """One contender's app with its tasks and the two benchmark sagas."""
+    """One contender's app with its tasks and the benchmark sagas."""
 
     app: Celery
     five: Saga
     noops: list[Any]
     fanout: Saga
     fans: list[Any]
+    #: W7: ``noop1``, the child saga `child` (``noop2``-``noop4``), ``noop5``.
+    nested: Saga
+    child: Saga
 
 
 def build(role: str, queue: str, store: str | None = None, broker: str | None = None) -> BenchApp:
-    """An app for `role` with the no-op and fan-out tasks and both sagas.
+    """An app for `role` with the no-op and fan-out tasks and the benchmark sagas.
 
     `store` (the saga role's state store) and `broker` default to ``BENCH_STORE``
     and ``BENCH_BROKER``.
@@ -87,7 +93,11 @@ def build(role: str, queue: str, store: str | None = None, broker: str | None = 
         five.add_step(task)
     fans = [fan_task(n) for n in range(1, 6)]
     fanout = Saga("bench.fanout", app=app).add_step(fans[0]).add_parallel(*fans[1:])
-    return BenchApp(app, five, noops, fanout, fans)
+    child = Saga("bench.child", app=app)
+    for task in noops[1:4]:
+        child.add_step(task)
+    nested = Saga("bench.nested", app=app).add_step(noops[0]).add_saga(child).add_step(noops[4])
+    return BenchApp(app, five, noops, fanout, fans, nested, child)
 
 
 def make(role: str, queue: str, store: str | None = None) -> tuple[Celery, Saga, list[Any]]:

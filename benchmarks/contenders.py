@@ -1,5 +1,9 @@
 """The contenders: this project's sagas, plain Celery chains, celery-saga 0.1.1.
 
+`NestedSaga` (W7) is this project running the same five no-op steps as a parent saga
+whose middle step is a child saga of three: it shares the app and worker of the flat
+saga's contender.
+
 Each contender starts work the way its users would and learns that it finished the
 same way as the others: the caller reads the record of the oldest unfinished item
 (saga record, or the chain's last result) every `processes.POLL` seconds, moving on
@@ -9,7 +13,8 @@ backend, the same for every contender, and nothing to the workers.
 After every run, not timed, the contender deletes what the run left (saga records,
 task results), so each repetition starts from the same, empty, state: a store that
 slows down as it fills would otherwise be slower in every repetition than in the one
-before.
+before. For the nested saga that includes the child executions (each its own record,
+listed by ``parent_id``).
 
 W2's "lost outputs": each fan-out step adds ``"<i>:<n>"`` to a Redis set when it
 runs (`bench_tasks.fan`). Once every saga finished, a saga counts as having lost an
@@ -32,6 +37,7 @@ from bench_app import BenchApp
 from celery import chain, group
 from processes import POLL, OrigDriver, Worker, group_cpu_seconds
 
+from celery_saga import Saga
 from celery_saga.config import backend_for
 from celery_saga.models import SagaStatus
 
@@ -137,9 +143,17 @@ class OurSaga(_InProcessCaller):
         self.worker = worker
         self.backend = backend_for(bench.app)
 
+    def _definition(self, saga: str) -> Saga:
+        """The saga this contender runs for the workload's `saga` (``five`` or ``fanout``)."""
+        return self.bench.five if saga == "five" else self.bench.fanout
+
     def throughput(self, saga: str, n: int, ran: str | None = None, timeout: float = 600) -> Run:
-        """Start `n` sagas, wait for them; for the fan-out saga, count lost outputs."""
-        definition = self.bench.five if saga == "five" else self.bench.fanout
+        """Start `n` sagas, wait for them; for the fan-out saga, count lost outputs.
+
+        A saga counts as completed when its own record (the one `run()` returned the
+        id of: for a nested saga, the parent) is COMPLETED.
+        """
+        definition = self._definition(saga)
         extra = {"ran": ran} if saga == "fanout" else {}
         statuses: dict[str, int] = defaultdict(int)
 
@@ -176,12 +190,42 @@ class OurSaga(_InProcessCaller):
         latencies, ids = [], []
         for i in range(n):
             started = time.perf_counter()
-            result = self.bench.five.run(i=i)
+            result = self._definition("five").run(i=i)
             result.get(timeout=timeout)
             latencies.append(time.perf_counter() - started)
             ids.append(result.saga_id)
         self._forget(ids)
         return latencies
+
+
+class NestedSaga(OurSaga):
+    """W7: this project's five no-op steps as ``bench.nested``: a child saga in the middle.
+
+    It runs the workload's ``five`` as ``noop1``, the child saga ``bench.child``
+    (``noop2``-``noop4``, its own execution), ``noop5``. Only the parent's record is
+    polled, so a saga counts as completed only when the parent is COMPLETED; the
+    cleanup deletes the children too, so the store is empty again after each run.
+    """
+
+    def _definition(self, saga: str) -> Saga:
+        if saga != "five":
+            raise ValueError(f"the nested saga has only the five no-op steps, not {saga!r}")
+        return self.bench.nested
+
+    def _forget(self, ids: list[str]) -> None:
+        """Delete each parent's child executions (all finished), then the parent."""
+        for saga_id in ids:
+            children: list[str] = []
+            cursor: str | None = None
+            while True:  # list them all first: deleting while paging could skip some
+                page = self.backend.list(parent_id=saga_id, cursor=cursor)
+                children += [child.saga_id for child in page.items]
+                cursor = page.cursor
+                if cursor is None:
+                    break
+            for child_id in children:
+                self.backend.delete(child_id)
+        super()._forget(ids)
 
 
 class PlainChain(_InProcessCaller):

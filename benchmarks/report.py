@@ -47,7 +47,12 @@ SHORT = {
     "mongodb": "mongodb store",
     "chain-amqp": "plain chain",
     "saga-amqp": "celery-saga",
+    "nested": "nested saga",
+    "flat": "flat saga",
 }
+
+#: The workloads of the table, in order.
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7")
 
 TITLES = {
     "W1": "W1: sagas of 5 no-op steps",
@@ -55,6 +60,7 @@ TITLES = {
     "W3": "W3: one saga at a time, caller blocking on get()",
     "W4": "W4: W1 on each state store",
     "W5": "W5: W1 with the RabbitMQ broker",
+    "W7": "W7: a child saga as the middle of 3 steps, against a flat saga of 5",
 }
 
 
@@ -101,9 +107,9 @@ def _ratio_rows(workload: str, section: dict[str, Any]) -> list[tuple[str, ...]]
 
 
 def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
-    """The table: one row per measurement, ratio and check, W1 to W5, then the counts."""
+    """The table: one row per measurement, ratio and check, W1 to W7, then the counts."""
     table: list[tuple[str, ...]] = []
-    for workload in ("W1", "W2", "W3", "W4", "W5"):
+    for workload in WORKLOADS:
         section = results.get(workload)
         if not section:
             continue
@@ -401,13 +407,16 @@ def render_markdown(results: dict[str, Any]) -> str:
         "Redis broker and one prefork worker with 2 processes per contender (each on its own "
         "queue), unless said otherwise.",
         "\n".join(
-            f"- **{TITLES[w]}**: {results[w]['description']}."
-            for w in ("W1", "W2", "W3", "W4", "W5")
-            if w in results
+            f"- **{TITLES[w]}**: {results[w]['description']}." for w in WORKLOADS if w in results
         ),
         "Targets: W1 celery-saga / plain chain ≤ 1.2 and celery-saga 0.1.1 / celery-saga "
         "≥ 1.4; W2 zero lost outputs for celery-saga (0.1.1's count beside it); W3 p50 at "
-        "most 1.5 times the plain chain's.",
+        "most 1.5 times the plain chain's."
+        + (
+            " W7 has none: its ratio nested saga / flat saga is the cost of a child saga."
+            if "W7" in results
+            else ""
+        ),
         "## The machine",
         _machine_markdown(results.get("machine", {})),
         "## How to reproduce",
@@ -429,8 +438,9 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "- All workers start once, before any timing, and are warmed up. In each "
                 "repetition every contender runs once; the order rotates by one each "
                 "repetition.",
-                "- Throughput (W1, W2, W4, W5): the time from the first `run()` (or "
-                "`apply_async()`) until every saga finished. Every contender's caller learns "
+                f"- Throughput (W1, W2, W4, W5{', W7' if 'W7' in results else ''}): the time "
+                "from the first `run()` (or `apply_async()`) until every saga finished. "
+                "Every contender's caller learns "
                 "that the same way: it reads the record of the oldest unfinished saga (the "
                 "last result, for a chain) every 20 ms, and moves on as soon as it finished. "
                 "The CPU time used by each contender's worker processes during its runs is "

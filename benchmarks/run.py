@@ -12,6 +12,10 @@ said otherwise):
 - W4: W1 on each of this project's state stores (memory excluded: it cannot be
   shared across processes), each against the plain chain.
 - W5: W1 with the RabbitMQ broker: this project against the plain chain.
+- W7: the cost of a child saga: N sagas of 3 steps whose middle step is a child saga of
+  3 (the same five no-op task bodies, the middle three run by a child execution),
+  against W1's flat saga of 5 no-op steps, on the same worker (Redis store, Redis
+  broker); the figure is the ratio nested / flat.
 
 Every comparison runs in this one invocation, alternating the contenders (the order
 rotates each repetition), for at least 3 repetitions; the table reports medians,
@@ -59,9 +63,11 @@ MYSQL = os.environ.get("BENCH_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test"
 BROKER_DB, RESULTS_DB, STORE_DB, ORIG_RESULTS_DB, ORIG_STORE_DB = 3, 4, 5, 6, 7
 
 #: Sizes from the issue, and the small ones of ``--quick``.
-SIZES = {"w1": 400, "w2": 200, "w3": 200, "w4": 400, "w5": 400, "count": 100, "reps": 3}
-QUICK = {"w1": 40, "w2": 20, "w3": 20, "w4": 40, "w5": 40, "count": 20, "reps": 3}
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+SIZES = {"w1": 400, "w2": 200, "w3": 200, "w4": 400, "w5": 400, "w7": 200, "count": 100, "reps": 3}
+QUICK = {"w1": 40, "w2": 20, "w3": 20, "w4": 40, "w5": 40, "w7": 20, "count": 20, "reps": 3}
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7")
+#: The workloads with a ``--<w>-sagas`` size.
+SIZED = ("w1", "w2", "w3", "w4", "w5", "w7")
 STORES = ("redis", "postgresql", "mysql", "sqlite", "mongodb")
 #: Keys of results.json this harness writes (other sections, e.g. "stores", are kept).
 OWN_KEYS = ("version", "machine", "config", "started", "duration_seconds", "counts", *WORKLOADS)
@@ -81,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("w3", "W3 sagas in a row"),
         ("w4", "W4 sagas per store"),
         ("w5", "W5 sagas"),
+        ("w7", "W7 sagas, nested and flat each"),
     ):
         parser.add_argument(f"--{key}-sagas", type=int, help=f"{what} (default {SIZES[key]})")
     parser.add_argument("--count-sagas", type=int, help="sagas of the counting pass (0: skip)")
@@ -103,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(HERE / "results.json"))
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else SIZES
-    for key in ("w1", "w2", "w3", "w4", "w5"):
+    for key in SIZED:
         if getattr(args, f"{key}_sagas") is None:
             setattr(args, f"{key}_sagas", sizes[key])
     if args.count_sagas is None:
@@ -460,6 +467,22 @@ class Bench:
             key, label, build("chain", queue, broker=broker), worker, self.marks
         )
 
+    def nested(self) -> None:
+        """Register W7's nested saga: the "saga" contender's app and worker, another saga.
+
+        Registered here (not in `run_workloads`) so that the warm-up runs it too.
+        """
+        from contenders import NestedSaga
+
+        source = self.contenders["saga"]
+        self.contenders["nested"] = NestedSaga(
+            "nested",
+            "celery-saga, nested (Redis store)",
+            source.bench,
+            source.worker,
+            self.marks,
+        )
+
     def original(self, python: str) -> None:
         """Start celery-saga 0.1.1's worker and driver (its venv) and register it."""
         from contenders import Original
@@ -496,14 +519,16 @@ class Bench:
         redis_broker = f"{REDIS}/{BROKER_DB}"
         if self.needs("W1", "W2", "W3", "W4"):
             self.chain("chain", "plain chain (Redis result backend)", redis_broker)
-            if self.needs("W1", "W2", "W3") or "redis" in self.args.stores:
-                self.our_saga(
-                    "saga",
-                    "celery-saga (Redis store)",
-                    self.store_url("redis"),
-                    redis_broker,
-                    "redis",
-                )
+        if self.needs("W1", "W2", "W3", "W7") or (self.needs("W4") and "redis" in self.args.stores):
+            self.our_saga(
+                "saga",
+                "celery-saga (Redis store)",
+                self.store_url("redis"),
+                redis_broker,
+                "redis",
+            )
+        if self.needs("W7"):
+            self.nested()
         if self.needs("W1", "W2", "W3") and self.args.orig_python:
             self.original(self.args.orig_python)
         if self.needs("W4"):
@@ -623,6 +648,28 @@ def run_workloads(bench: Bench) -> dict[str, Any]:
             args.reps,
             [("saga-amqp", "chain-amqp")],
         )
+    if bench.needs("W7"):
+        print(
+            f"W7: {args.w7_sagas} sagas with a child saga as the middle of 3 steps, against "
+            "the flat saga of 5",
+            flush=True,
+        )
+        source = bench.contenders["saga"]
+        label = "celery-saga, flat (Redis store)"
+        flat = OurSaga("flat", label, source.bench, source.worker, bench.marks)
+        out["W7"] = throughput(
+            "W7",
+            f"{args.w7_sagas} sagas of 3 steps whose middle step is a child saga of 3 "
+            "(noop1, then the child's noop2-noop4, then noop5: the five no-op task bodies "
+            "of W1, the middle three run by a child execution with its own record), against "
+            "the flat saga of those 5 no-op steps, on the same worker (Redis store, Redis "
+            "broker); a nested saga counts as completed when the parent is COMPLETED",
+            [flat, bench.contenders["nested"]],
+            "five",
+            args.w7_sagas,
+            args.reps,
+            [("nested", "flat")],
+        )
     return out
 
 
@@ -650,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         "version": 2,
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "config": {
-            "sizes": {k: getattr(args, f"{k}_sagas") for k in ("w1", "w2", "w3", "w4", "w5")},
+            "sizes": {k: getattr(args, f"{k}_sagas") for k in SIZED},
             "reps": args.reps,
             "count_sagas": args.count_sagas,
             "workloads": args.workloads,

@@ -1,11 +1,12 @@
-"""W1-W5: which contenders run, how they alternate, and the numbers each workload keeps.
+"""W1-W5 and W7: which contenders run, how they alternate, the numbers each workload keeps.
 
 Every workload runs its contenders in the same invocation, alternating: in each
 repetition every contender runs once, and the order rotates by one place from one
 repetition to the next, so no contender always runs first (or right after another).
 A workload's section of ``results.json`` keeps every repetition's raw numbers, their
 median and spread (min-max), and ratios between contenders: the ratio of the
-medians, with the range of the per-repetition ratios beside it.
+medians, with the range of the per-repetition ratios beside it. Ratios without an
+entry in `TARGETS` (W7's nested / flat, the cost of a child saga) are reported only.
 """
 
 from __future__ import annotations
