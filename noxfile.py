@@ -5,7 +5,9 @@
     nox -s demo                       # the order saga on an in-process worker
     nox -s lint build docs bench
     nox -s plugin isolation           # a third-party store; each store installed alone
+    nox -s template                   # the store template (examples/store-template), conformant
     nox -s install                    # the README's install lines, from built wheels
+    nox -s django                     # the Django example: PostgreSQL and a real worker
 
 The matrix axes are the constants below. Interpreters that are not installed are
 skipped, never failed. Tests install the packages from built wheels, not from
@@ -15,6 +17,7 @@ the checkout, so packaging mistakes show up here.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,8 @@ import nox
 
 nox.options.error_on_missing_interpreters = False
 nox.options.sessions = [
-    "lint", "tests", "build", "docs", "demo", "plugin", "isolation", "install",
+    "lint", "tests", "build", "docs", "demo", "plugin", "template", "isolation", "install",
+    "django",
 ]  # fmt: skip
 nox.options.reuse_existing_virtualenvs = False
 
@@ -45,6 +49,8 @@ BACKENDS: dict[str, dict[str, Any]] = {
     "memory": {"packages": ["core"], "tests": ["tests/core", "tests/e2e"], "stores": "memory"},
     "redis": {
         "packages": ["core", "redis"],
+        # The FastAPI example's test (tests/redis/test_fastapi_example.py) runs it for real.
+        "extras": ["fastapi", "uvicorn", "httpx"],
         "tests": ["tests/redis", "tests/e2e"],
         "stores": "redis,redis-cluster",
     },
@@ -148,9 +154,11 @@ def build(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def docs(session: nox.Session) -> None:
     """Build the user guide and API reference; warnings are errors."""
+    # Every store package, the SQL drivers included, so autodoc imports them all.
     install_packages(
         session,
-        [n for n in ("core", "redis") if (ROOT / PACKAGES[n]).exists()],
+        [n for n in ("core", "redis", "sql", "mongo") if (ROOT / PACKAGES[n]).exists()],
+        "celery-saga-sql[postgresql,mysql]",
         *nox.project.dependency_groups(PYPROJECT, "docs"),
     )
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
@@ -210,6 +218,27 @@ def plugin(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", f"{PLUGIN}/tests", "-q", *own_config, *session.posargs)
 
 
+#: The template of a new store package (see its README).
+TEMPLATE = "examples/store-template"
+
+
+@nox.session(python="3.11")
+def template(session: nox.Session) -> None:
+    """The store template, installed from its wheel with core's `testing` extra, conformant."""
+    install_packages(session, ["core"], "celery-saga-core[testing]")
+    # Its wheel by path: the template's distribution name is a placeholder.
+    wheels = Path(session.create_tmp()) / "template-wheel"
+    shutil.rmtree(wheels, ignore_errors=True)
+    session.run("python", "-m", "build", "--wheel", "--outdir", str(wheels), TEMPLATE, silent=True)
+    session.install(*[str(wheel) for wheel in wheels.glob("*.whl")])
+    # Its own pyproject.toml is pytest's configuration and rootdir, as for the plugin.
+    own_config = ["--rootdir", TEMPLATE, "-c", f"{TEMPLATE}/pyproject.toml"]
+    session.run(
+        "python", "-m", "pytest", f"{TEMPLATE}/tests", "-q", *own_config, "-p", "no:cacheprovider",
+        *session.posargs,
+    )  # fmt: skip
+
+
 #: Store packages checked alone, with what their check needs besides core and celery.
 ISOLATED: dict[str, list[str]] = {"redis": [], "sql": [], "mongo": ["SecantusDB"]}
 
@@ -251,6 +280,25 @@ def install(session: nox.Session, extra: str) -> None:
         session.install("SecantusDB")  # the server, in this session's venv, not the user's
     work = Path(session.create_tmp()) / f"quickstart-{extra}"
     session.run("python", "tests/install/check_quickstart.py", extra, str(wheels), str(work))
+
+
+#: The example Django project, and what its tests need besides our packages.
+DJANGO_EXAMPLE = "examples/django_shop"
+DJANGO = ["django>=4.2", "psycopg[binary]>=3.2", "pytest>=8"]
+
+
+@nox.session(python="3.11")
+def django(session: nox.Session) -> None:
+    """The Django example: `run_on_commit` and CELERY_SAGA_* settings, end to end.
+
+    Core and the Redis store from their wheels; the tests run the project on
+    PostgreSQL with a real `celery -A django_shop worker` (Redis broker and store in
+    database 6). The example's own pytest.ini is the configuration, so the
+    workspace's tests/conftest.py stays out of the run.
+    """
+    install_packages(session, ["core", "redis"], *CELERY["newest"], *DJANGO)
+    own_config = ["--rootdir", DJANGO_EXAMPLE, "-c", f"{DJANGO_EXAMPLE}/pytest.ini"]
+    session.run("python", "-m", "pytest", f"{DJANGO_EXAMPLE}/tests", *own_config, *session.posargs)
 
 
 if os.environ.get("CELERY_SAGA_NOX_DEBUG"):

@@ -301,7 +301,7 @@ def build_app(store: SagaBackend, longest: int) -> tuple[Celery, dict[int, Saga]
     for length in LENGTHS:
         saga = Saga(f"bench.stores.s{length}", app=app)
         for task in tasks[:length]:
-            saga.add_step(task)
+            saga.add_step(task, no_compensation=True)  # nothing to undo, on purpose
         sagas[length] = saga
     return app, sagas
 

@@ -27,6 +27,8 @@ myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 
 autodoc_member_order = "bysource"
+# celery_saga.contrib.django imports Django, which the docs build does not install.
+autodoc_mock_imports = ["django"]
 autodoc_typehints = "signature"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False

@@ -99,7 +99,8 @@ order = (
     .add_step(reserve_stock)
     .add_saga(payment)  # a child saga: its own execution, undone as a whole
     .add_step(wrap_gift, when=lambda ctx: ctx.get("gift", False))  # skipped unless a gift
-    .add_external("bank_confirmation", timeout=timedelta(hours=1))  # the bank's webhook
+    # the bank's webhook completes it; a confirmation has nothing to undo
+    .add_external("bank_confirmation", timeout=timedelta(hours=1), no_compensation=True)
     .add_step(confirm)
 )
 

@@ -111,9 +111,9 @@ from celery_saga import parallelize, saga, step  # noqa: E402
 
 @saga("order_saga_fn")
 def order_saga_fn(input):  # type: ignore[no-untyped-def]
-    order = step(validate_order, input)
+    order = step(validate_order, input, no_compensation=True)
     payment, stock = parallelize(step(charge_payment, order), step(reserve_inventory, order))  # noqa: RUF059
-    step(send_confirmation, payment)
+    step(send_confirmation, payment, no_compensation=True)
     return payment  # what result.get() returns
 
 

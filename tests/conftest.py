@@ -15,6 +15,9 @@ from support import REDIS_URL, STORE_DB, drop_prefix, require
 
 from celery_saga import registry
 
+# The project's own pytest plugin, as users enable it (docs/testing.md).
+pytest_plugins = ("celery_saga.contrib.pytest",)
+
 
 @pytest.fixture
 def unique() -> str:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pkgutil
 from collections.abc import Iterator
 
 import pytest
 
 from celery_saga.backends import MemorySagaBackend, SagaBackend
-from celery_saga.models import SagaStatus
-from celery_saga.testing import BackendConformance, Requirements, make_execution
+from celery_saga.models import SagaExecution, SagaStatus
+from celery_saga.testing import KIT_MODULES, BackendConformance, Requirements, make_execution
+from celery_saga.testing.conformance import _SUITE_TESTS
 
 
 class Notifies(Requirements):
@@ -19,6 +21,10 @@ class Notifies(Requirements):
     @property
     def renews_leases_in_one_round_trip(self) -> bool:
         return True
+
+    @property
+    def shared_between_processes(self) -> bool:
+        return False  # one process's memory: the cross-process tests are skipped
 
 
 class TestMemoryConformance(BackendConformance):
@@ -47,6 +53,64 @@ def test_the_suite_refuses_a_silent_override_or_deletion_of_any_of_its_tests() -
             """An override that says why."""
 
         assert type("Declared", (BackendConformance,), {name: declared}).__test__ is True
+
+
+def test_every_suite_test_says_what_it_checks() -> None:
+    """A store author reads the docstring of a failing test first."""
+    missing = [name for name, test in _SUITE_TESTS.items() if not (test.__doc__ or "").strip()]
+    assert missing == []
+
+
+def test_every_module_of_the_kit_has_its_asserts_rewritten() -> None:
+    """`celery_saga.testing` registers every one of its modules with pytest."""
+    import celery_saga.testing
+
+    found = {
+        f"celery_saga.testing.{module.name}"
+        for module in pkgutil.iter_modules(celery_saga.testing.__path__)
+    }
+    assert found == set(KIT_MODULES)
+
+
+def test_a_failing_kit_check_shows_the_values_it_compared() -> None:
+    """Not a bare AssertionError: pytest rewrote the installed kit's asserts."""
+
+    class Forgetful(MemorySagaBackend):
+        def find_by_idempotency_key(self, key: str) -> SagaExecution | None:
+            return make_execution(name="should-not-be-found")
+
+    with pytest.raises(AssertionError, match="should-not-be-found"):
+        TestMemoryConformance().test_get_unknown_returns_none(Forgetful())
+
+
+def test_a_store_that_is_not_shared_skips_the_cross_process_tests() -> None:
+    """With `shared_between_processes` false the tests skip, saying why."""
+    with pytest.raises(pytest.skip.Exception, match="shared_between_processes"):
+        TestMemoryConformance().test_one_process_creates_another_reads_and_compares_and_sets(
+            MemorySagaBackend()
+        )
+
+
+def test_the_cross_process_tests_catch_a_store_that_is_not_shared() -> None:
+    """Run on the memory store as if it were shared, the first one fails: what one child
+    process created, the next one does not find (KeyError from its step write)."""
+
+    class Claims(Requirements):
+        @property
+        def shared_between_processes(self) -> bool:
+            return True
+
+    class Pretending(BackendConformance):
+        requirements = Claims()
+
+        @pytest.fixture
+        def backend(self) -> SagaBackend:
+            return MemorySagaBackend()
+
+    with pytest.raises(pytest.fail.Exception, match="KeyError"):
+        Pretending().test_one_process_creates_another_reads_and_compares_and_sets(
+            MemorySagaBackend()
+        )
 
 
 def test_a_record_of_schema_1_reads_with_defaults_and_takes_the_new_fields() -> None:

@@ -2,7 +2,8 @@
 
 `nox -s install` runs shop.py on real workers after installing each README line;
 here the README's code blocks are held against the file (so neither drifts), and
-the file's sagas run in eager mode on a memory store.
+the file's sagas run in eager mode on a fresh memory store per test (the
+`saga_eager` fixture of `celery_saga.contrib.pytest`, as docs/testing.md shows).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from celery import Celery
+
+from celery_saga.contrib.pytest import assert_compensated, assert_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = ROOT / "examples" / "shop.py"
@@ -47,20 +51,26 @@ def test_the_readme_quick_start_blocks_are_lines_of_examples_shop() -> None:
 
 @pytest.fixture(scope="module")
 def shop_module() -> ModuleType:
-    """examples/shop.py, loaded once (its tasks register once), eager, on a memory store."""
+    """examples/shop.py, loaded once (its tasks register once)."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("SHOP_SAGA_BACKEND", "memory://readme-quickstart")
         spec = importlib.util.spec_from_file_location("shop_quickstart", SHOP)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-    module.app.conf.task_always_eager = True
     return module
 
 
 @pytest.fixture
-def shop(shop_module: ModuleType) -> ModuleType:
-    """The loaded example with its stand-in services reset."""
+def saga_app(shop_module: ModuleType) -> Celery:
+    """The app the plugin's fixtures configure: the example's."""
+    app: Celery = shop_module.app
+    return app
+
+
+@pytest.fixture
+def shop(shop_module: ModuleType, saga_eager: Celery) -> ModuleType:
+    """The loaded example, eager, with its stand-in services reset."""
     shop_module.payments.charges.clear()
     shop_module.STOCK.update({"book": 3, "lamp": 0})
     return shop_module
@@ -85,7 +95,10 @@ def test_the_quick_start_order_saga_completes_and_its_functional_twin_returns_th
 def test_the_quick_start_refunds_the_payment_when_stock_runs_out(shop: ModuleType) -> None:
     from celery_saga import SagaCompensated
 
+    result = shop.order_saga.run(order_id="o-3", amount=7.0, item="lamp")
     with pytest.raises(SagaCompensated):
-        shop.order_saga.run(order_id="o-3", amount=7.0, item="lamp").get(timeout=10)
+        result.get(timeout=10)
+    assert_steps(result, ["success", "compensated", "failed", "pending"])
+    assert_compensated(result, [1])
     assert shop.payments.charges == {}, "the charge was refunded"
     assert shop.STOCK == {"book": 3, "lamp": 0}

@@ -100,6 +100,29 @@ def test_registry_resolves_schemes_and_explains_unknown_ones() -> None:
         backend_from_url("localhost:6379")
 
 
+@pytest.mark.parametrize(
+    ("scheme", "extra"),
+    [
+        ("redis", "redis"),
+        ("rediss", "redis"),
+        ("postgresql+psycopg", "postgresql"),
+        ("postgres", "postgresql"),
+        ("mysql+pymysql", "mysql"),
+        ("mariadb", "mysql"),
+        ("sqlite", "sql"),
+        ("mongodb", "mongo"),
+        ("mongodb+srv", "mongo"),
+    ],
+)
+def test_a_missing_store_names_the_extra_that_installs_it(scheme: str, extra: str) -> None:
+    """The hint names the real extra of the meta-package, never a literal `[...]`."""
+    from celery_saga.backends.registry import _not_found_message
+
+    message = _not_found_message(scheme, {"memory": "celery_saga.backends.memory:X"})
+    assert f'pip install "celery-saga[{extra}]"' in message
+    assert "[...]" not in message
+
+
 def test_register_adds_a_scheme_without_packaging() -> None:
     class Custom(MemorySagaBackend):
         pass

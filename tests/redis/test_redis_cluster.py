@@ -26,6 +26,10 @@ class Notifies(Requirements):
         return True
 
     @property
+    def notifies_completion_async(self) -> bool:
+        return True
+
+    @property
     def renews_leases_in_one_round_trip(self) -> bool:
         return True
 

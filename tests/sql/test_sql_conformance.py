@@ -28,6 +28,10 @@ class _PostgreSQL(_OneStatementRenewal):
     def notifies_completion(self) -> bool:
         return True
 
+    @property
+    def notifies_completion_async(self) -> bool:
+        return True
+
 
 class TestPostgreSQLConformance(BackendConformance):
     requirements = _PostgreSQL()

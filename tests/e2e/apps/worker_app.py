@@ -12,12 +12,19 @@ from __future__ import annotations
 import json
 import os
 import socket
+import warnings
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_ready
 from lease_scenarios import build_leases
 from scenarios import Journal, build, routing_saga
+
+from celery_saga import UncompensatedStepWarning
+
+# The scenario sagas leave steps uncompensated on purpose; in the test process the
+# workspace's pytest settings say the same (a worker process has no pytest settings).
+warnings.filterwarnings("ignore", category=UncompensatedStepWarning)
 
 
 def make_app(

@@ -17,14 +17,24 @@ from celery_saga.errors import (
     SagaDefinitionError,
     SagaDefinitionMismatch,
     SagaError,
+    SagaInputError,
     SagaNotRegistered,
+    SagaRecordNotFound,
     SchemaVersionError,
     StepOutputError,
+    StoreNotFound,
+    UncompensatedStepWarning,
 )
 from celery_saga.functional import external, parallelize, saga, step, transform, when
 from celery_saga.headers import current_step, idempotency_key
 from celery_saga.models import SagaExecution, SagaStatus, StepKind, StepRecord, StepStatus
-from celery_saga.outcomes import SagaCancelled, SagaCompensated, SagaFailed, SagaReverted
+from celery_saga.outcomes import (
+    SagaCancelled,
+    SagaCompensated,
+    SagaFailed,
+    SagaReverted,
+    SagaTimeoutError,
+)
 from celery_saga.response import StepResponse
 from celery_saga.result import SagaResult
 from celery_saga.retry import RetryPolicy
@@ -51,10 +61,13 @@ __all__ = [
     "SagaError",
     "SagaExecution",
     "SagaFailed",
+    "SagaInputError",
     "SagaNotRegistered",
+    "SagaRecordNotFound",
     "SagaResult",
     "SagaReverted",
     "SagaStatus",
+    "SagaTimeoutError",
     "SchemaVersionError",
     "StepCompletion",
     "StepKind",
@@ -62,6 +75,8 @@ __all__ = [
     "StepRecord",
     "StepResponse",
     "StepStatus",
+    "StoreNotFound",
+    "UncompensatedStepWarning",
     "__version__",
     "current_step",
     "external",

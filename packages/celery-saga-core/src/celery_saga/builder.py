@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from celery_saga import registry
+from celery_saga import registry, uncompensated
 from celery_saga.decorators import step_meta
 from celery_saga.definition import SagaDefinition
 from celery_saga.errors import SagaDefinitionError
@@ -207,6 +208,7 @@ class Saga:
         compensate: Any = None,
         input: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         when: Callable[[dict[str, Any]], Any] | None = None,
+        no_compensation: bool = False,
     ) -> Saga:
         """Add a step completed from outside: a webhook, a person, another system.
 
@@ -214,10 +216,16 @@ class Saga:
         output)` or `fail_step(name, error)` is called (or `celery saga complete` /
         `fail`). Past `timeout` the step fails and the saga compensates (the recovery
         pass notices: schedule it). `compensate` undoes a completed step, called with
-        its output.
+        its output; ``no_compensation=True`` says there is nothing to undo (an approval).
         """
         what = f"external step {name!r} of saga {self.name!r}"
-        node = make_external(name, timeout=timeout, compensate=compensate, what=what)
+        node = make_external(
+            name,
+            timeout=timeout,
+            compensate=compensate,
+            what=what,
+            no_compensation=no_compensation,
+        )
         if input is not None:
             node.input = _mapper(input, what) or node.input
         return self._append(_conditional(node, when, what))
@@ -276,11 +284,15 @@ class Saga:
         return self
 
     def _instrument(self, entry: Node) -> None:
+        """Instrument the new entry's tasks; warn once about a step nothing would undo."""
+        flat = self._flat_steps()
         for step in leaves(entry):
             if isinstance(step, Step):
                 for ref in (step.task, step.compensate):
                     if ref is not None and is_task(ref):
                         registry.task_added(ref)
+                index = next(i for i, s in enumerate(flat) if s is step)
+                uncompensated.check(self.name, index, step)
 
     # -- the compiled definition -----------------------------------------------------------
     def _flat_steps(self) -> list[Step | SubSaga]:
@@ -367,6 +379,24 @@ class Saga:
         result: SagaResult = registry.launcher().run(self, input, idempotency_key, queue)
         return result
 
+    async def arun(
+        self,
+        *,
+        idempotency_key: str | None = None,
+        queue: str | None = None,
+        **input: Any,
+    ) -> SagaResult:
+        """`run` for asyncio: the store write and the broker send happen in a thread.
+
+        Same arguments and result as `run`; the event loop is never blocked. Await
+        the outcome with `SagaResult.aget`, follow it with `SagaResult.watch`.
+        """
+        from celery_saga.offload import run_blocking
+
+        start = functools.partial(self.run, idempotency_key=idempotency_key, queue=queue, **input)
+        result: SagaResult = await run_blocking(start)
+        return result
+
     def result(self, saga_id: str) -> SagaResult:
         """A handle to an existing execution of this saga."""
         result: SagaResult = registry.launcher().handle(self, saga_id)
@@ -411,7 +441,12 @@ def make_subsaga(
 
 
 def make_external(
-    name: Any, *, timeout: float | timedelta | None, compensate: Any, what: str
+    name: Any,
+    *,
+    timeout: float | timedelta | None,
+    compensate: Any,
+    what: str,
+    no_compensation: bool = False,
 ) -> Step:
     """An external step named `name`, waiting at most `timeout` (seconds or a timedelta)."""
     if not isinstance(name, str) or not name.strip():
@@ -427,7 +462,13 @@ def make_external(
             )
         seconds = float(value)
     comp = check_task_ref(compensate, f"compensate of {name!r}") if compensate else None
-    return Step(task=name, compensate=comp, external=True, timeout=seconds)
+    return Step(
+        task=name,
+        compensate=comp,
+        external=True,
+        timeout=seconds,
+        no_compensation=bool(no_compensation),
+    )
 
 
 def _caller() -> str:

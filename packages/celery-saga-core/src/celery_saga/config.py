@@ -11,7 +11,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from celery_saga.backends.base import SagaBackend
-from celery_saga.backends.registry import backend_from_url
+from celery_saga.backends.registry import backend_for_reading, backend_from_url
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -32,6 +32,8 @@ DEFAULTS: dict[str, Any] = {
 
 _default: SagaBackend | str | None = None
 _by_url: dict[tuple[str, str], SagaBackend] = {}
+#: Stores opened for reading only (`backend_for(..., read_only=True)`), by the same key.
+_reading: dict[tuple[str, str], SagaBackend] = {}
 _lock = threading.Lock()
 
 
@@ -52,11 +54,20 @@ def set_default_backend(backend: SagaBackend | str | None) -> None:
     _default = backend
 
 
-def get_default_backend() -> SagaBackend:
+def get_default_backend(*, read_only: bool = False) -> SagaBackend:
     """The store used when neither the saga nor the app names one."""
     if isinstance(_default, SagaBackend):
         return _default
-    return _instance(_default or "memory://", {})
+    return _instance(_default or "memory://", {}, read_only)
+
+
+def is_fallback(app: Celery | None, explicit: SagaBackend | str | None = None) -> bool:
+    """True when nothing names a store: `backend_for` gives the process-local memory store.
+
+    That store is empty in any process but the one that wrote to it, so a tool that
+    reads through it (``celery saga list`` without ``-A`` or ``--backend``) says so.
+    """
+    return explicit is None and setting(app, "saga_backend") is None and _default is None
 
 
 def setting(app: Celery | None, name: str) -> Any:
@@ -68,24 +79,40 @@ def setting(app: Celery | None, name: str) -> Any:
     return DEFAULTS[name]
 
 
-def _instance(url: str, options: dict[str, Any]) -> SagaBackend:
+def _instance(url: str, options: dict[str, Any], read_only: bool = False) -> SagaBackend:
+    """The cached store for `url`; with `read_only`, one that creates nothing.
+
+    A store this process already opened serves reads too (it is the same store); a
+    new one opened for reading is cached apart, so it never serves the writes of a
+    saga that would expect its tables or indexes to be created.
+    """
     key = (url, repr(sorted(options.items())))
     with _lock:
         found = _by_url.get(key)
-        if found is None:
+        if found is None and read_only:
+            found = _reading.get(key)
+            if found is None:
+                found = _reading[key] = backend_for_reading(url, **options)
+        elif found is None:
             found = _by_url[key] = backend_from_url(url, **options)
         return found
 
 
-def backend_for(app: Celery | None, explicit: SagaBackend | str | None = None) -> SagaBackend:
-    """The store a saga on `app` uses (see the module docstring for the order)."""
+def backend_for(
+    app: Celery | None, explicit: SagaBackend | str | None = None, *, read_only: bool = False
+) -> SagaBackend:
+    """The store a saga on `app` uses (see the module docstring for the order).
+
+    With `read_only`, a store named by URL is opened so that it creates nothing
+    (`SagaBackend.open_for_reading`): what the read-only CLI commands use.
+    """
     if isinstance(explicit, SagaBackend):
         return explicit
     if isinstance(explicit, str):
-        return _instance(explicit, dict(setting(app, "saga_backend_options")))
+        return _instance(explicit, dict(setting(app, "saga_backend_options")), read_only)
     configured = setting(app, "saga_backend")
     if isinstance(configured, SagaBackend):
         return configured
     if isinstance(configured, str):
-        return _instance(configured, dict(setting(app, "saga_backend_options")))
-    return get_default_backend()
+        return _instance(configured, dict(setting(app, "saga_backend_options")), read_only)
+    return get_default_backend(read_only=read_only)

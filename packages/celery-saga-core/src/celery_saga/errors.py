@@ -31,6 +31,23 @@ class BackendNotFound(SagaError, LookupError):
     """No installed state store handles the URL scheme asked for."""
 
 
+class StoreNotFound(SagaError, LookupError):
+    """A store opened for reading only is not there (no database file, no tables).
+
+    Raised by stores opened with `SagaBackend.open_for_reading` (what ``celery saga
+    list`` and ``show`` do) instead of creating an empty store at a mistyped URL.
+    """
+
+
+class SagaRecordNotFound(SagaError, LookupError):
+    """A worker got a message for a saga its store has no record of.
+
+    Almost always the producer and the worker use different stores (another
+    ``saga_backend`` URL, database or ``?prefix=``): nothing can be recorded, and
+    neither retrying nor the recovery pass can help, so the message is dropped.
+    """
+
+
 class SchemaVersionError(SagaError):
     """A stored record was written by a newer celery-saga than this one."""
 
@@ -63,7 +80,24 @@ def read_error(saga_id: str, exc: Exception) -> str:
 
 
 class StepOutputError(SagaError, TypeError):
-    """A step returned something that cannot be stored as JSON."""
+    """A value a saga stores or sends cannot be JSON: a step's output or compensation
+    data, a step's input, or the saga's output (the message says which, and where)."""
+
+
+class SagaInputError(StepOutputError):
+    """The input given to `Saga.run()` cannot be stored as JSON (nothing was started).
+
+    A `StepOutputError` subclass, so code written for 0.3 that caught that still works.
+    """
+
+
+class UncompensatedStepWarning(UserWarning):
+    """A saga step has no compensation and does not say it needs none.
+
+    If the saga fails after such a step, nothing undoes it. Warned once per saga and
+    step, when the saga is defined; give the step a compensation, or pass
+    ``no_compensation=True`` when it has nothing to undo.
+    """
 
 
 class InvalidSagaId(SagaError, ValueError):

@@ -211,11 +211,16 @@ def external(
     *,
     timeout: float | timedelta | None = None,
     compensate: Any = None,
+    no_compensation: bool = False,
 ) -> StepRef:
     """Inside a @saga function: a step completed from outside (see `Saga.add_external`)."""
     trace = _trace("external")
     entry = make_external(
-        name, timeout=timeout, compensate=compensate, what=f"external step {name!r}"
+        name,
+        timeout=timeout,
+        compensate=compensate,
+        what=f"external step {name!r}",
+        no_compensation=no_compensation,
     )
     entry.input = _input_spec(input_ref, None)
     return _add(trace, entry)

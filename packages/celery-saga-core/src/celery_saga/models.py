@@ -36,7 +36,12 @@ class SagaStatus(str, enum.Enum):
 
     @property
     def is_terminal(self) -> bool:
-        """True once nothing more will happen to the execution on its own."""
+        """True for the finished statuses, `TERMINAL_STATUSES` (REVERTED included).
+
+        The saga's own run is over, but a finished execution can be taken back to an
+        active status (an operator retry of a FAILED saga, the revert of a COMPLETED
+        one, also by its parent's compensation); it is unfinished again then.
+        """
         return self in TERMINAL_STATUSES
 
 
@@ -53,6 +58,8 @@ class StepStatus(str, enum.Enum):
     SKIPPED = "skipped"
 
 
+#: The finished statuses: stores list, count, delete, purge, expire and announce
+#: (`SagaBackend.wait`) all of them alike, and take the set from here.
 TERMINAL_STATUSES = frozenset(
     {
         SagaStatus.COMPLETED,

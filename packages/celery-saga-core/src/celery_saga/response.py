@@ -2,7 +2,9 @@
 
 Everything a saga stores or sends is JSON. `ensure_json` is the one gate: it
 turns any value that cannot be encoded (an unsupported type, NaN, a cycle, too
-deep, too many values) into a `StepOutputError` that names the value's owner.
+deep, too many values) into a `StepOutputError` that names the value's owner, what
+kind of value it is (the saga's input, a step's input or output, compensation data)
+and the key path of the offending part, such as ``input['items'][2]['price']``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from itertools import chain, pairwise
 from typing import Any, NoReturn
 
-from celery_saga.errors import PermanentFailure, StepOutputError
+from celery_saga.errors import PermanentFailure, SagaInputError, StepOutputError
 from celery_saga.plain import to_plain
 
 #: Marks a StepResponse that crossed the broker as plain JSON (see `__json__`).
@@ -35,6 +37,37 @@ _SHAPE_HINT = (
     "model / StepResponse of them)"
 )
 _SHOWN = 80
+_PLAIN = "dicts, lists, strings, numbers, booleans and None"
+
+#: The kinds of value `ensure_json` checks: the name key paths start with, and the fix.
+KINDS: dict[str, tuple[str, str]] = {
+    "saga input": (
+        "input",
+        f"Pass the saga only {_PLAIN}: convert other values first (a datetime with "
+        ".isoformat(), a Decimal with str(), a set with list(), a Pydantic model with "
+        ".model_dump(mode='json'))",
+    ),
+    "step input": (
+        "input",
+        f"A step's input is made from the saga's input and earlier steps' outputs by its "
+        f"input mapping (input=, a transform): make that return only {_PLAIN}",
+    ),
+    "step output": ("output", _SHAPE_HINT),
+    "compensation data": (
+        "compensation_data",
+        f"Give the compensation only {_PLAIN} (or a Pydantic model of them), e.g. "
+        "StepResponse(output, compensation_data={...})",
+    ),
+    "saga output": (
+        "output",
+        f"The saga's output is made by its transforms or its @saga function's return "
+        f"value from the context: make them return only {_PLAIN}",
+    ),
+    "external output": (
+        "output",
+        f"Pass complete_step() (or `celery saga complete --output`) only {_PLAIN}",
+    ),
+}
 
 
 class StepResponse:
@@ -115,7 +148,7 @@ def _current_step_return() -> str:
     return f"the value task {name} returned" if name else "the step's return value"
 
 
-def ensure_json(value: Any, what: str) -> str:
+def ensure_json(value: Any, what: str, kind: str | None = None) -> str:
     """Encode `value` as JSON, or raise StepOutputError naming `what`, the cause and the fix.
 
     The shape is checked first, without recursion: at most `MAX_DEPTH` levels of
@@ -123,15 +156,31 @@ def ensure_json(value: Any, what: str) -> str:
     Then any encoder error (an unsupported type, NaN or infinity, an integer too
     long to print, a failing subclass) becomes StepOutputError too, so a value
     that cannot be stored never escapes as another exception.
+
+    `kind` (a key of `KINDS`: "saga input", "step input", "step output",
+    "compensation data", "saga output", "external output") starts the key path
+    with the value's name (``input['items'][2]``) and gives the fix that fits it;
+    a saga's input raises `SagaInputError`. Without it the path starts at ``[...]``
+    and the fix is the one for a step's return value.
     """
-    check_shape(value, what)
+    check_shape(value, what, kind)
     try:
         return json.dumps(value, allow_nan=False)
     except Exception as exc:
-        raise StepOutputError(_encoding_error(value, what, exc)) from None
+        raise _error(kind)(_encoding_error(value, what, exc, kind)) from None
 
 
-def check_shape(value: Any, what: str) -> None:
+def _root(kind: str | None) -> str:
+    """The name a key path starts with for `kind` ("" without one)."""
+    return KINDS[kind][0] if kind is not None else ""
+
+
+def _error(kind: str | None) -> type[StepOutputError]:
+    """The exception for a value of `kind` that cannot be JSON."""
+    return SagaInputError if kind == "saga input" else StepOutputError
+
+
+def check_shape(value: Any, what: str, kind: str | None = None) -> None:
     """Refuse a value nested over `MAX_DEPTH` levels, over `MAX_ITEMS` items, or circular.
 
     Walks the lists and dicts level by level, without recursion, and stops at the
@@ -144,10 +193,10 @@ def check_shape(value: Any, what: str) -> None:
     while level:
         depth += 1
         if depth > MAX_DEPTH:
-            raise StepOutputError(_depth_error(value, what))
+            raise _error(kind)(_depth_error(value, what, kind))
         items += sum(map(len, level))
         if items > MAX_ITEMS:
-            raise StepOutputError(
+            raise _error(kind)(
                 f"{what} holds more than {MAX_ITEMS:,} items (counting a shared list each "
                 "time it appears): keep large data elsewhere and return a reference to it."
             )
@@ -155,7 +204,7 @@ def check_shape(value: Any, what: str) -> None:
         level = [m for m in members if isinstance(m, _CONTAINERS)]
 
 
-def _depth_error(value: Any, what: str) -> str:
+def _depth_error(value: Any, what: str, kind: str | None = None) -> str:
     """Why `value` is deeper than `MAX_DEPTH`: a cycle (and where), or plain depth."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     path: list[Any] = []  # the containers from the top down to the one being looked at
@@ -168,13 +217,14 @@ def _depth_error(value: Any, what: str) -> str:
             if repeat is not None:
                 return (
                     f"{what} contains itself: the list or dict at "
-                    f"{_location(path[: repeat + 1])} is one that holds it, and JSON cannot "
-                    "encode a circular reference. Return a copy of the data without the cycle."
+                    f"{_location(path[: repeat + 1], _root(kind))} is one that holds it, and "
+                    "JSON cannot encode a circular reference. Use a copy of the data without "
+                    "the cycle."
                 )
             return (
                 f"{what} nests lists and dicts more than {MAX_DEPTH} levels deep (at "
-                f"{_location(path[:6])}...): keep stored data flatter, or keep it elsewhere "
-                "and return a reference to it."
+                f"{_location(path[:6], _root(kind))}...): keep stored data flatter, or keep it "
+                "elsewhere and pass a reference to it."
             )
         members = _values(container) if isinstance(container, dict) else container
         stack.extend((m, depth + 1) for m in members if isinstance(m, _CONTAINERS))
@@ -191,46 +241,51 @@ def _first_repeat(path: list[Any]) -> int | None:
     return None
 
 
-def _location(path: list[Any]) -> str:
-    """Where the last container of `path` sits, as subscripts from the top (``['a'][0]``)."""
+def _location(path: list[Any], root: str = "") -> str:
+    """Where the last container of `path` sits, as subscripts from `root` (``input['a'][0]``)."""
     parts = []
     for parent, child in pairwise(path):
         pairs = parent.items() if isinstance(parent, dict) else enumerate(parent)
         key = next((k for k, v in pairs if v is child), "?")
         parts.append(f"[{_shown(key)}]")
-    return "".join(parts) or "the top level"
+    if not parts:
+        return f"{root} itself" if root else "the top level"
+    return root + "".join(parts)
 
 
-def _encoding_error(value: Any, what: str, exc: Exception) -> str:
+def _encoding_error(value: Any, what: str, exc: Exception, kind: str | None = None) -> str:
     """The message for a value json refused, pointing at the first part it cannot encode."""
+    hint = KINDS[kind][1] if kind is not None else _SHAPE_HINT
     try:
-        found = _first_unencodable(value)
+        found = _first_unencodable(value, _root(kind))
     except Exception:  # a container subclass that fails again: report json's own error
         found = None
     if found is None:
-        return f"{what} could not be encoded as JSON ({_brief(exc)}). {_SHAPE_HINT}."
+        return f"{what} could not be encoded as JSON ({_brief(exc)}). {hint}."
     where, bad, role = found
-    kind = type(bad).__name__
+    type_name = type(bad).__name__
     if isinstance(bad, float):
         return (
             f"{what} is not JSON-serializable: found a {role} of type float ({bad!r}) at "
             f"{where}; JSON has no NaN or infinity: use None or a string instead."
         )
     return (
-        f"{what} is not JSON-serializable: found a {role} of type {kind} at {where} "
-        f"({_brief(exc)}). {_SHAPE_HINT}."
+        f"{what} is not JSON-serializable: found a {role} of type {type_name} at {where} "
+        f"({_brief(exc)}). {hint}."
     )
 
 
-def _first_unencodable(value: Any) -> tuple[str, Any, str] | None:
+def _first_unencodable(value: Any, root: str = "") -> tuple[str, Any, str] | None:
     """(location, the value or key, "value" or "key") of the first thing json refuses.
 
-    Only called after `check_shape` passed, so the walk is bounded.
+    Locations are key paths from `root` (``input['a'][0]``). Only called after
+    `check_shape` passed, so the walk is bounded.
     """
-    stack: list[tuple[str, Any]] = [("the top level", value)]
+    top = f"{root} itself" if root else "the top level"
+    stack: list[tuple[str, Any]] = [(top, value)]
     while stack:
         where, item = stack.pop()
-        prefix = "" if where == "the top level" else where
+        prefix = root if where == top else where
         if isinstance(item, dict):
             children = []
             for key, child in item.items():

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from celery_saga.ids import validate_saga_id
 from celery_saga.models import TERMINAL_STATUSES, SagaExecution, SagaStatus, StepStatus
-from celery_saga.outcomes import SagaCancelled, SagaCompensated, SagaFailed, SagaReverted
+from celery_saga.outcomes import (
+    SagaCancelled,
+    SagaCompensated,
+    SagaFailed,
+    SagaReverted,
+    SagaTimeoutError,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from celery_saga.aio import SagaUpdate
     from celery_saga.backends.base import SagaBackend
     from celery_saga.registry import Saga
 
 # Re-exported here because celery-saga 0.1 defined them in this module.
-__all__ = ["SagaCancelled", "SagaCompensated", "SagaFailed", "SagaResult", "SagaReverted"]
+__all__ = [
+    "SagaCancelled",
+    "SagaCompensated",
+    "SagaFailed",
+    "SagaResult",
+    "SagaReverted",
+    "SagaTimeoutError",
+]
 
 
 class SagaResult:
@@ -123,14 +140,44 @@ class SagaResult:
 
         The output is the final context, or what a functional saga returned.
         Raises `SagaCompensated` (rolled back), `SagaFailed` (a compensation could
-        not be done) or `TimeoutError`. `interval` is kept for compatibility: the
-        store notifies or polls on its own schedule.
+        not be done) or `SagaTimeoutError` (a `TimeoutError` carrying the status, the
+        note stored on the execution and what to check). `interval` is kept for
+        compatibility: the store notifies or polls on its own schedule.
         """
-        execution = self._backend.wait(self.saga_id, timeout)
+        return self._settle(self._backend.wait(self.saga_id, timeout), timeout)
+
+    async def aget(self, timeout: float | None = None) -> Any:
+        """`get` for asyncio: the same output and exceptions, without blocking the loop.
+
+        The store's `async_wait` waits (by notification on Redis and PostgreSQL, by
+        polling in a thread elsewhere); the outcome is then built in a thread, since
+        a timed-out wait reads the execution once more. See `celery_saga.aio`.
+        """
+        from celery_saga.offload import run_blocking
+
+        execution = await self._backend.async_wait(self.saga_id, timeout)
+        return await run_blocking(self._settle, execution, timeout)
+
+    def watch(self, *, interval: float = 0.25) -> AsyncIterator[SagaUpdate]:
+        """Step-by-step progress for asyncio: ``async for update in result.watch()``.
+
+        Yields a `celery_saga.aio.SagaUpdate` for each change of a step's status (or
+        attempt) and of the saga's status, in the order they happened, and ends after
+        the update of a terminal status. See `celery_saga.aio.watch`.
+        """
+        from celery_saga.aio import watch
+
+        return watch(self, interval=interval)
+
+    def _settle(self, execution: SagaExecution | None, timeout: float | None) -> Any:
+        """What `get` returns or raises once the wait is over (None: it timed out)."""
         if execution is None:
-            if self._backend.get(self.saga_id) is None:
+            current = self._backend.get(self.saga_id)
+            if current is None:
                 raise LookupError(f"saga {self.saga_id} does not exist in {self._backend!r}")
-            raise TimeoutError(f"saga {self.saga_id} did not finish within {timeout}s")
+            if current.status not in TERMINAL_STATUSES:
+                raise SagaTimeoutError(self._timeout_message(current, timeout), current, timeout)
+            execution = current  # it finished just as the wait gave up
         if execution.status is SagaStatus.COMPLETED:
             return execution.output
         failures = "; ".join(
@@ -167,6 +214,10 @@ class SagaResult:
             f"Compensations that failed: {comp_failures or 'none recorded'}",
             execution=execution,
         )
+
+    def _timeout_message(self, execution: SagaExecution, timeout: float | None) -> str:
+        """Why `get(timeout)` gave up: the status, what it waits for, the note, what to check."""
+        return timeout_message(execution, timeout, self._backend, self._definition(execution))
 
     def cancel(self, reason: str | None = None) -> bool:
         """Cancel the saga: no new step starts, running steps finish, done ones are undone.
@@ -232,3 +283,75 @@ class SagaResult:
 
     def __hash__(self) -> int:
         return hash(self.saga_id)
+
+
+def timeout_message(
+    execution: SagaExecution, timeout: float | None, backend: SagaBackend, definition: Any
+) -> str:
+    """The message of `SagaTimeoutError`: where the saga stands and what to check.
+
+    `definition` (the saga's, when this process has it) names the queue a waiting
+    step was sent to. A saga with a note (a worker recorded a problem) points at the
+    note; one that simply shows no progress lists the usual causes, a worker on
+    another store first, since that worker can write nothing here.
+    """
+    status = execution.status
+    head = (
+        f"saga {execution.saga_name} ({execution.saga_id}) did not finish within {timeout}s: "
+        f"it is {status.value.upper()}"
+    )
+    waiting = [s for s in execution.steps if s.status in (StepStatus.RUNNING, StepStatus.PENDING)]
+    waiting = [s for s in waiting if s.attempt > 0] or waiting[:1]
+    if status is SagaStatus.RUNNING and waiting:
+        steps = "; ".join(_waiting_for(execution, s, definition) for s in waiting)
+        head += f", waiting for {steps}"
+    note = f". Note on the execution: {execution.error}" if execution.error else ""
+    show = f"`celery saga show {execution.saga_id}`"
+    if status is SagaStatus.PENDING:
+        advice = (
+            "Its first stage was never sent (the broker was unreachable when run() was "
+            "called): call run() again with the same idempotency_key, or let the recovery "
+            "pass (`celery saga recover`) send it."
+        )
+    elif status is SagaStatus.COMPENSATING:
+        advice = f"It is undoing its steps; wait longer (get() again), or follow it with {show}."
+    elif execution.error:
+        advice = f"Do what the note says, then call get() again; {show} shows every step."
+    else:
+        advice = (
+            f"If it makes no progress: is a worker running that consumes that queue and "
+            f"imports the module defining saga {execution.saga_name!r}? Do the producer and "
+            f"the workers use the same `saga_backend`? This process reads {backend!r}; a "
+            "worker on another store (another URL, database or ?prefix=) finds no record "
+            f"and logs `no record of saga {execution.saga_id}`. Otherwise wait longer "
+            f"(get() again), or look with {show}."
+        )
+    return f"{head}{note}. {advice}"
+
+
+def _waiting_for(execution: SagaExecution, step: Any, definition: Any) -> str:
+    """One waiting step: its task, for how long, who holds it, and its queue if known."""
+    since = step.started_at or step.sent_at
+    age = "" if since is None else f" for {max(0.0, time.time() - since):.0f}s"
+    holder = f"held by {step.lease_owner}" if step.lease_owner else "no worker has claimed it"
+    queue = ""
+    if definition is not None and step.kind == "task" and step.attempt > 0:
+        try:
+            from celery_saga.compiler import queue_of
+
+            queue = f", queue {queue_of(definition, execution, step.index)!r}"
+        except Exception:  # a router that fails here must not hide the timeout
+            queue = ""
+    if step.attempt == 0:
+        return f"step {step.index} ({step.task_name}) to be sent"
+    if step.kind == "external":
+        return (
+            f"external step {step.index} ({step.task_name}){age}: complete it with "
+            "complete_step() / fail_step() or `celery saga complete` / `fail`"
+        )
+    if step.kind == "saga":
+        return f"child saga step {step.index} ({step.task_name}, execution {step.child_id}){age}"
+    return (
+        f"step {step.index} ({step.task_name}) {step.status.value}{age}, attempt "
+        f"{step.attempt}, {holder}{queue}"
+    )

@@ -231,6 +231,15 @@ class MongoSagaBackend(SagaBackend):
         """
         return cls(url=url, **options)
 
+    @classmethod
+    def open_for_reading(cls, url: str, **options: Any) -> MongoSagaBackend:
+        """The store at `url` with ``create_indexes=False``: reading creates nothing.
+
+        Creating the indexes would create the collection (and the database) at a
+        mistyped URL; reads of a collection that does not exist find nothing instead.
+        """
+        return cls(url=url, **{**options, "create_indexes": False})
+
     def __repr__(self) -> str:
         where = redact(self._url).split("?", 1)[0] if self._url else "client"
         return f"<MongoSagaBackend {where} collection={self.executions.full_name!r}>"

@@ -840,6 +840,16 @@ class RedisSagaBackend(SagaBackend):
         finally:
             pubsub.close()
 
+    async def async_wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
+        """`wait` for asyncio, by redis.asyncio pub/sub on the same done channel.
+
+        One connection per event loop serves every waiter (`celery_saga_redis.aio`);
+        reads run in a thread. redis.asyncio is imported on first use only.
+        """
+        from celery_saga_redis.aio import wait_async
+
+        return await wait_async(self, saga_id, timeout)
+
     def close(self) -> None:
         self.client.close()
 

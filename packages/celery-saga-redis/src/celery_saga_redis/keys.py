@@ -36,6 +36,14 @@ class Keys:
         """Pub/sub channel announcing that the execution reached a terminal status."""
         return f"{self.prefix}done:{{{saga_id}}}"
 
+    def listener_channel(self, tag: str) -> str:
+        """A channel nobody publishes on, that an asyncio listener subscribes to first.
+
+        It puts the listener's connection in subscribed mode before any waiter joins;
+        it is under the prefix so that an ACL user limited to it may subscribe.
+        """
+        return f"{self.prefix}listener:{tag}"
+
     def idempotency(self, key: str) -> str:
         """String holding the saga id created for an idempotency key."""
         return f"{self.prefix}idem:{key}"

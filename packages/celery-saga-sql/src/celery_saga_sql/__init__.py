@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery_saga_sql.backend import SQLSagaBackend
 from celery_saga_sql.migrations import LATEST as SCHEMA_VERSION
-from celery_saga_sql.migrations import SchemaNotUpgraded
+from celery_saga_sql.migrations import SchemaNotUpgraded, TablesNotFound
 from celery_saga_sql.version import __version__
 
-__all__ = ["SCHEMA_VERSION", "SQLSagaBackend", "SchemaNotUpgraded", "__version__"]
+__all__ = ["SCHEMA_VERSION", "SQLSagaBackend", "SchemaNotUpgraded", "TablesNotFound", "__version__"]

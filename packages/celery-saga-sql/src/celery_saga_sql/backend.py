@@ -405,6 +405,15 @@ class SQLSagaBackend(SagaBackend):
         """``postgresql://user:password@host:5432/db?table_prefix=saga_`` and the like."""
         return cls(url, **options)
 
+    @classmethod
+    def open_for_reading(cls, url: str, **options: Any) -> SQLSagaBackend:
+        """The store at `url` with ``create_tables=False``: it creates no table and no file.
+
+        Its first operation raises `StoreNotFound` when the SQLite file or the tables
+        do not exist (`TablesNotFound`, with the command that creates them).
+        """
+        return cls(url, **{**options, "create_tables": False})
+
     def __repr__(self) -> str:
         return f"<SQLSagaBackend {self.url.redacted()} prefix={self.tables.prefix!r}>"
 
@@ -462,8 +471,26 @@ class SQLSagaBackend(SagaBackend):
                 if self.create_tables:
                     migrations.upgrade(self.engine, self.tables.prefix)
                 else:
+                    self._check_sqlite_file()
                     migrations.check(self.engine, self.tables.prefix)
                 self._prepared = True
+
+    def _check_sqlite_file(self) -> None:
+        """Without `create_tables`, refuse a SQLite file that does not exist.
+
+        Connecting would create an empty file: a mistyped path must not leave one
+        behind. Raises `TablesNotFound` (a `StoreNotFound` and a `SchemaNotUpgraded`).
+        """
+        database = self.url.url.database if self.url.backend == "sqlite" else None
+        if not database or database.startswith("file:") or os.path.exists(database):
+            return
+        prefix = self.tables.prefix
+        raise migrations.TablesNotFound(
+            f"the SQLite database {os.path.abspath(database)!r} does not exist: check the "
+            "path in the URL. Nothing was created (the store was opened with "
+            "create_tables=False, as read-only tools open it); to create the store: python "
+            f"-m celery_saga_sql upgrade <url> --table-prefix {prefix}"
+        )
 
     def upgrade_schema(self) -> migrations.UpgradeResult:
         """Create or upgrade the tables now (what ``python -m celery_saga_sql upgrade`` does)."""
@@ -1069,14 +1096,35 @@ class SQLSagaBackend(SagaBackend):
                 if not woken and deadline is not None and time.monotonic() >= deadline:
                     return None
 
+    def listen_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Arguments of ``psycopg.connect`` (or ``AsyncConnection.connect``) for a listener.
+
+        The engine's own connection arguments, without SQLAlchemy's adapters.
+        """
+        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
+        cparams.pop("context", None)  # SQLAlchemy's adapters are not needed here
+        cparams.update(self._connect_args)
+        return tuple(cargs), dict(cparams)
+
+    async def async_wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
+        """`wait` for asyncio: psycopg's async LISTEN on PostgreSQL, polling elsewhere.
+
+        On PostgreSQL (psycopg 3.2 or later) one `AsyncConnection` per event loop
+        LISTENs on the store's channel for every waiter (`celery_saga_sql.aio`);
+        reads run in a thread. Elsewhere it polls (`SagaBackend.async_wait`).
+        """
+        if not self._notifies:
+            return await super().async_wait(saga_id, timeout)
+        from celery_saga_sql.aio import wait_async
+
+        return await wait_async(self, saga_id, timeout)
+
     def _listener(self) -> Any:
         """A new autocommit psycopg connection that LISTENs on the store's channel."""
         import psycopg
         from psycopg import sql
 
-        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
-        cparams.pop("context", None)  # SQLAlchemy's adapters are not needed here
-        cparams.update(self._connect_args)
+        cargs, cparams = self.listen_args()
         conn = psycopg.connect(*cargs, **cparams, autocommit=True)
         try:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.tables.channel)))

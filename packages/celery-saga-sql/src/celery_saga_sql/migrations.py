@@ -52,7 +52,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.schema import CreateColumn
 
-from celery_saga.errors import SagaError, SchemaVersionError
+from celery_saga.errors import SagaError, SchemaVersionError, StoreNotFound
 from celery_saga_sql.schema import (
     EXACT_NAME,
     LONG_TEXT,
@@ -72,6 +72,14 @@ LOCK_TIMEOUT = 60
 
 class SchemaNotUpgraded(SagaError):
     """The tables are missing or older than this package, and may not be upgraded here."""
+
+
+class TablesNotFound(SchemaNotUpgraded, StoreNotFound):
+    """The tables do not exist at all (a store opened without `create_tables`).
+
+    A `StoreNotFound` too, so read-only tools report "no store there" (``celery saga
+    list --backend`` with a mistyped URL exits 3 instead of creating tables).
+    """
 
 
 @dataclass(frozen=True)
@@ -341,7 +349,7 @@ def check(engine: Engine, prefix: str) -> int:
         raise _newer_error(tables, found)
     if found < LATEST:
         state = "do not exist" if found == 0 else f"are at schema version {found}"
-        raise SchemaNotUpgraded(
+        raise (TablesNotFound if found == 0 else SchemaNotUpgraded)(
             f"the celery-saga tables with prefix {prefix!r} {state}; this celery-saga-sql "
             f"needs version {LATEST}. Create or upgrade them with: python -m celery_saga_sql "
             f"upgrade <url> --table-prefix {prefix}  (or let the store do it: create_tables=True)"

@@ -23,6 +23,7 @@ from celery_saga.backends.memory import MemorySagaBackend
 from celery_saga.backends.registry import (
     ENTRY_POINT_GROUP,
     backend_class,
+    backend_for_reading,
     backend_from_url,
     installed_schemes,
     register,
@@ -54,6 +55,7 @@ __all__ = [
     "StepWrite",
     "StoreStats",
     "backend_class",
+    "backend_for_reading",
     "backend_from_url",
     "installed_schemes",
     "register",

@@ -254,6 +254,19 @@ class SagaBackend(abc.ABC):
         """Build a store from a URL such as ``redis://localhost:6379/0``."""
         raise NotImplementedError(f"{cls.__name__} cannot be built from a URL ({url!r})")
 
+    @classmethod
+    def open_for_reading(cls, url: str, **options: Any) -> SagaBackend:
+        """Open the store at `url` without creating anything: no file, table or index.
+
+        Read-only tools (``celery saga list`` and ``show``) open stores this way, so a
+        mistyped URL says that nothing is there instead of leaving an empty store
+        behind. A store whose first use creates something (a database file, tables,
+        indexes) overrides this, and its operations then raise
+        `celery_saga.errors.StoreNotFound` (naming what is missing) when the store does
+        not exist. This default is `from_url`, for stores that create nothing by reading.
+        """
+        return cls.from_url(url, **options)
+
     # -- create and read --------------------------------------------------------
     @abc.abstractmethod
     def create(self, execution: SagaExecution) -> tuple[SagaExecution, bool]:
@@ -470,6 +483,19 @@ class SagaBackend(abc.ABC):
             else:
                 time.sleep(interval)
             interval = min(interval * 1.5, 0.5)
+
+    async def async_wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
+        """`wait` for asyncio: await a terminal status without blocking the event loop.
+
+        This default polls, each read in a worker thread and each pause an
+        `asyncio.sleep` (`celery_saga.backends.waiting.poll_terminal`). Stores with
+        notifications override it with a listener shared by the loop's waiters
+        (`celery_saga.backends.waiting.Notifications`), never with a blocking `wait`
+        in a thread: a thread per waiter would exhaust the loop's executor.
+        """
+        from celery_saga.backends.waiting import poll_terminal
+
+        return await poll_terminal(self, saga_id, timeout)
 
     def close(self) -> None:
         """Release connections. The store may not be used afterwards."""

@@ -102,9 +102,13 @@ def check_limit(limit: int) -> int:
 
 
 def is_terminal(status: SagaStatus) -> bool:
-    """True for the finished statuses: COMPLETED, COMPENSATED, FAILED, CANCELLED, REVERTED.
+    """True for a finished status: one of `TERMINAL_STATUSES` (COMPLETED, COMPENSATED,
+    FAILED, CANCELLED, REVERTED).
 
-    A finished execution changes no more on its own; only a finished one may be
-    deleted or purged, or given an expiry.
+    Only a finished execution may be deleted, purged or given an expiry, and `wait`
+    returns on any of them. Finished is not frozen: an execution may still be written
+    (a late success recorded on a step) or leave the set (an operator retry of a FAILED
+    one, the revert of a COMPLETED one, on request or by its parent's compensation), and
+    is then unfinished again: no expiry, listed under its new status.
     """
     return status in TERMINAL_STATUSES

@@ -36,6 +36,21 @@ INSTALL_HINTS: dict[str, str] = {
     "mongodb+srv": "celery-saga-mongo",
 }
 
+#: The extra of the `celery-saga` meta-package that brings each scheme's store (and its
+#: driver: the `postgresql` and `mysql` extras install celery-saga-sql with psycopg or
+#: PyMySQL).
+INSTALL_EXTRAS: dict[str, str] = {
+    "redis": "redis",
+    "rediss": "redis",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "sqlite": "sql",
+    "mongodb": "mongo",
+    "mongodb+srv": "mongo",
+}
+
 _registered: dict[str, str | type[SagaBackend]] = {}
 _cache: dict[str, type[SagaBackend]] = {}
 _lock = threading.Lock()
@@ -94,6 +109,17 @@ def backend_from_url(url: str, **options: Any) -> SagaBackend:
     return backend_class(scheme).from_url(url, **options)
 
 
+def backend_for_reading(url: str, **options: Any) -> SagaBackend:
+    """Like `backend_from_url`, but the store creates nothing (`SagaBackend.open_for_reading`).
+
+    What read-only tools use: at a URL where no store exists, its operations raise
+    `StoreNotFound` instead of creating an empty one.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        return backend_from_url(url, **options)  # the same error for a non-URL
+    return backend_class(urlsplit(url).scheme).open_for_reading(url, **options)
+
+
 def _load(target: str | type[SagaBackend], scheme: str) -> type[SagaBackend]:
     if not isinstance(target, str):
         return target
@@ -101,8 +127,8 @@ def _load(target: str | type[SagaBackend], scheme: str) -> type[SagaBackend]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        hint = INSTALL_HINTS.get(scheme)
-        extra = f" (pip install {hint})" if hint else ""
+        hint = install_hint(scheme)
+        extra = f" ({hint})" if hint else ""
         raise BackendNotFound(
             f"the saga backend for {scheme!r} ({target}) could not be imported: {exc}{extra}"
         ) from exc
@@ -115,15 +141,31 @@ def _load(target: str | type[SagaBackend], scheme: str) -> type[SagaBackend]:
 def _not_found_message(scheme: str, table: dict[str, str]) -> str:
     base = scheme.split("+", 1)[0]
     message = f"no saga backend is installed for the URL scheme {scheme!r}."
-    hint = INSTALL_HINTS.get(scheme) or INSTALL_HINTS.get(base)
+    hint = install_hint(scheme) or install_hint(base)
     if hint:
-        message += f" Install it with: pip install {hint}  (or celery-saga[...] extras)."
+        message += f" Install it with: {hint}."
     else:
         close = difflib.get_close_matches(scheme, list(table) + list(INSTALL_HINTS), n=1)
         if close:
             message += f" Did you mean {close[0]!r}?"
     message += f" Installed schemes: {', '.join(table) or 'none'}."
     return message
+
+
+def install_hint(scheme: str) -> str | None:
+    """What to install for one of our schemes, e.g. ``pip install "celery-saga[postgresql]"``.
+
+    The meta-package's extra (the store with its driver), then the store package alone;
+    None for a scheme none of our packages serves.
+    """
+    scheme = scheme.lower()
+    extra = INSTALL_EXTRAS.get(scheme)
+    if extra is None:
+        return None
+    package = INSTALL_HINTS[scheme]
+    if extra in ("postgresql", "mysql"):
+        package = f'"{package}[{extra}]"'
+    return f'pip install "celery-saga[{extra}]"  (or: pip install {package})'
 
 
 def _qualname(cls: type) -> str:

@@ -1,4 +1,10 @@
-"""The ``saga`` command group and its subcommands (click, like Celery's own commands)."""
+"""The ``saga`` command group and its subcommands (click, like Celery's own commands).
+
+Every command reads the store named by ``--backend`` (before or after the subcommand)
+or by the app's ``saga_backend``, opened so that it creates nothing: a mistyped URL
+is reported as not found (exit 3), never left behind as an empty store. Without either,
+the store is this process's empty memory store, and a warning on stderr says so.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from celery_saga import registry
-from celery_saga.config import backend_for
-from celery_saga.errors import InvalidSagaId, SagaError, read_error
+from celery_saga.config import backend_for, is_fallback
+from celery_saga.errors import InvalidSagaId, SagaError, StoreNotFound, read_error
 from celery_saga.ids import validate_saga_id
 from celery_saga.models import SagaExecution, SagaStatus, StepKind, StepRecord, now
 
@@ -75,8 +81,34 @@ def _app(ctx: click.Context) -> Celery:
     return app
 
 
+_BACKEND = "celery_saga.backend"
+
+
 def _store(ctx: click.Context) -> SagaBackend:
-    return backend_for(_app(ctx), ctx.meta.get("celery_saga.backend"))
+    """The store to read: --backend, else the app's, opened so that it creates nothing."""
+    app = _app(ctx)
+    explicit = ctx.meta.get(_BACKEND)
+    if is_fallback(app, explicit):
+        _warn_memory_store(ctx)
+    return backend_for(app, explicit, read_only=True)
+
+
+def _warn_memory_store(ctx: click.Context) -> None:
+    """Say on stderr that nothing named a store, so the command sees an empty one."""
+    command = f"celery saga {ctx.info_name}"
+    given_app = bool(ctx.find_root().params.get("app"))
+    why = (
+        "the app (-A) has no saga_backend setting and no --backend was given"
+        if given_app
+        else "no app (-A) and no --backend were given"
+    )
+    click.echo(
+        f"warning: {why}, so this reads an in-process memory store, which is empty: not "
+        f"your sagas. Name the app whose `saga_backend` setting names the store (celery -A "
+        f"proj {command.removeprefix('celery ')}), or the store itself ({command} --backend "
+        "redis://localhost:6379/1).",
+        err=True,
+    )
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -84,10 +116,17 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _not_found(store: SagaBackend, exc: StoreNotFound) -> NoReturn:
+    """A store opened for reading is not there: say so, exit 3 (nothing was created)."""
+    _fail(f"no saga store at {store!r}: {exc}", EXIT_NOT_FOUND)
+
+
 def _load(ctx: click.Context, saga_id: str) -> SagaExecution:
     store = _store(ctx)
     try:
         execution = store.get(saga_id)
+    except StoreNotFound as exc:
+        _not_found(store, exc)
     except Exception as exc:  # one clear line, never a traceback
         _fail(read_error(saga_id, exc), EXIT_UNREADABLE)
     if execution is None:
@@ -116,19 +155,44 @@ def _took(start: float | None, end: float | None) -> str:
     return "-" if start is None or end is None else f"{(end - start) * 1000:.1f}ms"
 
 
-@click.group(name="saga")
-@click.option(
-    "--backend",
-    "backend",
-    default=None,
-    metavar="URL",
-    help="State store URL (default: the app's saga_backend setting).",
-)
+_BACKEND_HELP = "State store URL (default: the app's saga_backend setting)."
+
+
+def _set_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """A subcommand's --backend: the same setting as the group's (it wins if both)."""
+    if value is not None:
+        ctx.meta[_BACKEND] = value
+
+
+class _SagaGroup(click.Group):
+    """The ``saga`` group: its --backend is accepted after the subcommand too.
+
+    ``celery saga list --backend URL`` reads as naturally as ``celery saga --backend
+    URL list``; each subcommand gets the option as it is added.
+    """
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not any(p.name == "backend" for p in cmd.params):
+            cmd.params.append(
+                click.Option(
+                    ["--backend"],
+                    default=None,
+                    metavar="URL",
+                    expose_value=False,
+                    callback=_set_backend,
+                    help=_BACKEND_HELP,
+                )
+            )
+        super().add_command(cmd, name)
+
+
+@click.group(name="saga", cls=_SagaGroup)
+@click.option("--backend", "backend", default=None, metavar="URL", help=_BACKEND_HELP)
 @click.pass_context
 def saga(ctx: click.Context, backend: str | None) -> None:
     """Inspect and operate sagas: list, show, cancel, retry, resolve, recover, purge,
     complete, fail, revert."""
-    ctx.meta["celery_saga.backend"] = backend
+    ctx.meta[_BACKEND] = backend
 
 
 @saga.command(name="list")
@@ -173,6 +237,8 @@ def list_(
             created_after=None if newer_than is None else now() - newer_than,
             **filters,
         )
+    except StoreNotFound as exc:
+        _not_found(store, exc)
     except ValueError as exc:
         _fail(str(exc), EXIT_USAGE)
     except TypeError as exc:
@@ -376,5 +442,8 @@ def purge(ctx: click.Context, older_than: float, yes: bool) -> None:
         click.confirm(
             f"Delete every finished saga older than {older_than:.0f}s from {store!r}?", abort=True
         )
-    removed = store.purge(now() - older_than)
+    try:
+        removed = store.purge(now() - older_than)
+    except StoreNotFound as exc:
+        _not_found(store, exc)
     click.echo(f"purged {removed} finished executions")

@@ -6,11 +6,11 @@ Every runtime module takes a `Runtime` first; it is built once per saga object
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celery_saga import registry
-from celery_saga.config import backend_for, setting
+from celery_saga.config import backend_for, get_default_backend, setting
 from celery_saga.errors import StepOutputError
 from celery_saga.response import ensure_json, normalize_result
 
@@ -32,6 +32,8 @@ class Runtime:
     saga: Saga
     definition: SagaDefinition
     backend: SagaBackend
+    #: The store setting `backend` was looked up from (see `Runtime.of`).
+    store_setting: Any = field(default=None, compare=False)
 
     @property
     def app(self) -> Celery:
@@ -40,11 +42,22 @@ class Runtime:
 
     @classmethod
     def of(cls, saga: Saga) -> Runtime:
-        """The runtime of a saga object (kept on it until its definition changes)."""
+        """The runtime of a saga object, kept on it until its definition or store changes.
+
+        The store is looked up again when the app's ``saga_backend`` (or the default
+        store) is another object than before: tests give each test a store of its own
+        that way, and a cached runtime must not keep writing to the previous one.
+        """
         definition = saga.definition
+        store_setting = _store_setting(definition.app)
         cached: Runtime | None = saga.__dict__.get("_runtime")
-        if cached is None or cached.definition is not definition:
-            cached = cls(saga, definition, backend_for(definition.app, saga.backend))
+        if (
+            cached is None
+            or cached.definition is not definition
+            or cached.store_setting is not store_setting
+        ):
+            backend = backend_for(definition.app, saga.backend)
+            cached = cls(saga, definition, backend, store_setting)
             saga.__dict__["_runtime"] = cached
         return cached
 
@@ -52,6 +65,12 @@ class Runtime:
     def for_header(cls, header: SagaHeader, app: Celery | None = None) -> Runtime:
         """The runtime of the saga a message belongs to (SagaNotRegistered if unknown here)."""
         return cls.of(registry.lookup(header.saga_name, app))
+
+
+def _store_setting(app: Celery) -> Any:
+    """What an app's store is looked up from: ``saga_backend``, else the default store."""
+    configured = setting(app, "saga_backend")
+    return configured if configured is not None else get_default_backend()
 
 
 def describe_error(exc: BaseException) -> str:
@@ -69,9 +88,11 @@ def outcome_of(rt: Runtime, header: SagaHeader, value: Any) -> tuple[dict[str, A
     output, compensation_data = normalize_result(
         value, f"the return value of step {header.index} ({name})"
     )
-    text = ensure_json(output, f"the output of step {header.index} ({name})")
+    text = ensure_json(output, f"the output of step {header.index} ({name})", "step output")
     comp_text = ensure_json(
-        compensation_data, f"the compensation data of step {header.index} ({name})"
+        compensation_data,
+        f"the compensation data of step {header.index} ({name})",
+        "compensation data",
     )
     limit = setting(rt.app, "saga_output_max_bytes")
     size = len(text.encode()) + len(comp_text.encode())

@@ -21,7 +21,7 @@ from celery_saga import registry
 from celery_saga.backends.base import StepExpect
 from celery_saga.errors import SagaError
 from celery_saga.models import SagaExecution, SagaStatus, StepKind, StepRecord, StepStatus, now
-from celery_saga.runtime import driver, messages, start
+from celery_saga.runtime import driver, hooks, messages, start
 from celery_saga.runtime.binding import Runtime
 from celery_saga.runtime.compensation import cancel
 from celery_saga.runtime.decide import FORWARD
@@ -233,7 +233,7 @@ def cancel_children(rt: Runtime, saga_id: str, reason: str | None) -> None:
                 )
 
 
-driver.on_start(CHILD, begin)
-driver.on_undo(CHILD, undo)
-driver.on_end(ended)
-driver.on_cancel(cancel_children)
+hooks.on_start(CHILD, begin)
+hooks.on_undo(CHILD, undo)
+hooks.on_end(ended)
+hooks.on_cancel(cancel_children)

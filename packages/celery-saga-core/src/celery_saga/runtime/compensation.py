@@ -15,7 +15,7 @@ from celery_saga.backends.base import StepExpect
 from celery_saga.config import setting
 from celery_saga.headers import SagaHeader
 from celery_saga.models import SagaStatus, StepStatus, now
-from celery_saga.runtime import driver, leases, messages
+from celery_saga.runtime import driver, hooks, leases, messages
 from celery_saga.runtime.binding import Runtime, describe_error
 from celery_saga.runtime.decide import REFUSE, RUN, Admission
 from celery_saga.runtime.log import log
@@ -218,7 +218,7 @@ def cancel(rt: Runtime, saga_id: str, reason: str | None = None) -> bool:
     )
     if turned:
         log(logging.WARNING, saga_id, None, "cancelled%s", f": {reason}" if reason else "")
-        driver.cancelled(rt, saga_id, reason)
+        hooks.cancelled(rt, saga_id, reason)
         driver.compensate_next(rt, saga_id)
     return turned
 

@@ -9,7 +9,7 @@ nothing twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from celery_saga import signals
@@ -18,67 +18,13 @@ from celery_saga.context import InputResolutionError, saga_output
 from celery_saga.errors import SagaDefinitionMismatch, StepOutputError
 from celery_saga.models import SagaExecution, SagaStatus, StepRecord, StepStatus, now
 from celery_saga.response import ensure_json
-from celery_saga.runtime import decide, messages
+from celery_saga.runtime import decide, hooks, messages
 from celery_saga.runtime.binding import Runtime
 from celery_saga.runtime.decide import FORWARD, AfterStage
 from celery_saga.runtime.log import log
 
 RUNNING = frozenset({SagaStatus.RUNNING})
 COMPENSATING_STEP = frozenset({StepStatus.COMPENSATING})
-
-# -- steps no task message carries out: the composition modules plug in here -----------------
-
-#: Begins attempt `attempt` of step `index` with its input: (rt, execution, index, attempt, input).
-Starter = Callable[[Runtime, SagaExecution, int, int, dict[str, Any]], None]
-#: Undoes a step that no compensation message undoes: (rt, execution, record).
-Undoer = Callable[[Runtime, SagaExecution, StepRecord], None]
-#: Hears that an execution ended: (rt, execution, status, output).
-Ended = Callable[[Runtime, SagaExecution, SagaStatus, Any], None]
-#: Hears that an execution was cancelled: (rt, saga id, reason).
-Cancelled = Callable[[Runtime, str, "str | None"], None]
-_starters: dict[str, Starter] = {}
-_undoers: dict[str, Undoer] = {}
-_ended: list[Ended] = []
-_cancelled: list[Cancelled] = []
-
-
-def on_cancel(hook: Cancelled) -> None:
-    """Register a hook called when an execution is cancelled or past its deadline (it
-    cancels the execution's running children)."""
-    if hook not in _cancelled:
-        _cancelled.append(hook)
-
-
-def cancelled(rt: Runtime, saga_id: str, reason: str | None) -> None:
-    """Tell the hooks that `saga_id` was cancelled."""
-    for hook in _cancelled:
-        hook(rt, saga_id, reason)
-
-
-def on_start(kind: str, starter: Starter) -> None:
-    """Register how steps of `kind` (a `StepKind` value other than "task") begin."""
-    _starters[kind] = starter
-
-
-def on_undo(kind: str, undoer: Undoer) -> None:
-    """Register how steps of `kind` are compensated, instead of a compensation message."""
-    _undoers[kind] = undoer
-
-
-def on_end(hook: Ended) -> None:
-    """Register a hook called once when an execution completes or ends compensated."""
-    if hook not in _ended:
-        _ended.append(hook)
-
-
-def _tell_ended(rt: Runtime, execution: SagaExecution, status: SagaStatus, output: Any) -> None:
-    """Tell the hooks; one that fails is logged (recovery of a parent catches up)."""
-    for hook in _ended:
-        try:
-            hook(rt, execution, status, output)
-        except Exception as exc:
-            log(logging.ERROR, execution.saga_id, None, "after saga %s: %r", status.value, exc)
-
 
 # -- forward ------------------------------------------------------------------------------------
 
@@ -140,7 +86,7 @@ def _begin(
         )
     for index, attempt in attempts:
         if kinds[index] != "task":
-            _starters[kinds[index]](rt, execution, index, attempt, kwargs[index])
+            hooks.start(kinds[index], rt, execution, index, attempt, kwargs[index])
 
 
 def redispatch(
@@ -239,12 +185,14 @@ def finish(
     *,
     failing: bool = False,
     start_next: bool = True,
+    exc_info: BaseException | None = None,
 ) -> StepWrite:
     """End a step's forward part once; the write tells whether this call was the one.
 
     A success that completes its stage also marks the next stage started, in the
     same write, unless `start_next` is false (the message came from a different
-    definition, which this worker will not advance).
+    definition, which this worker will not advance). `exc_info`: an exception whose
+    traceback goes with the log line of the outcome.
     """
     spec = rt.definition.step(index)
     stage_size = len(rt.definition.stages[spec.stage].steps)
@@ -280,6 +228,7 @@ def finish(
         spec.task_name,
         status.value,
         f": {changes.get('error')}" if failing else "",
+        exc_info=exc_info,
     )
     if status is StepStatus.SUCCESS:
         signals.step_succeeded.send(
@@ -363,7 +312,7 @@ def complete(rt: Runtime, execution: SagaExecution) -> None:
     """All stages succeeded: store the output and mark the saga COMPLETED."""
     try:
         output = saga_output(rt.definition, execution)
-        ensure_json(output, f"the output of saga {execution.saga_name!r}")
+        ensure_json(output, f"the output of saga {execution.saga_name!r}", "saga output")
     except (InputResolutionError, StepOutputError) as exc:
         if rt.backend.update_saga(
             execution.saga_id,
@@ -386,7 +335,7 @@ def complete_with(rt: Runtime, execution: SagaExecution, output: Any) -> None:
         signals.saga_completed.send(
             sender=execution.saga_name, saga_id=execution.saga_id, output=output
         )
-        _tell_ended(rt, execution, SagaStatus.COMPLETED, output)
+        hooks.ended(rt, execution, SagaStatus.COMPLETED, output)
     else:  # cancelled or failed meanwhile
         compensate_next(rt, execution.saga_id)
 
@@ -423,7 +372,7 @@ def expire(rt: Runtime, saga_id: str) -> bool:
     )
     if turned:
         log(logging.WARNING, saga_id, None, "deadline of %ss exceeded: compensating", deadline)
-        cancelled(rt, saga_id, f"deadline of {deadline}s exceeded")  # its children stop too
+        hooks.cancelled(rt, saga_id, f"deadline of {deadline}s exceeded")  # its children stop too
         compensate_next(rt, saga_id)
     return turned
 
@@ -467,7 +416,7 @@ def compensate_next(rt: Runtime, saga_id: str) -> None:
         return
     assert move.compensate is not None
     record = execution.step(move.compensate)
-    undo = _undoers.get(record.kind)
+    undo = hooks.undoer(record.kind)
     if undo is not None:
         undo(rt, execution, record)
         return
@@ -543,4 +492,4 @@ def finalize(rt: Runtime, execution: SagaExecution, status: SagaStatus) -> None:
         SagaStatus.REVERTED: signals.saga_reverted,
     }.get(status, signals.saga_compensated)
     signal.send(sender=execution.saga_name, saga_id=execution.saga_id, error=execution.error)
-    _tell_ended(rt, execution, status, None)
+    hooks.ended(rt, execution, status, None)

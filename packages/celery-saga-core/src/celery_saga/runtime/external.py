@@ -18,7 +18,7 @@ from celery_saga.backends.base import StepExpect
 from celery_saga.errors import SagaError, StepOutputError
 from celery_saga.models import SagaExecution, SagaStatus, StepKind, StepStatus, now
 from celery_saga.response import ensure_json
-from celery_saga.runtime import driver
+from celery_saga.runtime import driver, hooks
 from celery_saga.runtime.binding import Runtime
 from celery_saga.runtime.decide import FORWARD, waiting_outside
 from celery_saga.runtime.log import log
@@ -158,7 +158,7 @@ def settle(
                 f"the output of external step {name!r} must be a dict (it is merged into the "
                 f"saga context), got {type(output).__name__}"
             )
-        ensure_json(output, f"the output of external step {name!r}")
+        ensure_json(output, f"the output of external step {name!r}", "external output")
         changes: dict[str, Any] = {"output": output, "compensation_data": output}
         status = StepStatus.SUCCESS
     else:
@@ -173,4 +173,4 @@ def settle(
     return StepCompletion(True, saga_id, name, f"step {name!r} {status.value}")
 
 
-driver.on_start(StepKind.EXTERNAL.value, wait)
+hooks.on_start(StepKind.EXTERNAL.value, wait)

@@ -301,7 +301,7 @@ def _hand_on(
     if last:
         try:
             context = with_final_transforms(rt.definition, context)
-            ensure_json(context, f"the output of saga {header.saga_name!r}")
+            ensure_json(context, f"the output of saga {header.saga_name!r}", "saga output")
         except (InputResolutionError, StepOutputError):
             driver.stage_finished(rt, header.saga_id, spec.stage)  # the general path explains
             return write
@@ -315,7 +315,8 @@ def _hand_on(
         context = with_stage_transforms(nxt, context)
         kwargs = {s.index: step_input(s, context, shell) for s in nxt.steps}
         for s in nxt.steps:
-            ensure_json(kwargs[s.index], f"the input of step {s.index} ({s.task_name})")
+            what = f"the input of step {s.index} ({s.task_name})"
+            ensure_json(kwargs[s.index], what, "step input")
     except (InputResolutionError, StepOutputError) as exc:
         for s in nxt.steps:
             driver.fail_unstartable(rt, header.saga_id, s.index, 1, str(exc))
@@ -332,8 +333,13 @@ def step_failed(
     compensation_data: Any = None,
     error_names: Sequence[str] = (),
     started_at: float | None = None,
+    exc: BaseException | None = None,
 ) -> None:
-    """Record a step's final failure (or retry it, if its policy says so)."""
+    """Record a step's final failure (or retry it, if its policy says so).
+
+    `exc`, the exception the step raised when it did not fail on purpose, puts its
+    traceback in the one WARNING that logs the final failure.
+    """
     if _retry_step(rt, header, error, error_names):
         return
     changes: dict[str, Any] = {"error": error, "attempt": header.attempt}
@@ -342,7 +348,14 @@ def step_failed(
     if compensation_data is not None:
         changes["compensation_data"] = compensation_data
     driver.finish(
-        rt, header.saga_id, header.index, header.attempt, StepStatus.FAILED, changes, failing=True
+        rt,
+        header.saga_id,
+        header.index,
+        header.attempt,
+        StepStatus.FAILED,
+        changes,
+        failing=True,
+        exc_info=exc,
     )
 
 

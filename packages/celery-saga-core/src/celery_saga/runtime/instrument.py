@@ -9,6 +9,12 @@ header go straight to the task as before.
 `PermanentFailure` must never be retried: if the task auto-retries, the exception
 crosses Celery's autoretry wrapper disguised as `Ignore` (which it never retries)
 and is unwrapped here.
+
+A failure the saga recorded (a step that failed for good, or that its retry policy
+sends again) is logged once, by the runtime, at WARNING with the saga id. The task
+still raises it, so `task_failure` receivers, errbacks and the result backend see it
+as before; Celery's tracer logs it as an *expected* failure (INFO, no traceback),
+because the wrapper adds `HandledFailure` to the task's `throws`.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from celery.utils.objects import mro_lookup
 from celery_saga import registry
 from celery_saga.backends.base import Lease, StepExpect
 from celery_saga.compiler import SERIALIZER
-from celery_saga.errors import PermanentFailure, SagaError, StepOutputError
+from celery_saga.errors import PermanentFailure, SagaError, SagaRecordNotFound, StepOutputError
 from celery_saga.headers import SagaHeader, header_of
 from celery_saga.retry import error_types
 from celery_saga.runtime import compensation, forward, leases
@@ -38,6 +44,37 @@ from celery_saga.runtime.log import log
 
 HANDLED = "celery_saga_handled"
 _MARK = "_celery_saga_instrumented"
+#: Set on an exception the runtime recorded and logged (see `HandledFailure`).
+_HANDLED_FAILURE = "_celery_saga_handled_failure"
+#: What `_bookkeep` returns when an outcome could not be recorded even after retries.
+_UNRECORDED = object()
+
+
+class _HandledMeta(type):
+    """Makes ``isinstance(exc, HandledFailure)`` true for exceptions marked as handled."""
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        return getattr(instance, _HANDLED_FAILURE, False) is True
+
+
+class HandledFailure(Exception, metaclass=_HandledMeta):
+    """Stands in a step task's ``throws`` for the failures the saga already logged.
+
+    Celery's tracer logs an exception that is an instance of one of ``Task.throws``
+    as expected: at INFO, without a traceback. Nothing is ever raised as this class;
+    an exception matches it when the runtime marked it (`handled`) after recording
+    the step's failure and logging it at WARNING with the saga id. Unmarked
+    exceptions, and every call outside a saga, are logged by Celery as before.
+    """
+
+
+def handled(exc: BaseException) -> BaseException:
+    """Mark `exc` as recorded and logged by the saga runtime (see `HandledFailure`)."""
+    try:
+        setattr(exc, _HANDLED_FAILURE, True)
+    except Exception:  # an exception type that takes no attributes: Celery logs it as before
+        pass
+    return exc
 
 
 class _PermanentShield(Ignore):  # type: ignore[misc]
@@ -85,6 +122,10 @@ def instrument(task: Task) -> None:
     cls.__call__ = __call__
     if isinstance(cls, type) and issubclass(cls, Task):
         _json_retries(cls)
+    throws = getattr(cls, "throws", None) or ()
+    throws = (throws,) if isinstance(throws, type) else tuple(throws)
+    if HandledFailure not in throws:
+        cls.throws = (*throws, HandledFailure)
     setattr(cls, _MARK, True)
     _shield_autoretry(task)
     if getattr(task, "__trace__", None) is not None:
@@ -199,7 +240,7 @@ def _run_step(
         raise
     except _PermanentShield as shield:
         failure = shield.failure
-        _bookkeep(
+        done = _bookkeep(
             rt,
             header,
             forward.step_failed,
@@ -208,10 +249,12 @@ def _run_step(
             error_types(failure),
             started_at,
         )
-        raise failure from None
+        raise _recorded(failure, done) from None
     except Exception as exc:
         data = exc.compensation_data if isinstance(exc, PermanentFailure) else None
-        _bookkeep(
+        # An exception the step did not raise on purpose keeps its traceback in the log.
+        deliberate = isinstance(exc, PermanentFailure | StepOutputError)
+        done = _bookkeep(
             rt,
             header,
             forward.step_failed,
@@ -219,12 +262,17 @@ def _run_step(
             data,
             error_types(exc),
             started_at,
+            None if deliberate else exc,
         )
+        _recorded(exc, done)
         raise
     try:
         output, compensation_data = outcome_of(rt, header, value)
     except StepOutputError as exc:
-        _bookkeep(rt, header, forward.step_failed, str(exc), None, error_types(exc), started_at)
+        done = _bookkeep(
+            rt, header, forward.step_failed, str(exc), None, error_types(exc), started_at
+        )
+        _recorded(exc, done)
         raise
     _bookkeep(rt, header, forward.step_succeeded, output, compensation_data, started_at, kwargs)
     return output
@@ -290,6 +338,55 @@ def _compensation_model(task: Task) -> Any:
     return hint if hasattr(hint, "model_validate") else None
 
 
+def _recorded(exc: BaseException, done: Any) -> BaseException:
+    """Mark `exc` handled when its bookkeeping `done` (not `_UNRECORDED`) recorded it."""
+    return exc if done is _UNRECORDED else handled(exc)
+
+
+def no_record(rt: Runtime, header: SagaHeader, *, ran: bool) -> SagaRecordNotFound:
+    """The error (logged once, at ERROR) for a message whose saga this store has no record of.
+
+    A write to a saga that does not exist raises KeyError in every store; after one
+    read confirms there is no record, it is this: the worker and the process that
+    started the saga use different stores. `ran` says whether the step's body ran.
+    """
+    try:
+        name = rt.definition.step(header.index).task_name
+    except Exception:
+        name = "?"
+    part = "Compensation of step" if header.compensation else "Step"
+    done = (
+        f"{part} {header.index} ({name}) ran, but its outcome could not be recorded"
+        if ran
+        else f"{part} {header.index} ({name}) was not run"
+    )
+    error = SagaRecordNotFound(
+        f"no record of saga {header.saga_name!r} {header.saga_id} in this worker's store "
+        f"{rt.backend!r}: the process that started it stored it elsewhere. The producer and "
+        "every worker must share one store: give them the same `saga_backend` (the same "
+        f"URL, database and ?prefix=), or the same `backend=` on the saga. {done}; this "
+        "message is dropped, not retried: neither a retry nor the recovery pass can find a "
+        "record that is not in this store."
+    )
+    log(logging.ERROR, header.saga_id, header.index, "%s", error)
+    handled(error)
+    return error
+
+
+def check_record(rt: Runtime, header: SagaHeader, *, ran: bool) -> None:
+    """After a KeyError from a write: raise `no_record` if the store has no record of the saga.
+
+    Returns when the record exists (the KeyError means something else) or the store
+    cannot be read (the caller's usual retries apply).
+    """
+    try:
+        missing = rt.backend.get(header.saga_id) is None
+    except Exception:
+        return
+    if missing:
+        raise no_record(rt, header, ran=ran) from None
+
+
 _RETRY_DELAYS = (0.05, 0.25, 1.0, 2.0)
 
 
@@ -300,7 +397,9 @@ def _bookkeep(
 
     A gate that still fails raises (the step must not run unrecorded). An outcome
     that still fails is logged and never fails the user's step: the recovery pass
-    finds the saga without progress.
+    finds the saga without progress; `_UNRECORDED` is returned. A saga the store
+    has no record of raises `SagaRecordNotFound` at once (see `no_record`): no retry
+    and no recovery pass can help there.
     """
     for delay in (*_RETRY_DELAYS, None):
         try:
@@ -308,6 +407,8 @@ def _bookkeep(
         except SagaError:
             raise
         except Exception as exc:
+            if isinstance(exc, KeyError):
+                check_record(rt, header, ran=not gate)
             if delay is None:
                 if gate:
                     raise
@@ -320,7 +421,7 @@ def _bookkeep(
                     exc,
                     exc_info=True,
                 )
-                return None
+                return _UNRECORDED
             log(
                 logging.WARNING,
                 header.saga_id,

@@ -92,7 +92,7 @@ def inputs(
         spec = rt.definition.step(index)
         try:
             kwargs = step_input(spec, ctx, execution)
-            ensure_json(kwargs, f"the input of step {spec.index} ({spec.task_name})")
+            ensure_json(kwargs, f"the input of step {spec.index} ({spec.task_name})", "step input")
         except (InputResolutionError, StepOutputError) as exc:
             failures[index] = str(exc)
         else:

@@ -8,6 +8,7 @@ moves it on.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 from celery_saga.backends.base import StepExpect
@@ -71,10 +72,21 @@ def record_unregistered(
         )
     if write.applied:
         note = (
-            f"saga {header.saga_name!r} is not registered in the process that received the "
-            f"outcome of step {header.index}: the outcome is recorded; run `celery saga "
-            "recover` (or the recovery task) where the saga is defined to move it on"
+            f"saga {header.saga_name!r} is not registered on worker {_worker_name()}, which "
+            f"received the outcome of step {header.index}: make that worker import the module "
+            "that defines the saga (the app's `include`/`imports`, or the module given to "
+            "-A). The outcome is recorded; `celery saga recover` (or the recovery task) run "
+            "where the saga is defined moves it on"
         )
         log(logging.ERROR, header.saga_id, header.index, "%s", note)
         backend.update_saga(header.saga_id, {"error": note})
     return write.applied
+
+
+def _worker_name() -> str:
+    """The name of the worker running the current task (``celery@host``), or this host."""
+    from celery import current_task
+
+    task = current_task._get_current_object()
+    hostname = getattr(getattr(task, "request", None), "hostname", None)
+    return str(hostname) if hostname else socket.gethostname()

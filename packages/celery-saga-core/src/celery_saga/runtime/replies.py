@@ -10,6 +10,8 @@ a message whose only argument is the task id, so `reply_failure` takes both form
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Signature, current_task, shared_task
@@ -24,7 +26,7 @@ from celery_saga.response import StepResponse, ensure_json, normalize_result
 from celery_saga.retry import error_types
 from celery_saga.runtime import compensation, forward, orphans
 from celery_saga.runtime.binding import Runtime, describe_error, outcome_of
-from celery_saga.runtime.instrument import HANDLED
+from celery_saga.runtime.instrument import HANDLED, HandledFailure, check_record
 from celery_saga.runtime.log import log, logger
 
 _RETRY = {
@@ -37,7 +39,22 @@ _RETRY = {
     "retry_backoff": 1,
     "retry_backoff_max": 60,
     "max_retries": 20,
+    "throws": (HandledFailure,),  # a failure logged here is not logged again by Celery
 }
+
+
+@contextmanager
+def _recording(rt: Runtime, header: SagaHeader) -> Iterator[None]:
+    """Turn a write to a saga this store has no record of into `SagaRecordNotFound`.
+
+    That is a SagaError, which the reply task does not retry: the message is dropped
+    with one error saying that the producer and this worker use different stores.
+    """
+    try:
+        yield
+    except KeyError:
+        check_record(rt, header, ran=True)
+        raise
 
 
 def _header(saga: Any) -> SagaHeader | None:
@@ -59,8 +76,8 @@ def reply_success(retval: Any = None, saga: Any = None) -> None:
         what = f"the return value of step {header.index} of saga {header.saga_name!r}"
         try:
             output, data = normalize_result(retval, what)
-            ensure_json(output, what)
-            ensure_json(data, what)
+            ensure_json(output, what, "step output")
+            ensure_json(data, what, "compensation data")
         except StepOutputError as exc:
             orphans.record_unregistered(current_task.app, header, succeeded=False, error=str(exc))
             return
@@ -68,15 +85,16 @@ def reply_success(retval: Any = None, saga: Any = None) -> None:
             current_task.app, header, succeeded=True, output=output, compensation_data=data
         )
         return
-    if header.compensation:
-        compensation.compensation_succeeded(rt, header)
-        return
-    try:
-        output, compensation_data = outcome_of(rt, header, retval)
-    except StepOutputError as exc:
-        forward.step_failed(rt, header, str(exc), None, error_types(exc))
-        return
-    forward.step_succeeded(rt, header, output, compensation_data)
+    with _recording(rt, header):
+        if header.compensation:
+            compensation.compensation_succeeded(rt, header)
+            return
+        try:
+            output, compensation_data = outcome_of(rt, header, retval)
+        except StepOutputError as exc:
+            forward.step_failed(rt, header, str(exc), None, error_types(exc))
+            return
+        forward.step_succeeded(rt, header, output, compensation_data)
 
 
 @shared_task(name=REPLY_FAILURE, **_RETRY)  # type: ignore[untyped-decorator]
@@ -122,10 +140,11 @@ def reply_failure(
             "(configure a result backend, or install celery-saga there, to see the exception)"
         )
     )
-    if header.compensation:
-        compensation.compensation_failed(rt, header, message)
-    else:
-        forward.step_failed(rt, header, message, compensation_data, error_names or ())
+    with _recording(rt, header):
+        if header.compensation:
+            compensation.compensation_failed(rt, header, message)
+        else:
+            forward.step_failed(rt, header, message, compensation_data, error_names or ())
 
 
 def _peek_error(rt: Runtime, task_id: str) -> str | None:

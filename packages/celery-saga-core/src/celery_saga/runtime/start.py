@@ -89,7 +89,7 @@ def start_runtime(
         validate_idempotency_key(idempotency_key)
     if queue is not None and (not isinstance(queue, str) or not queue):
         raise ValueError(f"queue must be a non-empty string, got {queue!r}")
-    ensure_json(input, f"the input of saga {saga.name!r}")
+    ensure_json(input, f"the input of saga {saga.name!r}", "saga input")
     execution = new_execution(
         rt.definition, input, idempotency_key, queue, saga_id=saga_id, parent=parent
     )

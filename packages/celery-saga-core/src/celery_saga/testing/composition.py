@@ -49,6 +49,9 @@ class CompositionTests(SuiteBase):
     def test_parent_link_step_kinds_child_id_and_revert_reason_round_trip(
         self, backend: SagaBackend
     ) -> None:
+        """The composition fields round-trip: ``parent_id``/``parent_step``, each step's ``kind``
+        and ``child_id``, ``revert_reason``; a step write keeps ``kind``, listings carry
+        ``parent_id``."""
         parent = make_execution(name="composed", steps=3)
         parent.steps[1].kind = StepKind.SAGA.value
         parent.steps[1].task_name = "child.saga"
@@ -106,6 +109,8 @@ class CompositionTests(SuiteBase):
         assert listed[parent.saga_id].parent_id is None
 
     def test_kind_and_the_parent_link_cannot_be_changed(self, backend: SagaBackend) -> None:
+        """``kind`` and the parent link are immutable: writes naming them raise ValueError
+        ("cannot set") and change nothing."""
         parent = make_execution()
         backend.create(parent)
         child = make_execution(parent_id=parent.saga_id, parent_step=0)
@@ -127,6 +132,8 @@ class CompositionTests(SuiteBase):
     def test_reverted_is_a_terminal_status_reached_through_compensating(
         self, backend: SagaBackend
     ) -> None:
+        """REVERTED is finished like the others: reached COMPLETED -> COMPENSATING -> REVERTED once,
+        listed, waited for and purged as finished, never while COMPENSATING."""
         execution, bystander = make_execution(), make_execution()
         for made in (execution, bystander):
             backend.create(made)
@@ -189,6 +196,7 @@ class CompositionTests(SuiteBase):
         assert backend.list(status=SagaStatus.REVERTED).items == []
 
     def test_a_reverted_execution_can_be_deleted(self, backend: SagaBackend) -> None:
+        """A REVERTED execution can be deleted, and leaves the listings."""
         execution = make_execution()
         backend.create(execution)
         sid = execution.saga_id
@@ -201,6 +209,8 @@ class CompositionTests(SuiteBase):
     def test_reverting_clears_the_expiry_and_reverted_rearms_it(
         self, request: pytest.FixtureRequest
     ) -> None:
+        """With a retention period, a COMPLETED execution being reverted does not expire; once
+        REVERTED it does."""
         if not self.requirements.expires_finished:
             pytest.skip(
                 "this store declares that finished executions never expire "
@@ -243,6 +253,8 @@ class CompositionTests(SuiteBase):
     def test_list_children_of_one_execution_newest_first_with_cursor(
         self, backend: SagaBackend
     ) -> None:
+        """`list(parent_id=...)` pages newest first through exactly the children of one execution,
+        with every other filter and any page size; deleted or purged children leave it."""
         parent, other = make_execution(name="parent"), make_execution(name="parent")
         for made in (parent, other):
             backend.create(made)

@@ -25,20 +25,31 @@ from celery_saga.testing.composition import CompositionTests
 from celery_saga.testing.kit import Requirements, SuiteBase, make_execution
 from celery_saga.testing.lease_tests import LeaseTests
 from celery_saga.testing.listing import ListingTests
+from celery_saga.testing.processes import ProcessTests
 from celery_saga.testing.records import RecordTests
+from celery_saga.testing.waiting import AsyncWaitTests
 
 __all__ = ["BackendConformance", "Requirements", "SuiteBase", "make_execution"]
 
 #: Every test of the suite, by name, from all its parts.
 _SUITE_TESTS = {
     name: member
-    for part in (RecordTests, LeaseTests, ListingTests, CompositionTests)
+    for part in (
+        RecordTests,
+        LeaseTests,
+        ListingTests,
+        CompositionTests,
+        AsyncWaitTests,
+        ProcessTests,
+    )
     for name, member in vars(part).items()
     if name.startswith("test_")
 }
 
 
-class BackendConformance(RecordTests, LeaseTests, ListingTests, CompositionTests):
+class BackendConformance(
+    RecordTests, LeaseTests, ListingTests, CompositionTests, AsyncWaitTests, ProcessTests
+):
     """The contract of `celery_saga.backends.SagaBackend`, as pytest tests."""
 
     __test__ = False

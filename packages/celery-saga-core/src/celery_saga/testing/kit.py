@@ -86,8 +86,16 @@ class Requirements:
         return False
 
     @property
+    def notifies_completion_async(self) -> bool:
+        """`async_wait()` wakes on a notification rather than by polling (it overrides
+        `SagaBackend.async_wait` with a `celery_saga.backends.waiting.Notifications`)."""
+        return False
+
+    @property
     def shared_between_processes(self) -> bool:
-        """Workers in other processes see the same executions."""
+        """Workers in other processes see the same executions, and compare-and-set holds
+        between processes (the `processes` part of the suite forks children that use the
+        store; a store that lives in one process's memory declares this false)."""
         return True
 
     @property

@@ -125,6 +125,8 @@ class LeaseTests(SuiteBase):
         assert got is not None and got.step(0).lease_owner is None
 
     def test_take_over_a_compensation_checks_its_own_attempt(self, backend: SagaBackend) -> None:
+        """A compensation is taken over by its compensation attempt and lease, never as a forward
+        attempt."""
         t = time.time()
         sid = self._running(backend, owner=None, expires=None)
         backend.update_step(
@@ -149,6 +151,7 @@ class LeaseTests(SuiteBase):
     def test_16_threads_take_over_one_expired_lease_exactly_one_wins(
         self, backend: SagaBackend
     ) -> None:
+        """16 threads take over one expired lease at once: exactly one applies."""
         t = time.time()
         sid = self._running(backend, owner="gone", expires=t - 1)
         writes = race(
@@ -187,6 +190,7 @@ class LeaseTests(SuiteBase):
     def test_16_threads_record_one_late_success_exactly_one_wins(
         self, backend: SagaBackend
     ) -> None:
+        """16 threads record one attempt's late success at once: exactly one creates the entry."""
         sid = self._running(backend, owner=None, expires=None)
         writes = race(
             16, lambda i: backend.record_late(sid, 0, 1, {"state": "recorded", "writer": i})

@@ -30,6 +30,8 @@ class ListingTests(SuiteBase):
         return made
 
     def test_list_by_status_newest_first_with_cursor(self, backend: SagaBackend) -> None:
+        """`list(status=...)` pages newest first through exactly the executions in that status;
+        the status may be given as a string."""
         made = self._fill(backend, 25)
         for execution in made[::2]:
             backend.update_saga(
@@ -53,6 +55,8 @@ class ListingTests(SuiteBase):
     def test_list_cursor_never_repeats_or_skips_while_others_write(
         self, backend: SagaBackend
     ) -> None:
+        """A listing walked page by page while another thread creates executions neither repeats
+        nor skips one (the cursor is a position, not an offset)."""
         made = self._fill(backend, 60)
         stop = threading.Event()
 
@@ -86,6 +90,7 @@ class ListingTests(SuiteBase):
         assert seen == [e.saga_id for e in reversed(made)]
 
     def test_list_filters_by_name_and_age(self, backend: SagaBackend) -> None:
+        """`name`, `status`, `created_before` and `created_after` (both exclusive) combine."""
         a = self._fill(backend, 4, name="alpha")
         b = self._fill(backend, 3, name="beta")
         page = backend.list(name="beta", limit=50)
@@ -99,6 +104,8 @@ class ListingTests(SuiteBase):
         assert [s.saga_id for s in newer.items] == [a[3].saga_id]
 
     def test_list_rejects_bad_arguments(self, backend: SagaBackend) -> None:
+        """An unknown status, a limit outside 1..1000 and a foreign cursor raise ValueError naming
+        the argument."""
         with pytest.raises(ValueError, match="status"):
             backend.list(status="exploded")
         with pytest.raises(ValueError, match="limit"):
@@ -108,6 +115,8 @@ class ListingTests(SuiteBase):
 
     # -- housekeeping --------------------------------------------------------------------------
     def test_purge_removes_only_finished_older_than_cutoff(self, backend: SagaBackend) -> None:
+        """`purge` deletes finished executions that finished before the cutoff, and frees their
+        idempotency keys; it never touches a running one or a newer one."""
         old, recent, running = make_execution(), make_execution(), make_execution()
         old_keyed = make_execution(idempotency_key="purge-me")
         for execution in (old, recent, running, old_keyed):
@@ -131,6 +140,8 @@ class ListingTests(SuiteBase):
         assert created and again.saga_id != old_keyed.saga_id
 
     def test_delete_refuses_unfinished(self, backend: SagaBackend) -> None:
+        """`delete` raises ValueError ("only finished") for an unfinished execution, deletes a
+        finished one, and returns False for one that is not there."""
         execution = make_execution()
         backend.create(execution)
         with pytest.raises(ValueError, match="only finished"):
@@ -145,6 +156,8 @@ class ListingTests(SuiteBase):
     def test_execution_taken_back_from_terminal_to_active_keeps_everything(
         self, backend: SagaBackend
     ) -> None:
+        """An execution taken back from FAILED to COMPENSATING (an operator retry) keeps its steps
+        and fields, and is listed under its new status only."""
         execution = make_execution()
         backend.create(execution)
         sid = execution.saga_id
@@ -187,6 +200,8 @@ class ListingTests(SuiteBase):
     def test_leaving_a_terminal_status_clears_the_expiry(
         self, request: pytest.FixtureRequest
     ) -> None:
+        """With a retention period (`Requirements.expires_finished`), an execution taken back from a
+        finished status does not expire; finishing it again re-arms the expiry."""
         if not self.requirements.expires_finished:
             pytest.skip(
                 "this store declares that finished executions never expire "
@@ -236,6 +251,7 @@ class ListingTests(SuiteBase):
 
     # -- waiting ----------------------------------------------------------------------------------
     def test_wait_returns_when_terminal(self, backend: SagaBackend) -> None:
+        """`wait` returns the execution once another thread moves it to a finished status."""
         execution = make_execution()
         backend.create(execution)
         timer = threading.Timer(
@@ -252,6 +268,8 @@ class ListingTests(SuiteBase):
         assert got is not None and got.status is SagaStatus.COMPLETED and got.output == {"ok": 1}
 
     def test_wait_is_woken_by_a_notification_not_by_polling(self, backend: SagaBackend) -> None:
+        """A store that declares `Requirements.notifies_completion` wakes `wait` by a notification,
+        making a handful of requests, not a polling loop's."""
         if not self.requirements.notifies_completion:
             pytest.skip("this store declares that wait() polls (Requirements.notifies_completion)")
         execution = make_execution()
@@ -274,6 +292,7 @@ class ListingTests(SuiteBase):
         assert backend.stats.round_trips - before <= 6
 
     def test_wait_times_out(self, backend: SagaBackend) -> None:
+        """`wait` returns None once its timeout has passed (and not much later)."""
         execution = make_execution()
         backend.create(execution)
         started = time.monotonic()

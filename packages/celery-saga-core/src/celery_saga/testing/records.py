@@ -18,6 +18,9 @@ class RecordTests(SuiteBase):
 
     # -- create and read --------------------------------------------------------------
     def test_create_then_get_round_trips_every_field(self, backend: SagaBackend) -> None:
+        """`create` keeps every field of the execution and its steps, and `get` gives them
+        back exactly as written (big integers, floats, unicode, nesting); only
+        ``updated_at`` may differ."""
         execution = make_execution(
             input={
                 "big": 2**62 + 1,
@@ -33,10 +36,13 @@ class RecordTests(SuiteBase):
         assert got.to_dict() | {"updated_at": 0} == execution.to_dict() | {"updated_at": 0}
 
     def test_get_unknown_returns_none(self, backend: SagaBackend) -> None:
+        """`get` and `find_by_idempotency_key` return None (never raise) for what does not exist."""
         assert backend.get(str(uuid.uuid4())) is None
         assert backend.find_by_idempotency_key("no-such-key") is None
 
     def test_create_with_same_idempotency_key_returns_first(self, backend: SagaBackend) -> None:
+        """A second `create` with a known idempotency key returns the first execution,
+        ``created=False``; `find_by_idempotency_key` finds it."""
         first, created = backend.create(make_execution(idempotency_key="order-1"))
         second, created_again = backend.create(make_execution(idempotency_key="order-1"))
         assert created and not created_again
@@ -44,7 +50,21 @@ class RecordTests(SuiteBase):
         found = backend.find_by_idempotency_key("order-1")
         assert found is not None and found.saga_id == first.saga_id
 
+    def test_create_refuses_a_saga_id_that_exists(self, backend: SagaBackend) -> None:
+        """`create` of a saga id that is stored already (without an idempotency key that
+        names it) raises ValueError ("already exists") and leaves the stored one alone."""
+        execution = make_execution(name="first")
+        backend.create(execution)
+        again = make_execution(name="second")
+        again.saga_id = execution.saga_id
+        with pytest.raises(ValueError, match="already exists"):
+            backend.create(again)
+        got = backend.get(execution.saga_id)
+        assert got is not None and got.saga_name == "first"
+
     def test_16_threads_one_idempotency_key_make_one_execution(self, backend: SagaBackend) -> None:
+        """16 threads create with one idempotency key at once: one execution, and exactly
+        one ``created=True``."""
         results = race(16, lambda i: backend.create(make_execution(idempotency_key="k16")))
         ids = {stored.saga_id for stored, _ in results}
         assert len(ids) == 1
@@ -53,6 +73,8 @@ class RecordTests(SuiteBase):
 
     # -- compare-and-set ----------------------------------------------------------------
     def test_update_step_applies_and_reports(self, backend: SagaBackend) -> None:
+        """An applied `update_step` changes that step only, reports the state after the write
+        (`StepWrite`), and sets the execution's ``updated_at``."""
         execution = make_execution()
         backend.create(execution)
         write = backend.update_step(
@@ -71,6 +93,8 @@ class RecordTests(SuiteBase):
         assert got.updated_at >= execution.updated_at
 
     def test_update_step_refuses_unmet_expectations(self, backend: SagaBackend) -> None:
+        """Each `StepExpect` condition that does not hold refuses the write: nothing changes,
+        and the `StepWrite` reports the stored status and attempt."""
         execution = make_execution()
         backend.create(execution)
         sid = execution.saga_id
@@ -91,6 +115,7 @@ class RecordTests(SuiteBase):
         assert got is not None and got.step(0).error is None
 
     def test_update_step_output_keeps_json_exact(self, backend: SagaBackend) -> None:
+        """A step's ``output`` and ``compensation_data`` come back exactly as written (JSON)."""
         execution = make_execution()
         backend.create(execution)
         output = {"id": 2**63 - 1, "ratio": 0.1 + 0.2, "name": "Ünïcode", "items": [{"a": []}]}
@@ -107,6 +132,8 @@ class RecordTests(SuiteBase):
     def test_20_threads_compare_and_set_one_step_exactly_one_wins(
         self, backend: SagaBackend
     ) -> None:
+        """20 threads compare-and-set one step at once: exactly one applies, and its write
+        is the one kept."""
         execution = make_execution()
         backend.create(execution)
 
@@ -126,6 +153,8 @@ class RecordTests(SuiteBase):
     def test_parallel_group_finishing_at_once_has_exactly_one_last_member(
         self, backend: SagaBackend
     ) -> None:
+        """12 members of a parallel stage finish at once bumping one counter (``count_in``): each
+        sees a different value 1..12, stored in its ``seq``, so exactly one is the last."""
         size = 12
         execution = make_execution(stages=[0] + [1] * size)
         backend.create(execution)
@@ -149,6 +178,8 @@ class RecordTests(SuiteBase):
     def test_finishing_a_stage_reads_the_saga_and_starts_the_next_stage(
         self, backend: SagaBackend
     ) -> None:
+        """`update_step_and_get`: the write whose counter reaches ``get_at`` gets the execution back
+        and, with `StartNext`, marks the next stage's steps started in the same write."""
         sid = self._two_stages(backend)
         done = {"status": StepStatus.SUCCESS, "output": {"ok": 1}}
         start = StartNext(
@@ -187,6 +218,8 @@ class RecordTests(SuiteBase):
     def test_next_stage_is_not_started_unless_the_saga_can_go_on(
         self, backend: SagaBackend
     ) -> None:
+        """`StartNext` starts nothing when the saga is not RUNNING or a step of ``check`` did not
+        succeed; the execution is still returned."""
         done = {"status": StepStatus.SUCCESS}
         for spoil in ("saga", "member"):
             sid = self._two_stages(backend)
@@ -214,6 +247,7 @@ class RecordTests(SuiteBase):
         return execution.saga_id
 
     def test_counter_not_bumped_when_refused(self, backend: SagaBackend) -> None:
+        """A refused write leaves its counter alone: the next applied write sees the next value."""
         execution = make_execution(stages=[0, 0])
         backend.create(execution)
         sid, done = execution.saga_id, {"status": StepStatus.SUCCESS}
@@ -223,6 +257,8 @@ class RecordTests(SuiteBase):
         assert (first.count, again.applied, other.count) == (1, False, 2)
 
     def test_update_step_unknown_saga_or_field(self, backend: SagaBackend) -> None:
+        """`update_step` raises KeyError for an unknown saga, and ValueError ("cannot set") for a
+        field outside `STEP_MUTABLE_FIELDS`, writing nothing."""
         with pytest.raises(KeyError):
             backend.update_step(str(uuid.uuid4()), 0, {"status": StepStatus.RUNNING})
         execution = make_execution()
@@ -233,6 +269,9 @@ class RecordTests(SuiteBase):
         assert got is not None and got.step(0).task_name == "tasks.step0"
 
     def test_update_saga_compare_and_set(self, backend: SagaBackend) -> None:
+        """`update_saga` applies only when the status is one of ``expect_status`` (or always
+        without it); False for an unknown saga; ValueError ("cannot set") for a field outside
+        `SAGA_MUTABLE_FIELDS`."""
         execution = make_execution()
         backend.create(execution)
         sid = execution.saga_id
@@ -253,6 +292,7 @@ class RecordTests(SuiteBase):
             backend.update_saga(sid, {"saga_name": "evil"})
 
     def test_16_threads_update_saga_exactly_one_wins(self, backend: SagaBackend) -> None:
+        """16 threads compare-and-set the saga status at once: exactly one applies."""
         execution = make_execution()
         backend.create(execution)
         wins = race(

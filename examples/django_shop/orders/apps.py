@@ -1,0 +1,7 @@
+"""The orders app's configuration."""
+
+from django.apps import AppConfig
+
+
+class OrdersConfig(AppConfig):
+    name = "orders"
