@@ -114,7 +114,8 @@ class Batch:
     def report(self, what: str) -> str:
         return (
             f"{what}: {len(self.outputs)} sagas in {self.seconds:.2f}s; max loop lag "
-            f"{ms(self.lag.worst)} over {self.lag.samples} probe sleeps (an idle loop in "
+            f"{ms(self.lag.worst)} over {self.lag.samples} probe sleeps (a control loop in "
+            f"another thread: {ms(self.lag.control)}; an idle loop in "
             f"another process meanwhile: {ms(self.noise)}; during the warm-up batch before: "
             f"{ms(self.warm_up_lag.worst)}; longest GC pause {ms(self.gc.longest)}, "
             f"{self.gc.full} full collections)"

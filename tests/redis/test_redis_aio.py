@@ -57,7 +57,8 @@ def test_200_concurrent_arun_and_aget_never_block_the_loop(worker: tuple[Any, An
     print("\n" + batch.report("Redis store"))
     assert [o["confirmed"] for o in batch.outputs] == [f"o-{i}" for i in range(200)]
     assert batch.lag.samples > 50
-    assert batch.lag.worst < MAX_LOOP_LAG, batch.report("the loop stalled")
+    # What a control loop in another thread suffered meanwhile is the machine's, not ours.
+    assert batch.lag.excess < MAX_LOOP_LAG, batch.report("the loop stalled")
 
 
 def test_watch_yields_each_step_in_order_then_the_end(worker: tuple[Any, Any]) -> None:
