@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from support import BROKER_DB, REDIS_URL, STORE_DB, poll
 
+from celery_saga.models import SagaStatus, StepStatus
 from celery_saga.testing.waiting import LoopLag
 
 TESTS = Path(__file__).resolve().parent
@@ -234,3 +235,29 @@ def delete_queue(queue: str) -> None:
         client.delete(queue)
     finally:
         client.close()
+
+
+#: What `watch()` yields for the three-step order saga on a real worker, in order.
+WATCHED_ORDER: list[Any] = [
+    SagaStatus.RUNNING,
+    (0, StepStatus.RUNNING),
+    (0, StepStatus.SUCCESS),
+    (1, StepStatus.RUNNING),
+    (1, StepStatus.SUCCESS),
+    (2, StepStatus.RUNNING),
+    (2, StepStatus.SUCCESS),
+    SagaStatus.COMPLETED,
+]
+
+
+def watch_one(saga: Any) -> tuple[list[Any], list[Any]]:
+    """Start one order saga with `arun` and follow it with `watch()`: (what each update
+    is about, the updates), the first as (step, status) pairs or the saga's status."""
+
+    async def follow() -> list[Any]:
+        result = await saga.arun(order_id="w-1", amount=5, pause=0.3)
+        return [update async for update in result.watch(interval=0.05)]
+
+    updates = asyncio.run(follow())
+    seen = [(u.step.index, u.step.status) if u.step else u.status for u in updates]
+    return seen, updates

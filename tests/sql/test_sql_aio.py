@@ -15,11 +15,18 @@ from typing import Any
 
 import pytest
 from aio_app import make_app
-from aio_support import MAX_LOOP_LAG, AioWorker, broker_url, delete_queue, run_batch
+from aio_support import (
+    MAX_LOOP_LAG,
+    WATCHED_ORDER,
+    AioWorker,
+    broker_url,
+    delete_queue,
+    run_batch,
+    watch_one,
+)
 from support import POSTGRES_URL, REDIS_URL, require, sql_drop_tables
 
-from celery_saga import SagaStatus, StepStatus
-from celery_saga.aio import SagaUpdate
+from celery_saga import SagaStatus
 from celery_saga.backends.waiting import live_notifications
 from celery_saga.testing import make_execution
 from celery_saga_sql import SQLSagaBackend
@@ -76,22 +83,9 @@ def test_watch_yields_each_step_in_order_then_the_end(worker: tuple[Any, Any]) -
     order, and last the COMPLETED status (announced by NOTIFY); then it ends."""
     _, saga = worker
 
-    async def follow() -> list[SagaUpdate]:
-        result = await saga.arun(order_id="w-1", amount=5, pause=0.3)
-        return [update async for update in result.watch(interval=0.05)]
-
-    updates = asyncio.run(follow())
-    seen = [(u.step.index, u.step.status) if u.step else u.status for u in updates]
-    assert seen == [
-        SagaStatus.RUNNING,
-        (0, StepStatus.RUNNING),
-        (0, StepStatus.SUCCESS),
-        (1, StepStatus.RUNNING),
-        (1, StepStatus.SUCCESS),
-        (2, StepStatus.RUNNING),
-        (2, StepStatus.SUCCESS),
-        SagaStatus.COMPLETED,
-    ]
+    seen, updates = watch_one(saga)
+    assert seen == WATCHED_ORDER
+    assert updates[-1].is_final and updates[-1].to_dict()["status"] == "completed"
 
 
 def test_aget_timeout_raises_timeout_error(postgres_store: str) -> None:

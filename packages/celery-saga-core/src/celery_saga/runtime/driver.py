@@ -38,11 +38,11 @@ def dispatch_stage(rt: Runtime, execution: SagaExecution, stage_index: int) -> N
     """
     stage = rt.definition.stages[stage_index]
     indexes = [spec.index for spec in stage.steps]
-    skipped, failures = messages.conditions(rt, execution, stage_index)
+    skipped, failures, ctx = messages.conditions(rt, execution, stage_index)
     run = [i for i in indexes if i not in skipped]
     kwargs: dict[int, dict[str, Any]] = {}
     if not failures:
-        kwargs, failures = messages.inputs(rt, execution, stage_index, run)
+        kwargs, failures = messages.inputs(rt, execution, stage_index, run, ctx)
     if failures:
         # Nothing of this stage is sent: the failing inputs fail their steps, the rest
         # are skipped, and the stage's last member starts the compensation.

@@ -79,15 +79,23 @@ def start_next(rt: Runtime, saga_id: str, stage_index: int) -> StartNext | None:
 
 
 def inputs(
-    rt: Runtime, execution: SagaExecution, stage_index: int, indexes: Sequence[int]
+    rt: Runtime,
+    execution: SagaExecution,
+    stage_index: int,
+    indexes: Sequence[int],
+    ctx: dict[str, Any] | None = None,
 ) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
-    """Each step's keyword arguments, or why they could not be computed."""
+    """Each step's keyword arguments, or why they could not be computed.
+
+    `ctx` is the context before the stage, when the caller derived it already.
+    """
     found: dict[int, dict[str, Any]] = {}
     failures: dict[int, str] = {}
-    try:
-        ctx = context_before(rt.definition, stage_index, execution)
-    except InputResolutionError as exc:
-        return {}, {i: str(exc) for i in indexes}
+    if ctx is None:
+        try:
+            ctx = context_before(rt.definition, stage_index, execution)
+        except InputResolutionError as exc:
+            return {}, {i: str(exc) for i in indexes}
     for index in indexes:
         spec = rt.definition.step(index)
         try:
@@ -102,19 +110,20 @@ def inputs(
 
 def conditions(
     rt: Runtime, execution: SagaExecution, stage_index: int
-) -> tuple[set[int], dict[int, str]]:
-    """The stage's steps whose condition (`when`) is false, and the conditions that raised.
+) -> tuple[set[int], dict[int, str], dict[str, Any] | None]:
+    """The stage's steps whose condition (`when`) is false, the conditions that raised,
+    and the context they were given (None when the stage has no condition).
 
     Each predicate is called with the context before the stage, derived from the
     records, in the process that starts the stage.
     """
     specs = [s for s in rt.definition.stages[stage_index].steps if s.when is not None]
     if not specs:
-        return set(), {}
+        return set(), {}, None
     try:
         ctx = context_before(rt.definition, stage_index, execution)
     except InputResolutionError as exc:
-        return set(), {s.index: str(exc) for s in specs}
+        return set(), {s.index: str(exc) for s in specs}, None
     skipped: set[int] = set()
     failures: dict[int, str] = {}
     for spec in specs:
@@ -130,7 +139,7 @@ def conditions(
         else:
             if not holds:
                 skipped.add(spec.index)
-    return skipped, failures
+    return skipped, failures, ctx
 
 
 def next_attempt(record: StepRecord) -> int:
