@@ -8,6 +8,8 @@
     nox -s template                   # the store template (examples/store-template), conformant
     nox -s install                    # the README's install lines, from built wheels
     nox -s django                     # the Django example: PostgreSQL and a real worker
+    nox -s web                        # the web view: HTTP tests and Debian's chromium
+    nox -s otel                       # the OpenTelemetry instrumentation, with the real SDK
 
 The matrix axes are the constants below. Interpreters that are not installed are
 skipped, never failed. Tests install the packages from built wheels, not from
@@ -26,7 +28,7 @@ import nox
 nox.options.error_on_missing_interpreters = False
 nox.options.sessions = [
     "lint", "tests", "build", "docs", "demo", "plugin", "template", "isolation", "install",
-    "django",
+    "django", "web", "otel",
 ]  # fmt: skip
 nox.options.reuse_existing_virtualenvs = False
 
@@ -40,6 +42,8 @@ PACKAGES = {
     "redis": "packages/celery-saga-redis",
     "sql": "packages/celery-saga-sql",
     "mongo": "packages/celery-saga-mongo",
+    "web": "packages/celery-saga-web",
+    "otel": "packages/celery-saga-opentelemetry",
     "meta": "packages/celery-saga",
 }
 
@@ -131,6 +135,8 @@ def lint(session: nox.Session) -> None:
             PACKAGES["redis"],
             f"{PACKAGES['sql']}[postgresql,mysql]",
             PACKAGES["mongo"],
+            PACKAGES["web"],
+            PACKAGES["otel"],
         )
         for arg in ("-e", target)
     ]
@@ -175,33 +181,46 @@ def demo(session: nox.Session) -> None:
 #: The package this project grew from, benchmarked in a venv of its own (it has the
 #: same import name, `celery_saga`), on the same Celery as our packages.
 ORIGINAL = ["celery-saga==0.1.1", *CELERY["newest"]]
+#: DBOS, the W6 contender (durable steps on PostgreSQL), in a venv of its own.
+DBOS = ["dbos==3.4.0"]
 
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """W1-W5 against plain Celery chains and celery-saga 0.1.1; docs/performance.md.
+    """W1-W10 against plain Celery chains, celery-saga 0.1.1 and DBOS; docs/performance.md.
 
-    Prints one table and writes benchmarks/results.json. Arguments after `--` go to
-    benchmarks/run.py (e.g. `nox -s bench -- --quick`; see `--help`).
+    W9 times the web view (celery-saga-web, served by uvicorn, requested with httpx);
+    W10 runs W1 with celery-saga-opentelemetry on and off (opentelemetry-sdk's
+    tracer provider). Prints the tables and writes benchmarks/results.json. Arguments
+    after `--` go to benchmarks/run.py (e.g. `nox -s bench -- --quick`, `-- --workloads
+    W6`; see `--help`); a run of every workload (no `--workloads`) also runs stores.py.
+    With `--out FILE`, the results go to FILE and the page beside it (FILE with .md).
     """
     install_packages(
         session,
-        ["core", "redis", "sql", "mongo"],
+        ["core", "redis", "sql", "mongo", "web", "otel"],
         *CELERY["newest"],
         *nox.project.dependency_groups(PYPROJECT, "bench"),
+        "opentelemetry-sdk>=1.20",
+        "httpx>=0.27",
     )
-    original = Path(session.create_tmp()) / "celery-saga-0.1.1"
-    session.run("python", "-m", "venv", "--clear", str(original))
-    orig_python = str(original / "bin" / "python")
-    session.run(orig_python, "-m", "pip", "install", "-q", *ORIGINAL, external=True)
+    venvs = {}
+    for name, requirements in (("celery-saga-0.1.1", ORIGINAL), ("dbos", DBOS)):
+        venv = Path(session.create_tmp()) / name
+        session.run("python", "-m", "venv", "--clear", str(venv))
+        venvs[name] = str(venv / "bin" / "python")
+        session.run(venvs[name], "-m", "pip", "install", "-q", *requirements, external=True)
     env = {"PYTHONPATH": str(ROOT / "benchmarks")}
-    session.run(
-        "python", "benchmarks/run.py", "--orig-python", orig_python, *session.posargs, env=env
-    )
-    if (ROOT / "benchmarks" / "stores.py").exists():
-        quick = ["--quick"] if "--quick" in session.posargs else []
-        session.run("python", "benchmarks/stores.py", *quick, env=env)
-    session.run("python", "benchmarks/report.py", env=env)
+    interpreters = ["--orig-python", venvs["celery-saga-0.1.1"], "--dbos-python", venvs["dbos"]]
+    session.run("python", "benchmarks/run.py", *interpreters, *session.posargs, env=env)
+    args = session.posargs
+    out = args[args.index("--out") + 1] if "--out" in args[:-1] else None
+    results = ["--out", out] if out else []
+    if (ROOT / "benchmarks" / "stores.py").exists() and "--workloads" not in args:
+        quick = ["--quick"] if "--quick" in args else []
+        session.run("python", "benchmarks/stores.py", *quick, *results, env=env)
+    page = ["--results", out, "--out", str(Path(out).with_suffix(".md"))] if out else []
+    session.run("python", "benchmarks/report.py", *page, env=env)
 
 
 #: The example third-party store (not one of our packages: see its README).
@@ -262,7 +281,7 @@ def isolation(session: nox.Session, store: str) -> None:
 
 
 #: The README's install lines: `pip install celery-saga[EXTRA]`, one fresh venv each.
-INSTALL_EXTRAS = ["redis", "postgresql", "mysql", "sql", "mongo"]
+INSTALL_EXTRAS = ["redis", "postgresql", "mysql", "sql", "mongo", "web", "otel"]
 
 
 @nox.session(python="3.11")
@@ -299,6 +318,50 @@ def django(session: nox.Session) -> None:
     install_packages(session, ["core", "redis"], *CELERY["newest"], *DJANGO)
     own_config = ["--rootdir", DJANGO_EXAMPLE, "-c", f"{DJANGO_EXAMPLE}/pytest.ini"]
     session.run("python", "-m", "pytest", f"{DJANGO_EXAMPLE}/tests", *own_config, *session.posargs)
+
+
+#: What the web view's tests need besides our packages: an HTTP client for Starlette's
+#: TestClient, and Playwright (it drives Debian's chromium: no browser is downloaded).
+WEB = ["httpx", "playwright"]
+
+
+@nox.session(python="3.11")
+def web(session: nox.Session) -> None:
+    """The web view (celery-saga-web) from its wheel: every page, filter and action over
+    HTTP on the memory and Redis stores with a real worker, then in a real browser
+    (``/usr/bin/chromium``, headless), which also saves the screenshots of docs/images/.
+    """
+    install_packages(
+        session,
+        ["core", "redis", "web"],
+        *CELERY["newest"],
+        *WEB,
+        *nox.project.dependency_groups(PYPROJECT, "test"),
+    )
+    env = {"CELERY_SAGA_TEST_STORES": "memory,redis", "CELERY_SAGA_TEST_CELERY": "newest"}
+    session.run("python", "-m", "pytest", "tests/web", *session.posargs, env=env)
+
+
+#: What the tracing tests need besides our packages: the SDK (its in-memory exporter)
+#: and Celery's own instrumentation, whose spans must nest under the step spans.
+OTEL = ["opentelemetry-sdk>=1.20", "opentelemetry-instrumentation-celery>=0.41b0"]
+
+
+@nox.session(python="3.11")
+def otel(session: nox.Session) -> None:
+    """The OpenTelemetry instrumentation (celery-saga-opentelemetry) from its wheel: span
+    trees, Celery's spans nested, links of re-sent attempts, on a real in-process worker
+    with the SDK's in-memory exporter; memory and Redis stores.
+    """
+    install_packages(
+        session,
+        ["core", "redis", "otel"],
+        *CELERY["newest"],
+        *OTEL,
+        *nox.project.dependency_groups(PYPROJECT, "test"),
+    )
+    env = {"CELERY_SAGA_TEST_STORES": "memory,redis", "CELERY_SAGA_TEST_CELERY": "newest"}
+    session.run("python", "-m", "pytest", "tests/otel", *session.posargs, env=env)
 
 
 if os.environ.get("CELERY_SAGA_NOX_DEBUG"):

@@ -144,10 +144,12 @@ def test_the_mermaid_graph_shows_each_node_and_the_conditions_way_round() -> Non
     _, parent = composed()
     graph = parent.mermaid()
     assert graph.startswith("flowchart TD\n")
-    for label in ('"plan.a / undo: plan.undo"', '[["saga: plan.child"]]', "external: confirm"):
+    assert parent.to_mermaid() == graph
+    for label in ('s0["plan.a"]', '[["saga: plan.child"]]', "external: confirm"):
         assert label in graph
-    assert "-->|yes|" in graph
-    assert graph.rstrip().endswith("--> done")
+    assert 's0 -.->|"undo: plan.undo"| start' in graph
+    assert 'c2{"when composed.#lt;lambda#gt;?"}' in graph
+    assert '-->|"yes"|' in graph and '-->|"no"| done' in graph
 
 
 def test_a_saga_cannot_contain_itself_directly_or_through_a_child() -> None:

@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -159,10 +162,70 @@ def _tail(work: Path) -> str:
     return "worker log (last 40 lines):\n" + "\n".join(lines[-40:])
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def web(venv: Path, work: Path) -> None:
+    """``celery -A shop saga web`` from the venv serves its pages (README: "See your sagas")."""
+    port = free_port()
+    log = (work / "worker.log").open("w")
+    server = subprocess.Popen(
+        [str(venv / "bin" / "celery"), "-A", "shop", "saga", "web", "--port", str(port),
+         "--backend", "memory://"],
+        cwd=EXAMPLES, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                pages = {
+                    path: urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5)
+                    for path in ("/", "/definitions", "/metrics")
+                }
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"celery saga web did not serve:\n{_tail(work)}") from None
+                time.sleep(0.2)  # polling a starting server, with a deadline
+        bodies = {path: page.read().decode() for path, page in pages.items()}
+        if "order_saga" not in bodies["/definitions"] or "celery_saga" not in bodies["/metrics"]:
+            raise SystemExit(f"unexpected pages from celery saga web: {bodies}")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+    print("celery-saga[web]: installed as written; celery saga web served its pages")
+
+
+#: With the API alone (no SDK) the instrumentation must load, patch and unpatch cleanly.
+_OTEL = """
+from celery_saga import tracing
+from celery_saga_opentelemetry import CelerySagaInstrumentor
+CelerySagaInstrumentor().instrument()
+assert tracing.hooks is not None, "instrument() set no trace hooks"
+CelerySagaInstrumentor().uninstrument()
+assert tracing.hooks is None, "uninstrument() left trace hooks"
+print("celery-saga[otel]: installed as written; instrument() and uninstrument() work")
+"""
+
+
 def main() -> None:
     extra, wheels, work = sys.argv[1], Path(sys.argv[2]).resolve(), Path(sys.argv[3]).resolve()
     work.mkdir(parents=True, exist_ok=True)
     venv = work / f"venv-{extra}"
+    if extra in ("web", "otel"):
+        install(extra, wheels, venv)
+        if extra == "web":
+            web(venv, work)
+        else:
+            run([str(venv / "bin" / "python"), "-c", _OTEL])
+        return
     try:
         install(extra, wheels, venv)
         output = quickstart(extra, venv, work)

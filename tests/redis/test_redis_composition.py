@@ -3,8 +3,8 @@
 The conformance suite checks the contract (parent links, kinds, child ids, REVERTED,
 listing by parent); these check what is particular to Redis: the children index is a
 sorted set per parent that leaves with its executions, an execution without the new
-fields is stored exactly as before they existed, records written by celery-saga 0.3
-(record schema 1) read back with defaults, and REVERTED executions expire.
+fields is stored without them, records written by celery-saga 0.3 (record schema 1, in
+the hash layout of that release) read back with defaults, and REVERTED executions expire.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from redis_support import previous_layout
 
 from celery_saga.models import SagaStatus, StepKind, StepStatus
 from celery_saga.testing.conformance import make_execution
@@ -62,20 +63,15 @@ def test_children_index_is_a_sorted_set_per_parent_that_leaves_with_them(
     assert store.list(parent_id=parent.saga_id).items == []
 
 
-def test_executions_without_the_new_fields_are_stored_as_before(store: RedisSagaBackend) -> None:
+def test_executions_without_the_new_fields_are_stored_without_them(
+    store: RedisSagaBackend,
+) -> None:
     plain = make_execution()
     store.create(plain)
     raw = store.client.hgetall(store.keys.execution(plain.saga_id))
-    assert set(json.loads(raw["h"])) == {
-        "saga_id",
-        "saga_name",
-        "idempotency_key",
-        "definition_hash",
-        "queue",
-        "schema",
-    }
+    assert set(json.loads(raw["h"])) == {"saga_name", "definition_hash", "schema"}
     assert "h:revert_reason" not in raw
-    assert all("kind" not in json.loads(raw[f"s:{i}"]) for i in range(3))
+    assert all("k" not in json.loads(raw[f"s:{i}"]) for i in range(3))
 
     child = make_execution(parent_id=plain.saga_id, parent_step=2)
     child.steps[0].kind = StepKind.EXTERNAL.value
@@ -83,8 +79,8 @@ def test_executions_without_the_new_fields_are_stored_as_before(store: RedisSaga
     raw = store.client.hgetall(store.keys.execution(child.saga_id))
     head = json.loads(raw["h"])
     assert (head["parent_id"], head["parent_step"]) == (plain.saga_id, 2)
-    assert json.loads(raw["s:0"])["kind"] == "external"
-    # A step write re-encodes the step's small fields in Lua: the kind stays.
+    assert json.loads(raw["s:0"])["k"] == "external"
+    # A step write rewrites the step's head and appends to its object: the kind stays.
     store.update_step(child.saga_id, 0, {"status": StepStatus.RUNNING}, count_in="stage:0")
     got = store.get(child.saga_id)
     assert got is not None and got.step(0).kind == "external"
@@ -95,17 +91,19 @@ def test_executions_without_the_new_fields_are_stored_as_before(store: RedisSaga
 def test_a_record_written_by_0_3_reads_with_defaults_and_takes_the_new_fields(
     store: RedisSagaBackend,
 ) -> None:
-    """Record schema 1: no parent link, no revert reason, steps without kind or child id."""
+    """Record schema 1, in the hash layout of that release: no parent link, no revert
+    reason, steps without kind or child id, each step one object with long names."""
     old = make_execution()
-    store.create(old)
-    key = store.keys.execution(old.saga_id)
-    head = json.loads(store.client.hget(key, "h"))
-    store.client.hset(key, "h", json.dumps({**head, "schema": 1}))
+    fields = previous_layout(old)
+    head = json.loads(fields["h"])
+    fields["h"] = json.dumps({**head, "schema": 1})
     for i in range(3):
-        step = json.loads(store.client.hget(key, f"s:{i}"))
+        step = json.loads(fields[f"s:{i}"])
         step.pop("kind", None)
         step.pop("child_id", None)
-        store.client.hset(key, f"s:{i}", json.dumps(step))
+        fields[f"s:{i}"] = json.dumps(step)
+    key = store.keys.execution(old.saga_id)
+    store.client.hset(key, mapping=fields)
     got = store.get(old.saga_id)
     assert got is not None
     assert (got.schema, got.parent_id, got.parent_step, got.revert_reason) == (1, None, None, None)

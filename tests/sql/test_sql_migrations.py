@@ -54,8 +54,8 @@ def test_fresh_database_goes_through_every_version(
     store = make_store(database_url, create_tables=False)
     assert migrations.current_version(store.engine, table_prefix) == 0
     result = migrations.upgrade(store.engine, table_prefix)
-    assert (result.before, result.after, result.applied) == (0, 4, (1, 2, 3, 4))
-    assert migrations.current_version(store.engine, table_prefix) == migrations.LATEST == 4
+    assert (result.before, result.after, result.applied) == (0, 5, (1, 2, 3, 4, 5))
+    assert migrations.current_version(store.engine, table_prefix) == migrations.LATEST == 5
     assert set(_shape(store.engine, table_prefix)) == {
         f"{table_prefix}{name}" for name in ("executions", "steps", "counters", "schema_version")
     }
@@ -72,7 +72,7 @@ def test_upgrading_twice_changes_nothing(
     store.create(execution)  # first use creates the tables
     before = _shape(store.engine, table_prefix)
     again = migrations.upgrade(store.engine, table_prefix)
-    assert (again.before, again.after, again.applied) == (4, 4, ())
+    assert (again.before, again.after, again.applied) == (5, 5, ())
     assert _shape(store.engine, table_prefix) == before
     assert store.get(execution.saga_id) is not None
 
@@ -85,8 +85,8 @@ def test_concurrent_upgrades_apply_each_migration_once(
     stores = [make_store(database_url, create_tables=False) for _ in range(6)]
     with ThreadPoolExecutor(max_workers=len(stores)) as pool:
         results = list(pool.map(lambda s: migrations.upgrade(s.engine, table_prefix), stores))
-    assert sorted(r.applied for r in results) == [()] * 5 + [(1, 2, 3, 4)]
-    assert all(r.after == 4 for r in results)
+    assert sorted(r.applied for r in results) == [()] * 5 + [(1, 2, 3, 4, 5)]
+    assert all(r.after == 5 for r in results)
 
 
 def test_newer_schema_is_refused_with_both_versions_named(
@@ -95,7 +95,7 @@ def test_newer_schema_is_refused_with_both_versions_named(
     store = make_store(database_url)
     store.upgrade_schema()
     _set_version(store, 99)
-    with pytest.raises(SchemaVersionError, match=r"schema version 99.*up to 4") as caught:
+    with pytest.raises(SchemaVersionError, match=r"schema version 99.*up to 5") as caught:
         migrations.upgrade(store.engine, table_prefix)
     assert "upgrade celery-saga-sql" in str(caught.value)
     assert migrations.current_version(store.engine, table_prefix) == 99  # left untouched
@@ -132,19 +132,20 @@ def test_upgrade_command_prints_versions_before_and_after(
     assert "applied 2:" in first.output
     assert "applied 3:" in first.output
     assert "applied 4:" in first.output
-    assert "schema version after: 4" in first.output
+    assert "applied 5:" in first.output
+    assert "schema version after: 5" in first.output
     second = runner.invoke(cli, args)
     assert second.exit_code == 0, second.output
-    assert "schema version before: 4" in second.output
+    assert "schema version before: 5" in second.output
     assert "applied" not in second.output
-    assert "schema version after: 4" in second.output
+    assert "schema version after: 5" in second.output
     shown = runner.invoke(cli, ["version", database_url, "--table-prefix", table_prefix])
-    assert "schema version: 4" in shown.output
+    assert "schema version: 5" in shown.output
     _set_version(store, 7)
     refused = runner.invoke(cli, args)
     assert refused.exit_code != 0
     assert "schema version 7" in refused.output
-    assert "up to 4" in refused.output
+    assert "up to 5" in refused.output
 
 
 def test_upgrade_command_runs_as_a_module(tmp_path: Path) -> None:
@@ -161,7 +162,7 @@ def test_upgrade_command_runs_as_a_module(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "table prefix: 'cli_'" in done.stdout
     assert "schema version before: 0" in done.stdout
-    assert "schema version after: 4" in done.stdout
+    assert "schema version after: 5" in done.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "celery_saga_sql", "upgrade", "sqlite://"],
         capture_output=True,
@@ -173,8 +174,9 @@ def test_upgrade_command_runs_as_a_module(tmp_path: Path) -> None:
     assert "needs a file" in bad.stderr
 
 
-# -- older tables: version 1 (before deadline_at and cancelled_at), version 2 (before leases)
-# -- and version 3 (before composition: parent links, step kinds, revert reasons) ----------
+# -- older tables: version 1 (before deadline_at and cancelled_at), version 2 (before leases),
+# -- version 3 (before composition: parent links, step kinds, revert reasons) and version 4
+# -- (before workers, attempt history and trace contexts) ------------------------------------
 
 #: The columns each version adds, by table (in the order it adds them).
 ADDED: dict[int, tuple[tuple[str, tuple[str, ...]], ...]] = {
@@ -184,9 +186,13 @@ ADDED: dict[int, tuple[tuple[str, tuple[str, ...]], ...]] = {
         ("executions", migrations.V4_EXECUTION_COLUMNS),
         ("steps", migrations.V4_STEP_COLUMNS),
     ),
+    5: (
+        ("executions", migrations.V5_EXECUTION_COLUMNS),
+        ("steps", migrations.V5_STEP_COLUMNS),
+    ),
 }
-OLD_VERSIONS = (1, 2, 3)
-LATEST = 4
+OLD_VERSIONS = (1, 2, 3, 4)
+LATEST = 5
 
 
 def _columns(engine: Engine, prefix: str, table: str) -> set[str]:
@@ -330,6 +336,9 @@ def _check_old_row(store: SQLSagaBackend, saga_id: str, version: int) -> None:
     # The version 4 fields: a top-level execution of task steps, never reverted.
     assert (got.parent_id, got.parent_step, got.revert_reason) == (None, None, None)
     assert [(s.kind, s.child_id) for s in got.steps] == [("task", None)] * 2
+    # The version 5 fields: nobody recorded who ran the steps, no history, no trace.
+    assert [(s.worker, s.comp_worker, s.history) for s in got.steps] == [(None, None, None)] * 2
+    assert got.trace_context is None
     found = store.find_by_idempotency_key("old-key")
     assert found is not None
     assert found.to_dict() == got.to_dict()
@@ -363,10 +372,15 @@ def test_old_tables_are_upgraded_by_the_command_keeping_their_rows(
             "applied 3: add the lease_owner, lease_expires_at, sent_at, sends and late columns"
             in result.output
         )
+    if old < 4:
+        assert (
+            "applied 4: add the parent_id, parent_step and revert_reason columns and the "
+            "parent_id index to the executions table, and the kind and child_id columns to the "
+            "steps table" in result.output
+        )
     assert (
-        "applied 4: add the parent_id, parent_step and revert_reason columns and the parent_id "
-        "index to the executions table, and the kind and child_id columns to the steps table"
-        in result.output
+        "applied 5: add the trace_context column to the executions table, and the worker, "
+        "comp_worker and history columns to the steps table" in result.output
     )
     assert f"schema version after: {LATEST}" in result.output
     assert migrations.current_version(store.engine, table_prefix) == LATEST
@@ -399,12 +413,28 @@ def test_old_tables_are_upgraded_by_the_command_keeping_their_rows(
     assert store.update_step(saga_id, 1, {"child_id": child.saga_id}).applied
     assert store.update_saga(saga_id, {"revert_reason": "returned"})
     assert [s.saga_id for s in store.list(parent_id=saga_id).items] == [child.saga_id]
+    # ...who ran an attempt and the attempts that are over; a new execution's trace context...
+    past = [{"part": "forward", "attempt": 1, "started_at": t, "finished_at": t + 0.5,
+             "worker": "celery@old", "outcome": "retried", "error": "try again"}]  # fmt: skip
+    assert store.update_step(
+        saga_id, 0, {"worker": "celery@new", "comp_worker": "host/1", "history": past}
+    ).applied
+    traced = make_execution()
+    traced.trace_context = {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}
+    store.create(traced)
+    stored_traced = store.get(traced.saga_id)
+    assert stored_traced is not None and stored_traced.trace_context == traced.trace_context
     got = store.get(saga_id)
     assert got is not None
     assert (got.step(1).child_id, got.step(1).kind, got.revert_reason) == (
         child.saga_id,
         "task",
         "returned",
+    )
+    assert (got.step(0).worker, got.step(0).comp_worker, got.step(0).history) == (
+        "celery@new",
+        "host/1",
+        past,
     )
     stored_child = store.get(child.saga_id)
     assert stored_child is not None
@@ -432,7 +462,7 @@ def test_old_tables_are_upgraded_by_the_command_keeping_their_rows(
     # Upgraded tables are the tables a fresh database gets, name for name and type for type.
     fresh_prefix = f"f{table_prefix[1:]}"
     fresh = make_store(database_url, table_prefix=fresh_prefix)
-    assert fresh.upgrade_schema().applied == (1, 2, 3, 4)
+    assert fresh.upgrade_schema().applied == (1, 2, 3, 4, 5)
     assert _normalized(_shape(fresh.engine, fresh_prefix), fresh_prefix) == _normalized(
         _shape(store.engine, table_prefix), table_prefix
     )
@@ -460,7 +490,8 @@ def test_upgrade_from_an_old_version_by_the_module_command(
     assert f"schema version before: {old}" in done.stdout
     assert ("applied 2:" in done.stdout) is (old < 2)
     assert ("applied 3:" in done.stdout) is (old < 3)
-    assert "applied 4:" in done.stdout
+    assert ("applied 4:" in done.stdout) is (old < 4)
+    assert "applied 5:" in done.stdout
     assert f"schema version after: {LATEST}" in done.stdout
     _check_old_row(store, saga_id, old)
 

@@ -97,6 +97,11 @@ def test_the_cli_reads_a_sqlite_store_named_after_the_subcommand(
         pytest.param(["list", "--backend", "{url}"], id="after list"),
         pytest.param(["show", "3f2b6c1e-8d4a-4c7e-9b1a-2e5f6a7b8c9d", "--backend", "{url}"]),
         pytest.param(["purge", "--older-than", "1d", "--yes", "--backend", "{url}"]),
+        pytest.param(
+            ["show", "3f2b6c1e-8d4a-4c7e-9b1a-2e5f6a7b8c9d", "--follow", "--backend", "{url}"]
+        ),
+        pytest.param(["graph", "3f2b6c1e-8d4a-4c7e-9b1a-2e5f6a7b8c9d", "--backend", "{url}"]),
+        pytest.param(["stats", "--backend", "{url}"]),
     ],
 )
 def test_the_cli_never_creates_a_store_at_a_mistyped_url(tmp_path: Path, args: list[str]) -> None:

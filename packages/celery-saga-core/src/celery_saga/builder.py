@@ -13,7 +13,8 @@ from celery_saga import registry, uncompensated
 from celery_saga.decorators import step_meta
 from celery_saga.definition import SagaDefinition
 from celery_saga.errors import SagaDefinitionError
-from celery_saga.outline import mermaid, outline
+from celery_saga.graphs import definition_graph, to_dot, to_mermaid
+from celery_saga.outline import outline
 from celery_saga.plan import (
     ContextInput,
     InputSpec,
@@ -357,9 +358,20 @@ class Saga:
         """The plan so far, as plain data (used to spot two sagas sharing a name)."""
         return outline(self._entries, self._output is not None)
 
-    def mermaid(self) -> str:
-        """The plan as a Mermaid flowchart (paste it into any Mermaid viewer)."""
-        return mermaid(self.name, self._entries)
+    def to_mermaid(self) -> str:
+        """The plan as a Mermaid flowchart (paste it into any Mermaid viewer).
+
+        Stages top to bottom, parallel members side by side, compensations as dashed
+        edges back up; see `celery_saga.graphs`.
+        """
+        return to_mermaid(definition_graph(self))
+
+    #: The same as `to_mermaid` (its first name).
+    mermaid = to_mermaid
+
+    def to_dot(self) -> str:
+        """The plan as Graphviz DOT (``dot -Tsvg``); see `celery_saga.graphs`."""
+        return to_dot(definition_graph(self))
 
     # -- running -------------------------------------------------------------------------------
     def run(

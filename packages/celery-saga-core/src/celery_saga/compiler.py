@@ -104,6 +104,7 @@ def step_signature(
         started=started,
         run_queue=execution.queue,
         child=execution.parent_id is not None,
+        trace=execution.trace_context,
     )
     options: dict[str, Any] = dict(spec.options)
     if (
@@ -151,6 +152,9 @@ def compensation_signature(
         queue=queue,
         round_start=attempt if round_start is None else round_start,
         late=late,
+        trace=execution.trace_context,
+        # Said only for traced sagas: their attempts link back when reverted.
+        revert=execution.trace_context is not None and execution.revert_reason is not None,
     )
     name = record.compensation_task_name or ""
     options: dict[str, Any] = {}

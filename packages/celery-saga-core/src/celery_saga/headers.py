@@ -1,14 +1,15 @@
 """The saga header every step and compensation message carries, built and parsed here.
 
 It is plain JSON under the message header ``celery_saga``: which saga, which step,
-which attempt, whether it is a compensation, and the definition hash. Celery keeps
-custom headers across retries, so a retried step is still recognised.
+which attempt, whether it is a compensation, the definition hash, and a traced saga's
+original trace context. Celery keeps custom headers across retries, so a retried step
+is still recognised.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery_saga.ids import idempotency_key_for, step_task_id, validate_saga_id
@@ -36,6 +37,12 @@ class SagaHeader:
     late: int | None = None
     #: The execution is a child saga: its end is reported to its parent.
     child: bool = False
+    #: A traced saga's original trace context (W3C carrier: ``traceparent``, maybe
+    #: ``tracestate``), so a worker can link an attempt sent again back to it. Left out of
+    #: the hash (a dict has none), so a header stays hashable.
+    trace: dict[str, str] | None = field(default=None, hash=False)
+    #: A compensation of a saga being reverted (carried for traced sagas only).
+    revert: bool = False
 
     @property
     def task_id(self) -> str:
@@ -75,6 +82,10 @@ class SagaHeader:
             data["l"] = self.late
         if self.child:
             data["p"] = 1
+        if self.trace:
+            data["t"] = self.trace
+        if self.revert:
+            data["rv"] = 1
         return data
 
     @classmethod
@@ -101,6 +112,8 @@ class SagaHeader:
                 run_queue=data.get("rq") or None,
                 late=int(data["l"]) if data.get("l") is not None else None,
                 child=bool(data.get("p")),
+                trace=_carrier(data["t"]) if "t" in data else None,
+                revert=bool(data.get("rv")),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -109,6 +122,21 @@ class SagaHeader:
     def deadline_passed(self) -> bool:
         """True when the saga had a deadline and it is over."""
         return self.deadline_at is not None and time.time() > self.deadline_at
+
+
+#: The most a trace carrier from the broker may hold (W3C allows 512 characters of
+#: tracestate); anything larger is dropped rather than passed on.
+_CARRIER_MAX = 2048
+
+
+def _carrier(raw: Any) -> dict[str, str] | None:
+    """A trace carrier from the wire: string keys and values only, bounded, or None."""
+    if not isinstance(raw, dict):
+        return None
+    carrier = {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)}
+    if not carrier or sum(len(k) + len(v) for k, v in carrier.items()) > _CARRIER_MAX:
+        return None
+    return carrier
 
 
 def header_of(request: Any) -> SagaHeader | None:

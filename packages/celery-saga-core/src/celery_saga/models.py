@@ -17,7 +17,9 @@ from celery_saga.errors import CorruptRecordError, SchemaVersionError
 #: Version of the stored record shape. Bump it, and teach `from_dict` the old one,
 #: whenever a field changes meaning. 2 added composition: REVERTED, parent links
 #: (`parent_id`, `parent_step`), `revert_reason`, and the step's `kind` and `child_id`;
-#: a version-1 record reads as one with none of them.
+#: a version-1 record reads as one with none of them. Fields that only add information
+#: and change no meaning (the step's `worker`, `comp_worker` and `history`, the
+#: execution's `trace_context`) keep the version: older readers ignore them.
 SCHEMA_VERSION = 2
 
 
@@ -144,6 +146,15 @@ class StepRecord:
     late: dict[str, Any] | None = None
     #: The child execution of a `StepKind.SAGA` step, once started.
     child_id: str | None = None
+    #: The worker that ran the current (or last) forward attempt: Celery's worker hostname
+    #: (``celery@host``) when known, else ``host/pid``; None while unknown.
+    worker: str | None = None
+    #: The same for the compensation's current (or last) attempt.
+    comp_worker: str | None = None
+    #: Attempts that are over and no longer the current one, oldest first (see
+    #: `HISTORY_PARTS`, `HISTORY_OUTCOMES`); None while there are none, which is the
+    #: common case: one attempt that succeeded keeps no history.
+    history: list[dict[str, Any]] | None = None
 
     # -- compatibility with celery-saga 0.1 ------------------------------------
     @property
@@ -181,6 +192,11 @@ class StepRecord:
             for name in _STEP_INTS & values.keys():
                 if not isinstance(values[name], int) or isinstance(values[name], bool):
                     raise TypeError(f"{name} is {values[name]!r}, not an integer")
+            history = values.get("history")
+            if history is not None and (
+                not isinstance(history, list) or not all(isinstance(e, dict) for e in history)
+            ):
+                raise TypeError(f"history is {history!r}, not a list of attempts")
             return cls(**values)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             where = f"step {data.get('index')!r}" if isinstance(data, dict) else f"step {data!r}"
@@ -194,6 +210,14 @@ _STEP_INTS = frozenset({"index", "stage", "attempt", "retries", "comp_attempt", 
 #: States of a late success (an entry of `StepRecord.late`): recorded, then, if the
 #: saga compensates, compensating and compensated (or compensation_failed).
 LATE_STATES = ("recorded", "compensating", "compensated", "compensation_failed")
+
+#: What a `StepRecord.history` entry is about: the step itself, or its compensation.
+HISTORY_PARTS = ("forward", "compensation")
+#: How an attempt in `StepRecord.history` ended: ``retried`` (it failed and the step's retry
+#: policy sent a new one), ``taken_over`` (recovery gave it up, its lease expired or its
+#: message was lost, and sent a new one), ``failed`` (a compensation attempt that failed and
+#: was tried again), ``late_success`` (a superseded attempt that succeeded after all).
+HISTORY_OUTCOMES = ("failed", "retried", "taken_over", "late_success")
 
 #: Names a backend accepts in `update_step(changes=...)`.
 STEP_MUTABLE_FIELDS = frozenset(
@@ -229,6 +253,10 @@ class SagaExecution:
     parent_step: int | None = None
     #: Why a COMPLETED saga is being (or was) reverted; None unless it was.
     revert_reason: str | None = None
+    #: The W3C trace context (``{"traceparent": ..., "tracestate": ...}``) of the trace the
+    #: saga was started in, stamped at creation when tracing is on, so a recovered or
+    #: retried attempt can link back to it; None otherwise.
+    trace_context: dict[str, str] | None = None
     schema: int = SCHEMA_VERSION
 
     # -- compatibility with celery-saga 0.1 ------------------------------------
@@ -290,6 +318,9 @@ class SagaExecution:
             values["status"] = SagaStatus(values.get("status", SagaStatus.PENDING.value))
             values["steps"] = [StepRecord.from_dict(s) for s in data.get("steps", [])]
             values["steps"].sort(key=lambda s: s.index)
+            carrier = values.get("trace_context")
+            if carrier is not None and not isinstance(carrier, dict):
+                raise TypeError(f"trace_context is {carrier!r}, not a dict")
             return cls(**values)
         except CorruptRecordError as exc:  # from a step: name the saga
             raise CorruptRecordError(exc.problem, saga_id) from exc.__cause__

@@ -162,6 +162,21 @@ def registered() -> dict[str, Saga]:
         return {name: live[-1] for name in list(_sagas) if (live := _live(name))}
 
 
+def sagas_of(app: Celery) -> dict[str, Saga]:
+    """The sagas registered on `app`, by name, sorted (the newest under each name).
+
+    What a tool that shows an app's sagas (the web view's definitions page) lists: the
+    sagas the modules given to ``-A`` (and their imports) defined in this process.
+    """
+    with _lock:
+        found: dict[str, Saga] = {}
+        for name in list(_sagas):
+            mine = [s for s in _live(name) if s.app is app]
+            if mine:
+                found[name] = mine[-1]
+    return dict(sorted(found.items()))
+
+
 def unregister(name: str) -> None:
     """Forget every saga registered under `name` (tests use this)."""
     with _lock:

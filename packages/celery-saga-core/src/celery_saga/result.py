@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from celery_saga.graphs import execution_graph, to_dot, to_mermaid, to_svg
 from celery_saga.ids import validate_saga_id
 from celery_saga.models import TERMINAL_STATUSES, SagaExecution, SagaStatus, StepStatus
 from celery_saga.outcomes import (
@@ -14,6 +15,7 @@ from celery_saga.outcomes import (
     SagaReverted,
     SagaTimeoutError,
 )
+from celery_saga.views import step_view
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -69,27 +71,30 @@ class SagaResult:
 
     @property
     def steps(self) -> list[dict[str, Any]] | None:
-        """One dict per step, with index, task, status, error, output, attempts, timings."""
+        """One dict per step (`celery_saga.views.step_view`): index, task, status, error,
+        output, attempts, timings (epoch seconds), compensation, workers, attempt history."""
         execution = self.execution
         if execution is None:
             return None
-        return [
-            {
-                "step_index": s.index,
-                "task_name": s.task_name,
-                "status": s.status.value,
-                "error": s.error,
-                "output": s.output,
-                "attempt": s.attempt,
-                "retries": s.retries,
-                "task_id": s.task_id,
-                "started_at": s.started_at,
-                "finished_at": s.finished_at,
-                "compensation_task_name": s.compensation_task_name,
-                "compensation_error": s.comp_error,
-            }
-            for s in execution.steps
-        ]
+        return [step_view(s) for s in execution.steps]
+
+    def _stored(self) -> SagaExecution:
+        execution = self.execution
+        if execution is None:
+            raise LookupError(f"saga {self.saga_id} does not exist in {self._backend!r}")
+        return execution
+
+    def to_mermaid(self) -> str:
+        """This execution as a Mermaid flowchart, each step coloured by its status."""
+        return to_mermaid(execution_graph(self._stored()))
+
+    def to_dot(self) -> str:
+        """This execution as Graphviz DOT, coloured by status, details in tooltips."""
+        return to_dot(execution_graph(self._stored()))
+
+    def to_svg(self) -> str:
+        """This execution's graph as SVG (one row per stage), coloured by status."""
+        return to_svg(execution_graph(self._stored()))
 
     @property
     def context(self) -> dict[str, Any] | None:

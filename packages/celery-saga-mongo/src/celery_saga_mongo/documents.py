@@ -4,14 +4,15 @@ One document per execution::
 
     {_id: <saga_id>, saga_name, status, input, idempotency_key, definition_hash, queue,
      output, error, failed_step, created_at, updated_at, finished_at, deadline_at,
-     cancelled_at, parent_id, parent_step, revert_reason, schema,
+     cancelled_at, parent_id, parent_step, revert_reason, trace_context, schema,
      steps: [{index, task_name, stage, kind, ..., status, attempt, output, child_id, ...},
              ...],
      counters: {<name>: <int>, ...}}
 
 ``steps[i]`` is the step whose ``index`` is ``i``, so a step write addresses
 ``steps.<i>.<field>`` and touches nothing else. User payloads (the saga's
-``input`` and ``output``, a step's ``output`` and ``compensation_data``) are kept
+``input`` and ``output``, a step's ``output`` and ``compensation_data``; also the
+saga's ``trace_context`` and a step's ``history``) are kept
 as JSON text: BSON cannot hold integers above 2**63-1, and keys containing ``.``
 or starting with ``$`` are awkward or refused, so storing the JSON text is the
 only way to give back exactly what was written. Everything else (statuses,
@@ -23,7 +24,9 @@ documents written before ``deadline_at``, ``cancelled_at`` or the lease fields
 (``lease_owner``, ``lease_expires_at``, ``sent_at``, ``sends``, ``late``) existed
 need no migration; nor do documents written before saga composition (record schema
 1): they read back as top-level executions (no ``parent_id``, ``parent_step`` or
-``revert_reason``) of task steps (``kind`` "task", no ``child_id``).
+``revert_reason``) of task steps (``kind`` "task", no ``child_id``), nor those
+written before a step's ``worker``, ``comp_worker`` and ``history`` and an
+execution's ``trace_context`` (all None when missing).
 
 A step's late successes (``late``) are an object keyed by attempt number (a string),
 so one entry is addressed as ``steps.<i>.late.<attempt>`` and created or moved on by
@@ -47,10 +50,11 @@ from celery_saga.backends.base import plain_value
 from celery_saga.errors import InvalidSagaId
 from celery_saga.models import SagaExecution, StepRecord
 
-#: Execution fields kept as JSON text.
-SAGA_PAYLOAD_FIELDS = frozenset({"input", "output"})
-#: Step fields kept as JSON text.
-STEP_PAYLOAD_FIELDS = frozenset({"output", "compensation_data"})
+#: Execution fields kept as JSON text (the trace context too: its keys are not ours).
+SAGA_PAYLOAD_FIELDS = frozenset({"input", "output", "trace_context"})
+#: Step fields kept as JSON text (the history of attempts too: it carries error texts,
+#: and times that must come back exact, and no query looks inside it).
+STEP_PAYLOAD_FIELDS = frozenset({"output", "compensation_data", "history"})
 #: Execution fields holding a time (seconds since the epoch): stored as doubles, or null.
 SAGA_TIME_FIELDS = frozenset(
     {"created_at", "updated_at", "finished_at", "deadline_at", "cancelled_at"}

@@ -1,10 +1,11 @@
 """Waiting from asyncio on the Redis store: redis.asyncio pub/sub, one connection per loop.
 
 The script that makes a status terminal PUBLISHes on the execution's done channel
-(`Keys.done_channel`); the synchronous `RedisSagaBackend.wait` subscribes to it
-for one call. From asyncio, `RedisNotifications` subscribes to the done channels
-of every execution awaited on one event loop over a single redis.asyncio
-connection (part of redis-py: no extra to install), and `wait_async` joins it:
+(`Keys.done_channel`); the synchronous `RedisSagaBackend.wait` subscribes to it on
+the store object's one listener connection (listener.py). From asyncio,
+`RedisNotifications` subscribes to the done channels of every execution awaited on
+one event loop over a single redis.asyncio connection (part of redis-py: no extra to
+install), and `wait_async` joins it:
 subscribe, read, then sleep until the channel speaks. redis.asyncio is imported
 when the first waiter starts a listener, so the store never imports it otherwise.
 

@@ -1,10 +1,17 @@
 """`RedisSagaBackend`: the saga state store on Redis (standalone or cluster).
 
-One hash per execution holds the execution fields (``h:*``), each step's fields
-(``s:<i>`` and ``s:<i>:*``, so a step write touches only that step), and counters
-(``c:*``). Compare-and-set runs in Lua on that one key. Listing uses
-sorted sets per status and saga name, and one per parent execution for its child
-sagas; completion waits use pub/sub.
+One hash per execution holds the execution fields (``h``, ``h:*``), each step's
+fields and counters (``c:*``), laid out as layout.py says: while the execution runs,
+a step's fields are hash fields of their own, so a step write touches only that
+step and compares raw texts; when it finishes, each step is packed into one field.
+Compare-and-set runs in Lua on that one key. Listing uses sorted sets per status
+and saga name, and one per parent execution for its child sagas; completion waits
+use pub/sub, one connection per store object in a process (listener.py).
+
+Finished executions expire after `ttl` seconds (7 days unless told otherwise; 0 or
+``none`` keeps them): the expiry is armed by the write that finishes one, and taken
+away by a write that takes it back to an active status. Index entries of expired
+executions are removed by the listings that meet them and by `purge`.
 
 On a standalone server, create and status changes are single scripts that also
 move the index entries. On a Redis Cluster every script touches one slot (the
@@ -25,6 +32,7 @@ execution's hash tag), so the indexes are kept around them with these rules:
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -56,38 +64,36 @@ from celery_saga.models import (
     SagaExecution,
     SagaStatus,
     SagaSummary,
-    StepKind,
     StepStatus,
     now,
 )
-from celery_saga_redis import scripts
+from celery_saga_redis import layout, scripts
 from celery_saga_redis.keys import Keys
+from celery_saga_redis.listener import DoneListener
 
 #: Query parameters of the URL that configure this store (the rest go to redis-py).
 URL_OPTIONS = ("prefix", "ttl", "cluster")
-#: Execution fields kept in the immutable header blob ``h``.
-HEADER_FIELDS = ("saga_id", "saga_name", "idempotency_key", "definition_hash", "queue", "schema")
-#: Immutable execution fields kept in ``h`` only when set (a child saga's parent link),
-#: so an execution without them is stored exactly as before they existed.
-OPTIONAL_HEADER_FIELDS = ("parent_id", "parent_step")
-#: Step fields kept apart from the step blob, as raw JSON Lua never re-encodes: user
-#: data, timestamps that must compare exactly, late successes (see scripts.py).
-RAW_STEP_FIELDS = scripts.RAW_STEP_FIELDS
+#: Seconds a finished execution is kept when `ttl` is not given: 7 days.
+DEFAULT_TTL = 7 * 24 * 3600
+#: Spellings of "no expiry" for `ttl`, besides 0.
+_NO_TTL = frozenset({"none", "never", "off"})
 #: Seconds to wait for a cluster create that claimed an idempotency key to finish
 #: before taking the key over.
 _IDEMPOTENCY_WAIT = 5.0
 #: Seconds a cluster create's ``creating`` marker lives (a create takes milliseconds).
 _CREATING_TTL = 3600
-#: (name, created_at) of this many executions are remembered for cluster status changes.
+#: (name, created_at, idempotency key) of this many executions are remembered for
+#: cluster status changes.
 _HEADS_CACHED = 4096
+#: Index entries read per round trip when `purge` sweeps out those of expired executions.
+_SWEEP_CHUNK = 500
 
 # Module-level aliases: inside the class, `list` names the listing method.
 _Ids = list[str]
 _Summaries = list[SagaSummary]
+_Head = tuple[str, float, str | None]
 
-
-def _dumps(value: Any) -> str:
-    return json.dumps(plain_value(value), separators=(",", ":"))
+_dumps = layout.dumps
 
 
 def _statuses(values: Collection[Any] | None) -> str:
@@ -98,33 +104,15 @@ def _opt(value: int | None) -> str:
     return "" if value is None else str(int(value))
 
 
-def _raw(name: str, value: Any) -> str:
-    """The stored text of a raw step field (``late`` keeps each entry value as JSON text)."""
-    if name == "late" and isinstance(value, Mapping):
-        value = {
-            str(n): (
-                {str(k): _dumps(v) for k, v in entry.items()}
-                if isinstance(entry, Mapping)
-                else entry
-            )
-            for n, entry in value.items()
-        }
-    return _dumps(value)
-
-
-def _unraw(name: str, text: str) -> Any:
-    """Parse the stored text of a raw step field (the inverse of `_raw`)."""
-    value = json.loads(text)
-    if name == "late" and isinstance(value, dict):
-        return {
-            n: (
-                {k: json.loads(v) if isinstance(v, str) else v for k, v in entry.items()}
-                if isinstance(entry, dict)
-                else entry
-            )
-            for n, entry in value.items()
-        }
-    return value
+def _ttl(value: Any) -> int:
+    """Seconds of the `ttl` option (None: the default; 0, ``none``: no expiry)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_TTL
+    if isinstance(value, str) and value.strip().lower() in _NO_TTL:
+        return 0
+    seconds = parse_seconds("ttl", value)
+    assert seconds is not None
+    return math.ceil(seconds)
 
 
 def _lease_conditions(expect: StepExpect) -> str:
@@ -139,19 +127,36 @@ def _loads(raw: str | None) -> Any:
     return None if raw is None else json.loads(raw)
 
 
-def _write(reply: list[Any], count: Any = None, started: Any = None) -> StepWrite:
-    """The StepWrite of a step script's reply (its first seven values)."""
+def _write(
+    reply: list[Any],
+    changes: Mapping[str, Any] | None = None,
+    count: Any = None,
+    started: Any = None,
+) -> StepWrite:
+    """The StepWrite of a step script's reply (its first seven values: the stored state).
+
+    An applied write reports the state after it: `changes` over what was stored.
+    """
     applied, status, attempt, comp_attempt, saga_status, owner, expires = reply[:7]
+    state: dict[str, Any] = {
+        "status": status,
+        "attempt": int(attempt),
+        "comp_attempt": int(comp_attempt),
+        "lease_owner": _loads(owner),
+        "lease_expires_at": _loads(expires),
+    }
+    if applied and changes:
+        state.update((k, plain_value(changes[k])) for k in state.keys() & changes.keys())
     return StepWrite(
         applied=bool(applied),
-        status=StepStatus(status),
-        attempt=int(attempt),
+        status=StepStatus(state["status"]),
+        attempt=int(state["attempt"]),
         saga_status=SagaStatus(saga_status),
         count=int(count) if count is not None else None,
-        comp_attempt=int(comp_attempt),
+        comp_attempt=int(state["comp_attempt"]),
         started=tuple(int(i) for i in started or ()),
-        lease_owner=_loads(owner),
-        lease_expires_at=_loads(expires),
+        lease_owner=state["lease_owner"],
+        lease_expires_at=state["lease_expires_at"],
     )
 
 
@@ -166,8 +171,9 @@ class RedisSagaBackend(SagaBackend):
 
     ``RedisSagaBackend(url="redis://localhost:6379/0")`` or
     ``RedisSagaBackend(redis_client=client)``. `prefix` namespaces every key;
-    `ttl` (seconds) expires finished executions; ``cluster=True`` (or
-    ``?cluster=true`` in the URL) talks to a Redis Cluster.
+    `ttl` (seconds) is how long a finished execution is kept: `DEFAULT_TTL` (7 days)
+    unless given, 0 (or ``"none"``) for ever. ``cluster=True`` (or ``?cluster=true``
+    in the URL) talks to a Redis Cluster.
     """
 
     schemes = ("redis", "rediss")
@@ -178,7 +184,7 @@ class RedisSagaBackend(SagaBackend):
         url: str | None = None,
         *,
         prefix: str = "saga:",
-        ttl: int | None = None,
+        ttl: int | str | None = None,
         cluster: bool = False,
         **client_options: Any,
     ) -> None:
@@ -188,8 +194,8 @@ class RedisSagaBackend(SagaBackend):
             assert url is not None
             url, options = split_options(url, URL_OPTIONS)
             prefix = options.get("prefix", prefix)
-            given_ttl = parse_seconds("ttl", options.get("ttl") or None)
-            ttl = ttl if given_ttl is None else int(given_ttl)
+            if options.get("ttl"):
+                ttl = options["ttl"]  # the URL's wins over the keyword's
             cluster = cluster or bool(parse_flag("cluster", options.get("cluster")))
             client_options.setdefault("decode_responses", True)
             if cluster:
@@ -199,7 +205,8 @@ class RedisSagaBackend(SagaBackend):
         self.client = redis_client
         self.keys = Keys(prefix)
         self.cluster = bool(cluster) or isinstance(redis_client, redis.cluster.RedisCluster)
-        self.ttl = int(ttl) if ttl else 0
+        #: Seconds a finished execution is kept (0: for ever).
+        self.ttl = _ttl(ttl)
         self._url = url
         self._begin_create = redis_client.register_script(scripts.BEGIN_CREATE)
         self._create = redis_client.register_script(scripts.CREATE)
@@ -214,62 +221,30 @@ class RedisSagaBackend(SagaBackend):
         #: Whether RENEW ran from this object (a cluster pipeline sends it by body until then).
         self._renew_sent = False
         self._lock = threading.Lock()
-        #: saga id -> (saga name, created_at): immutable, read before a cluster status change.
-        self._heads: dict[str, tuple[str, float]] = {}
+        #: saga id -> (saga name, created_at, idempotency key): immutable, read before a
+        #: cluster status change.
+        self._heads: dict[str, _Head] = {}
+        #: The done-channel subscriptions of every `wait` on this object (made on first use).
+        self._listener = DoneListener(lambda: self.client.pubsub(), self.keys.listener_channel)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisSagaBackend:
-        """``redis://[user:password@]host:port/db?prefix=saga:&ttl=86400&cluster=false``."""
+        """``redis://[user:password@]host:port/db?prefix=saga:&ttl=604800&cluster=false``."""
         return cls(url=url, **options)
 
     def __repr__(self) -> str:
         where = _redact(self._url) if self._url else "client"
-        return f"<RedisSagaBackend {where} prefix={self.keys.prefix!r}>"
+        return f"<RedisSagaBackend {where} prefix={self.keys.prefix!r} ttl={self.ttl}>"
 
     # -- encoding ------------------------------------------------------------------------------
     @staticmethod
     def _fields(execution: SagaExecution) -> list[str]:
-        """The hash fields of a new execution (see scripts.py for the layout)."""
-        header = execution.header_dict()
-        head = {k: header[k] for k in HEADER_FIELDS}
-        head.update((k, header[k]) for k in OPTIONAL_HEADER_FIELDS if header[k] is not None)
-        fields = ["h", _dumps(head)]
-        for name, value in header.items():
-            if name not in head and name not in OPTIONAL_HEADER_FIELDS and value is not None:
-                fields += [f"h:{name}", _dumps(value)]
-        for step in execution.steps:
-            data = step.to_dict()
-            if data["kind"] == StepKind.TASK.value:
-                del data["kind"]  # the default: a task step is stored as before kinds existed
-            for name in RAW_STEP_FIELDS:
-                value = data.pop(name)
-                if value is not None:
-                    fields += [f"s:{step.index}:{name}", _raw(name, value)]
-            fields += [f"s:{step.index}", _dumps({k: v for k, v in data.items() if v is not None})]
-        return fields
+        """The hash fields of a new execution (see layout.py)."""
+        return layout.encode(execution)
 
     @staticmethod
-    def _decode(raw: Mapping[str, str] | list[str]) -> SagaExecution | None:
-        if isinstance(raw, list):  # HGETALL as returned inside a script reply
-            raw = dict(zip(raw[::2], raw[1::2], strict=True))
-        if not raw or "h:status" not in raw:
-            return None
-        header: dict[str, Any] = json.loads(raw["h"])
-        steps: dict[int, dict[str, Any]] = {}
-        raws: list[tuple[int, str, str]] = []
-        for field, value in raw.items():
-            if field[0] == "s":
-                _, index, *name = field.split(":", 2)
-                if name:
-                    raws.append((int(index), name[0], value))
-                else:
-                    steps[int(index)] = json.loads(value)
-            elif field[0] == "h" and len(field) > 1:
-                header[field[2:]] = json.loads(value)
-        for step_index, raw_name, text in raws:
-            steps[step_index][raw_name] = _unraw(raw_name, text)
-        header["steps"] = [steps[i] for i in sorted(steps)]
-        return SagaExecution.from_dict(header)
+    def _decode(saga_id: str, raw: Mapping[str, str] | list[str]) -> SagaExecution | None:
+        return layout.decode(saga_id, raw)
 
     # -- create and read ----------------------------------------------------------------------
     def create(self, execution: SagaExecution) -> tuple[SagaExecution, bool]:
@@ -332,7 +307,7 @@ class RedisSagaBackend(SagaBackend):
         keys = [self.keys.execution(saga_id), self.keys.creating(saga_id)]
         if not self._create(keys=keys, args=fields):
             raise ValueError(f"saga id {saga_id} already exists")
-        self._remember(saga_id, execution.saga_name, execution.created_at)
+        self._remember(execution)
 
     def _claim_idempotency_key(self, key: str, saga_id: str) -> SagaExecution | None:
         """Claim `key` for `saga_id` (None), or return the execution that holds it.
@@ -364,29 +339,34 @@ class RedisSagaBackend(SagaBackend):
 
     def get(self, saga_id: str) -> SagaExecution | None:
         self.stats.add()
-        execution = self._decode(self.client.hgetall(self.keys.execution(saga_id)))
+        execution = self._decode(saga_id, self.client.hgetall(self.keys.execution(saga_id)))
         if execution is not None and self.cluster:
-            self._remember(saga_id, execution.saga_name, execution.created_at)
+            self._remember(execution)
         return execution
 
-    def _remember(self, saga_id: str, name: str, created_at: float) -> None:
+    def _remember(self, execution: SagaExecution) -> None:
         if not self.cluster:
             return
+        head = (execution.saga_name, execution.created_at, execution.idempotency_key)
+        self._keep_head(execution.saga_id, head)
+
+    def _keep_head(self, saga_id: str, head: _Head) -> None:
         with self._lock:
             if saga_id not in self._heads and len(self._heads) >= _HEADS_CACHED:
                 self._heads.pop(next(iter(self._heads)))
-            self._heads[saga_id] = (name, created_at)
+            self._heads[saga_id] = head
 
-    def _head(self, saga_id: str) -> tuple[str, float] | None:
-        """The execution's saga name and created_at (remembered: both are immutable)."""
+    def _head(self, saga_id: str) -> _Head | None:
+        """The execution's saga name, created_at and idempotency key (all immutable)."""
         head = self._heads.get(saga_id)
         if head is None:
             self.stats.add()
             raw, created_at = self.client.hmget(self.keys.execution(saga_id), "h", "h:created_at")
             if raw is None or created_at is None:
                 return None
-            head = (json.loads(raw)["saga_name"], json.loads(created_at))
-            self._remember(saga_id, *head)
+            header = json.loads(raw)
+            head = (header["saga_name"], json.loads(created_at), header.get("idempotency_key"))
+            self._keep_head(saga_id, head)
         return head
 
     def find_by_idempotency_key(self, key: str) -> SagaExecution | None:
@@ -410,8 +390,9 @@ class RedisSagaBackend(SagaBackend):
         lead = [_dumps(now()), _statuses(expect_status), self.ttl, self.keys.done_channel(saga_id)]
         if not self.cluster or "status" not in changes:
             self.stats.add(1, payload_size(*pairs))
-            index_prefix = "" if self.cluster else self.keys.index_prefix
-            applied, _, _ = self._update_saga(keys=[key], args=[*lead, index_prefix, "", *pairs])
+            prefix = "" if self.cluster else self.keys.prefix
+            keys = [key, self.keys.counters(saga_id)]
+            applied, _, _ = self._update_saga(keys=keys, args=[*lead, prefix, "", *pairs])
             return bool(applied == 1)
         return self._update_status_on_cluster(saga_id, plain_value(changes["status"]), lead, pairs)
 
@@ -426,7 +407,7 @@ class RedisSagaBackend(SagaBackend):
             head = self._head(saga_id)
             if head is None:
                 return False
-            name, created_at = head
+            name, created_at, idempotency_key = head
             self.stats.add()
             pipe = self.client.pipeline(transaction=False)
             for index in self.keys.indexes_for(name, new_status):
@@ -434,7 +415,8 @@ class RedisSagaBackend(SagaBackend):
             pipe.execute()
             self.stats.add(1, payload_size(*pairs))
             applied, old, new = self._update_saga(
-                keys=[key], args=[*lead, "", _dumps(created_at), *pairs]
+                keys=[key, self.keys.counters(saga_id)],
+                args=[*lead, "", _dumps(created_at), *pairs],
             )
             if applied != -1:
                 break
@@ -443,23 +425,52 @@ class RedisSagaBackend(SagaBackend):
         else:
             return False
         if applied == 1 and old != new:
+            finished = _finished(new)
             self.stats.add()
             pipe = self.client.pipeline(transaction=False)
             for index in self.keys.indexes_for(name, new):
                 pipe.zadd(index, {saga_id: created_at})  # a racing tidy-up may have removed it
             for index in self.keys.indexes_for(name, old):
                 pipe.zrem(index, saga_id)
+            if finished != _finished(old):
+                self._follow_expiry(pipe, saga_id, idempotency_key, finished)
             pipe.execute()
             self.stats.add()
-            terminal = SagaStatus(new) in TERMINAL_STATUSES
-            raw = self._tidied(keys=[key], args=[channel if terminal else "", new])
-            if raw is not None and json.loads(raw) == old:  # it went back meanwhile
+            raw = self._tidied(keys=[key], args=[channel if finished else "", new])
+            now_status = None if raw is None else json.loads(raw)
+            if now_status == old:  # it went back meanwhile
                 self.stats.add()
                 pipe = self.client.pipeline(transaction=False)
                 for index in self.keys.indexes_for(name, old):
                     pipe.zadd(index, {saga_id: created_at})
                 pipe.execute()
+            if now_status is not None and _finished(now_status) != finished:
+                # A change the other way raced this one's expiry: follow the status now.
+                self.stats.add()
+                pipe = self.client.pipeline(transaction=False)
+                self._follow_expiry(pipe, saga_id, idempotency_key, _finished(now_status))
+                pipe.execute()
         return bool(applied == 1)
+
+    def _follow_expiry(
+        self, pipe: Any, saga_id: str, idempotency_key: str | None, finished: bool
+    ) -> None:
+        """On a cluster: the keys outside the execution's slot take or lose its expiry.
+
+        Its idempotency key (if it still names it) and the index of its children, in
+        `pipe`; on a standalone server the update_saga script does this itself.
+        """
+        if not self.ttl:
+            return
+        children = self.keys.index_parent(saga_id)
+        if finished:
+            pipe.expire(children, self.ttl)
+        else:
+            pipe.persist(children)
+        if idempotency_key is not None:
+            key = self.keys.idempotency(idempotency_key)
+            seconds = self.ttl if finished else 0
+            pipe.execute_command("EVAL", scripts.FOLLOW, 1, key, saga_id, seconds)
 
     def update_step(
         self,
@@ -489,9 +500,6 @@ class RedisSagaBackend(SagaBackend):
         """One script: compare-and-set the step; at `get_at`, start the next stage and read."""
         check_step_changes(changes)
         e = expect or StepExpect()
-        pairs: list[Any] = []
-        for name, value in changes.items():
-            pairs += [name, _raw(name, value) if name in RAW_STEP_FIELDS else _dumps(value)]
         args: list[Any] = [
             index,
             _dumps(now()),
@@ -503,22 +511,29 @@ class RedisSagaBackend(SagaBackend):
             _opt(e.comp_attempt_at_most),
             count_in or "",
             "" if get_at is None else f"{'' if read else '!'}{int(get_at)}",
-            "" if start_next is None else _start_spec(start_next),
-            _lease_conditions(e),
-            *pairs,
         ]
-        self.stats.add(1, payload_size(args[10], *pairs))  # the started steps' changes too
+        if start_next is None:
+            args += ["", ""]
+        else:
+            args += [" ".join(map(str, start_next.check)), " ".join(map(str, start_next.start))]
+        args.append(_lease_conditions(e))
+        written = _step_changes(args, saga_id, index, changes)
+        if start_next is not None:
+            for i in start_next.start:
+                written += _step_changes(args, saga_id, i, start_next.changes.get(i, {}))
+        self.stats.add(1, written)
         try:
-            reply = self._update_step(keys=[self.keys.execution(saga_id)], args=args)
+            keys = [self.keys.execution(saga_id), self.keys.counters(saga_id)]
+            reply = self._update_step(keys=keys, args=args)
         except redis.ResponseError as exc:
             _raise_if_missing(exc, saga_id, index)
             raise
         reply = [*reply, None, None, None][:10]
-        write = _write(reply, count=reply[7], started=reply[9])
+        write = _write(reply, changes, count=reply[7], started=reply[9])
         everything = reply[8]
-        execution = self._decode(everything) if everything else None
+        execution = self._decode(saga_id, everything) if everything else None
         if execution is not None:
-            self._remember(saga_id, execution.saga_name, execution.created_at)
+            self._remember(execution)
         return write, execution
 
     # -- leases and late outcomes ----------------------------------------------------------
@@ -641,6 +656,7 @@ class RedisSagaBackend(SagaBackend):
         pipe = self.client.pipeline(transaction=False)
         for index in indexes:
             pipe.zadd(index, {execution.saga_id: execution.created_at})
+        pipe.sadd(self.keys.index_names(), name)
         pipe.execute()
 
     def _index_for(self, status: SagaStatus | None, name: str | None, parent_id: str | None) -> str:
@@ -727,6 +743,7 @@ class RedisSagaBackend(SagaBackend):
                 missing.append(saga_id)
                 continue
             data = json.loads(values[0])
+            data["saga_id"] = saga_id
             for field, value in zip(self._SUMMARY_FIELDS[1:], values[1:], strict=True):
                 data[field[2:]] = None if value is None else json.loads(value)
             summary = SagaSummary.from_dict(data)
@@ -754,7 +771,8 @@ class RedisSagaBackend(SagaBackend):
         execution = self.get(saga_id)
         if execution is None:
             return False
-        result = self._delete_finished(keys=[self.keys.execution(saga_id)], args=[""])
+        keys = [self.keys.execution(saga_id), self.keys.counters(saga_id)]
+        result = self._delete_finished(keys=keys, args=[""])
         if result == -1:
             raise ValueError(
                 f"saga {saga_id} is {execution.status.value}: only finished executions can be "
@@ -780,6 +798,11 @@ class RedisSagaBackend(SagaBackend):
             self._heads.pop(saga_id, None)
 
     def purge(self, finished_before: float) -> int:
+        """Delete what finished before the cutoff; sweep out index entries of expired ones.
+
+        The sweep looks at the entries created before the cutoff, or before `ttl` ago if
+        that is later (an execution created since cannot have expired).
+        """
         removed = 0
         for status in TERMINAL_STATUSES:
             index = self.keys.index_status(status.value)
@@ -801,7 +824,8 @@ class RedisSagaBackend(SagaBackend):
                             kept += 1  # still being created
                         continue
                     done = self._delete_finished(
-                        keys=[self.keys.execution(saga_id)], args=[repr(finished_before)]
+                        keys=[self.keys.execution(saga_id), self.keys.counters(saga_id)],
+                        args=[repr(finished_before)],
                     )
                     if done == 1:
                         self._forget(execution)
@@ -809,36 +833,60 @@ class RedisSagaBackend(SagaBackend):
                     else:
                         kept += 1
                 start += kept
+        # An execution created less than `ttl` ago has not expired: it finished after that.
+        self._sweep(max(finished_before, now() - self.ttl) if self.ttl else finished_before)
         return removed
+
+    def _sweep(self, created_before: float) -> None:
+        """Remove the index entries, created before the cutoff, of executions that are gone.
+
+        Expired executions leave their entries behind (a sorted set member cannot
+        expire): the listings that meet one remove it, and this removes the rest from
+        the indexes of every execution and of every saga name (`Keys.index_names`).
+        """
+        names = sorted(self.client.smembers(self.keys.index_names()))
+        indexes = [self.keys.index_all()]
+        for name in names:
+            indexes.append(self.keys.index_name(name))
+            indexes += [self.keys.index_name_status(name, s.value) for s in TERMINAL_STATUSES]
+        for index in indexes:
+            start = 0
+            while True:
+                ids = self.client.zrangebyscore(
+                    index, "-inf", created_before, start=start, num=_SWEEP_CHUNK
+                )
+                if not ids:
+                    break
+                pipe = self.client.pipeline(transaction=False)
+                for saga_id in ids:
+                    pipe.exists(self.keys.execution(saga_id))
+                missing = [sid for sid, n in zip(ids, pipe.execute(), strict=True) if not n]
+                gone = self._gone(missing)
+                if gone:
+                    self.client.zrem(index, *gone)
+                start += len(ids) - len(gone)
 
     # -- waiting -----------------------------------------------------------------------------------
     def wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
         """Subscribe to the execution's completion channel, then check, then wait.
 
-        The first read happens once the server has confirmed the subscription, so a
-        completion after that read is always announced. On a cluster the channel
-        carries the execution's hash tag: the subscription goes to the node that
-        runs the execution's scripts (PUBLISH reaches every node anyway).
+        Every wait on this store object in this process shares one pub/sub connection
+        (`DoneListener`). The first read happens once the server has confirmed the
+        subscription, so a completion after that read is always announced; the
+        execution is read again every few seconds anyway, as a safety net. On a
+        cluster the connection goes to one node: a PUBLISH reaches every node.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.client.pubsub()
-        try:
-            pubsub.subscribe(self.keys.done_channel(saga_id))
+        with self._listener.subscribe(self.keys.done_channel(saga_id), timeout) as subscription:
             while True:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    execution = self.get(saga_id)  # a last look
-                    return execution if _terminal(execution) else None
-                # A message, the subscription's confirmation, or every few seconds
-                # as a safety net: read the execution.
-                pubsub.get_message(timeout=5.0 if left is None else min(left, 5.0))
-                if deadline is not None and time.monotonic() >= deadline:
-                    continue
+                subscription.woken.clear()
                 execution = self.get(saga_id)
                 if _terminal(execution):
                     return execution
-        finally:
-            pubsub.close()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                subscription.wait(5.0 if left is None else min(left, 5.0))
 
     async def async_wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
         """`wait` for asyncio, by redis.asyncio pub/sub on the same done channel.
@@ -851,20 +899,19 @@ class RedisSagaBackend(SagaBackend):
         return await wait_async(self, saga_id, timeout)
 
     def close(self) -> None:
+        self._listener.close()
         self.client.close()
 
 
-def _start_spec(start_next: StartNext) -> str:
-    """ARGV of UPDATE_STEP for the steps a finished stage starts (changes as JSON texts)."""
-    changes: dict[str, list[str]] = {}
-    for i, change in start_next.changes.items():
-        flat: list[str] = []
-        for name, value in change.items():
-            flat += [name, _raw(name, value) if name in RAW_STEP_FIELDS else _dumps(value)]
-        changes[str(i)] = flat
-    return _dumps(
-        {"check": list(start_next.check), "start": list(start_next.start), "changes": changes}
-    )
+def _step_changes(args: list[Any], saga_id: str, index: int, changes: Mapping[str, Any]) -> int:
+    """Append one step's write to UPDATE_STEP's ARGV (see layout.StepChanges); its size."""
+    block = layout.StepChanges(saga_id, index, changes).args()
+    args += block
+    return sum(len(str(part)) for part in block)
+
+
+def _finished(status: str) -> bool:
+    return SagaStatus(status) in TERMINAL_STATUSES
 
 
 def _terminal(execution: SagaExecution | None) -> bool:

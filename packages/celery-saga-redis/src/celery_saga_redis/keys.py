@@ -20,9 +20,17 @@ class Keys:
     prefix: str = "saga:"
 
     def execution(self, saga_id: str) -> str:
-        """Hash holding the execution (``h:*`` fields), its steps (``s:<i>`` and
-        ``s:<i>:<field>``, see scripts.py) and counters (``c:*``)."""
+        """Hash holding the execution (``h`` and ``h:*`` fields) and its steps (``s:<i>``
+        and ``s:<i>:<code>``): see layout.py."""
         return f"{self.prefix}{{{saga_id}}}"
+
+    def counters(self, saga_id: str) -> str:
+        """Hash of the execution's counters (`update_step(count_in=...)`), while it runs.
+
+        The write that finishes the execution deletes it: a finished execution runs no
+        stage again (taking it back to an active status only compensates).
+        """
+        return f"{self.prefix}counts:{{{saga_id}}}"
 
     def creating(self, saga_id: str) -> str:
         """Marker set while a cluster create is under way (before its index entries).
@@ -69,8 +77,14 @@ class Keys:
         """Executions of one saga in one status."""
         return f"{self.prefix}idx:name:{name}:status:{status}"
 
+    def index_names(self) -> str:
+        """Set of the saga names executions were created under (what `purge` sweeps)."""
+        return f"{self.prefix}idx:names"
+
     def index_parent(self, parent_id: str) -> str:
-        """The child sagas of one execution (its steps'), scored by creation time."""
+        """The child sagas of one execution (its steps'), scored by creation time.
+
+        It takes the execution's expiry when the execution finishes."""
         return f"{self.prefix}idx:parent:{parent_id}"
 
     def indexes_for(self, name: str, status: str) -> tuple[str, str]:

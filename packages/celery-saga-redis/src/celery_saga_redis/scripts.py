@@ -1,47 +1,236 @@
 """Lua scripts: each one atomic step on one execution hash (one cluster slot).
 
-Layout of the hash (see keys.py): ``h`` (the immutable header, JSON), ``h:<field>``
-for the execution fields that change (raw JSON, written verbatim), ``s:<i>`` (a
-step's small fields, one JSON object merged here with cjson), ``s:<i>:<field>`` for
-the step fields of `RAW_STEP_FIELDS` (raw JSON, never re-encoded by Lua, whose cjson
-keeps 14 significant digits: it would round big numbers in user data and timestamps
-that must compare exactly, such as a lease's expiry), and ``c:<name>`` counters.
+The hash layout is layout.py's. A step write is one HMGET of what its conditions need
+(the saga status, the step's object and lease, the counter) and one HSET: the step's
+object with its head rewritten and the client's members appended, the counter, the
+lease fields. Step state is read from the object's head with one anchored pattern;
+scripts never decode a step or re-encode what a client wrote: Lua's cjson keeps 14
+significant digits, so it would round big numbers in user data and times that must
+compare exactly, such as a lease's expiry. Counters live in a hash of their own
+(`Keys.counters`), which the write that finishes the execution deletes.
 
-``s:<i>:late`` is raw JSON of a particular shape, so `RECORD_LATE` can merge entries
-with cjson without rounding anything: ``{"<attempt>": {"<key>": "<JSON text>"}}``,
-every value of an entry kept as the JSON text of the value (see backend.py).
+What only the rare paths need (a step stored by the layout before this one) is built
+inside the functions that need it, so the step script's every call does not pay for
+it. Such objects are cut into members by a small scanner (`_JSON`), not by cjson.
+
+``s:<i>:l`` (a step's late successes) is raw JSON of a particular shape, so
+`RECORD_LATE` can merge entries with cjson without rounding anything: ``{"<attempt>":
+{"<key>": "<JSON text>"}}``, every value of an entry kept as the JSON text of the value.
 """
 
+from __future__ import annotations
+
+import json
+
 from celery_saga.models import TERMINAL_STATUSES
+from celery_saga_redis import layout
 
-#: Step fields kept in hash fields of their own (``s:<i>:<name>``), as raw JSON.
-RAW_STEP_FIELDS = (
-    "output",
-    "compensation_data",
-    "late",
-    "lease_owner",
-    "lease_expires_at",
-    "sent_at",
-)
 
-_RAW = "local RAW = {" + ", ".join(f"{name} = true" for name in RAW_STEP_FIELDS) + "}\n"
+def _lua_string(text: str) -> str:
+    """A Lua string literal (JSON's escapes are valid Lua escapes for these texts)."""
+    return json.dumps(text)
 
-#: The finished statuses, as a Lua set built from `TERMINAL_STATUSES` (so a status the
-#: model adds, such as REVERTED, expires, announces and deletes like the others).
+
+def _lua_table(entries: dict[str, str]) -> str:
+    return "{" + ", ".join(f"[{_lua_string(k)}] = {v}" for k, v in entries.items()) + "}"
+
+
+#: The finished statuses, keyed by their JSON text (taken from `TERMINAL_STATUSES`, so a
+#: status the model adds, such as REVERTED, expires, announces and deletes like the others).
 _TERMINAL = (
-    "local TERMINAL = {"
-    + ", ".join(f"{status} = true" for status in sorted(s.value for s in TERMINAL_STATUSES))
-    + "}\n"
+    "local TERMINAL = "
+    + _lua_table({json.dumps(s.value): "true" for s in sorted(TERMINAL_STATUSES)})
+    + "\n"
 )
 
-# Shared by the scripts that list allowed statuses: ARGV holds space-separated names.
+# Whether a status name is one of a space-separated list of names ('': any).
 _ALLOWED = """
-local function allowed(list, value)
+local function allowed(list, name)
   if list == '' then return true end
-  for s in string.gmatch(list, '%S+') do
-    if s == value then return true end
+  return string.find(' ' .. list .. ' ', ' ' .. name .. ' ', 1, true) ~= nil
+end
+"""
+
+# The layout's constants, built on first use by the rare path (converting a step).
+_LAYOUT = (
+    """
+local layout_constants = nil
+local function constants()
+  if not layout_constants then
+    layout_constants = {
+      code = """
+    + _lua_table({name: _lua_string(code) for name, code in layout.STEP_CODES.items()})
+    + """,
+      apart = """
+    + _lua_table(dict.fromkeys(layout.APART, "true"))
+    + """,
+      legacy = {"""
+    + ", ".join(_lua_string(name) for name in layout.LEGACY_RAW_FIELDS)
+    + """},
+    }
   end
-  return false
+  return layout_constants
+end
+"""
+)
+
+# Cutting a step object of the layout before this one into its members, without
+# decoding their values.
+_JSON = """
+-- The index just past the JSON string whose opening quote is at pos.
+local function after_string(text, pos)
+  local i = pos + 1
+  while true do
+    local j = string.find(text, '["\\\\]', i)
+    if not j then return #text + 1 end
+    if string.byte(text, j) == 92 then i = j + 2 else return j + 1 end
+  end
+end
+
+-- The index just past the JSON value that starts at pos.
+local function after_value(text, pos)
+  local c = string.byte(text, pos)
+  if c == 34 then return after_string(text, pos) end
+  if c == 123 or c == 91 then
+    local depth, i = 0, pos
+    while true do
+      local j = string.find(text, '[%[%]{}"]', i)
+      if not j then return #text + 1 end
+      local d = string.byte(text, j)
+      if d == 34 then
+        i = after_string(text, j)
+      else
+        if d == 123 or d == 91 then depth = depth + 1 else depth = depth - 1 end
+        i = j + 1
+        if depth == 0 then return i end
+      end
+    end
+  end
+  return string.find(text, '[,}%]%s]', pos) or (#text + 1)
+end
+
+-- The members of a step object of the layout before this one: code -> the raw text of
+-- the value as written.
+local function members(text)
+  local code = constants().code
+  local out = {}
+  local pos = (string.find(text, '{', 1, true) or #text) + 1
+  while true do
+    pos = string.find(text, '[^%s,]', pos)
+    if not pos or string.byte(text, pos) ~= 34 then return out end
+    local stop = after_string(text, pos)
+    local key = string.sub(text, pos + 1, stop - 2)
+    if string.find(key, '\\\\', 1, true) then
+      key = cjson.decode(string.sub(text, pos, stop - 1))
+    end
+    pos = string.find(text, '[^%s:]', stop)
+    if not pos then return out end
+    stop = after_value(text, pos)
+    out[code[key] or key] = string.sub(text, pos, stop - 1)
+    pos = stop
+  end
+end
+
+"""
+
+# A step object's head (its state) and its rewrite: the step scripts' every write.
+_HEAD = """
+-- The state at the head of a step object: status (a name), attempt, comp_attempt,
+-- and the index of the head's last character; nil for an object without a head.
+local function head(object)
+  local _, stop, s, a = string.find(object, '^{"s":"([%l_]+)","a":(%d+)')
+  if not s then return nil end
+  local _, last, ca = string.find(object, '^,"ca":(%d+)', stop + 1)
+  if ca then return s, tonumber(a), tonumber(ca), last end
+  return s, tonumber(a), 0, stop
+end
+
+-- `object` (whose head ends at `stop`) with a new head and `added` members appended.
+-- `starts`: the starts of the members in `added` and of those set to null (`,"<code>":`,
+-- space separated), `nulls`: the codes set to null. In an object that holds no object
+-- or array, where such a start can only start a member, the earlier members of those
+-- codes are cut (absent is null); in any other, a null is appended for each code of
+-- `nulls` that it may hold.
+local function rewrite(object, stop, s, a, ca, added, starts, nulls)
+  if not string.find(object, '[{[]', 2) then
+    for start in string.gmatch(starts, '%S+') do
+      local from = string.find(object, start, stop, true)
+      while from do
+        local value = from + #start
+        local after = string.find(object, '[,}]', value)
+        if string.byte(object, value) == 34 then after = after_string(object, value) end
+        object = string.sub(object, 1, from - 1) .. string.sub(object, after)
+        from = string.find(object, start, from, true)
+      end
+    end
+  elseif nulls ~= '' then
+    for key in string.gmatch(nulls, '%S+') do
+      if string.find(object, '"' .. key .. '":', stop, true) then
+        added = added .. ',"' .. key .. '":null'
+      end
+    end
+  end
+  local new = '{"s":"' .. s .. '","a":' .. a
+  if ca ~= 0 then new = new .. ',"ca":' .. ca end
+  if added == '' then return new .. string.sub(object, stop + 1) end
+  return new .. string.sub(object, stop + 1, -2) .. added .. '}'
+end
+"""
+
+# The rare path: steps stored by the layout before this one.
+_OPEN = """
+-- A step object stored by the layout before this one, rewritten in this one (its
+-- fields kept apart by that layout moved too); the new object.
+local function convert(h, i, object)
+  local k = constants()
+  local p = 's:' .. i
+  local values = members(object)
+  local names = {}
+  for n, name in ipairs(k.legacy) do names[n] = p .. ':' .. name end
+  local legacy = redis.call('HMGET', h, unpack(names))
+  local gone = {}
+  for n = 1, #names do
+    if legacy[n] then
+      values[k.code[k.legacy[n]]] = legacy[n]
+      gone[#gone + 1] = names[n]
+    end
+  end
+  if #gone > 0 then redis.call('HDEL', h, unpack(gone)) end
+  local s = 'pending'
+  if values['s'] then s = cjson.decode(values['s']) end
+  local a, ca = tonumber(values['a'] or 0), tonumber(values['ca'] or 0)
+  values['s'], values['a'], values['ca'], values['index'] = nil, nil, nil, nil
+  local parts, sets = {}, {}
+  for key, text in pairs(values) do
+    if k.apart[key] then
+      if text ~= 'null' then
+        sets[#sets + 1] = p .. ':' .. key
+        sets[#sets + 1] = text
+      end
+    elseif text ~= 'null' then
+      parts[#parts + 1] = ',"' .. key .. '":' .. text
+    end
+  end
+  local new = '{"s":"' .. s .. '","a":' .. a
+  if ca ~= 0 then new = new .. ',"ca":' .. ca end
+  new = new .. table.concat(parts) .. '}'
+  redis.call('HSET', h, p, new, unpack(sets))
+  return new
+end
+
+-- Step i's object, its state and where its head ends, converting the step if need be
+-- (`object`: the object as read, or false); nil: no step i.
+local function step_state(h, i, object)
+  if not object then
+    object = redis.call('HGET', h, 's:' .. i)
+    if not object then return nil end
+  end
+  local s, a, ca, stop = head(object)
+  if not s then
+    object = convert(h, i, object)
+    s, a, ca, stop = head(object)
+  end
+  return object, s, a, ca, stop
 end
 """
 
@@ -75,6 +264,15 @@ redis.call('SET', KEYS[1], ARGV[1])
 return ARGV[1]
 """
 
+# One key (any slot, a cluster's idempotency key): give it the expiry of the execution
+# it names, or take it away, unless it names another execution now.
+FOLLOW = """
+-- KEYS[1] key; ARGV[1] the saga id it must hold; ARGV[2] seconds (0: no expiry)
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) > 0 then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('PERSIST', KEYS[1])
+"""
+
 # Standalone servers only (it touches index keys built here, outside KEYS): create
 # the execution, claim its idempotency key and index it in one atomic step.
 CREATE_INDEXED = """
@@ -99,6 +297,7 @@ if ARGV[7] ~= '' then indexes[#indexes + 1] = ix .. 'parent:' .. ARGV[7] end
 for _, key in ipairs(indexes) do
   redis.call('ZADD', key, ARGV[4], ARGV[5])
 end
+redis.call('SADD', ix .. 'names', ARGV[2])
 return 1
 """
 
@@ -131,123 +330,148 @@ end
 
 UPDATE_STEP = (
     _ALLOWED
-    + _RAW
+    + _LAYOUT
+    + _JSON
+    + _HEAD
+    + _OPEN
     + _LEASE_OK
     + """
--- KEYS[1] execution hash
--- ARGV[1] step index, ARGV[2] now, ARGV[3] allowed step statuses (space separated)
--- ARGV[4] attempt ==, ARGV[5] attempt <=, ARGV[6] allowed saga statuses
--- ARGV[7] comp_attempt ==, ARGV[8] comp_attempt <=, ARGV[9] counter name
--- ARGV[10] act when the counter reaches this value ('' never): return the whole hash
--- (unless it is prefixed with '!': the caller needs only the started steps)
--- ARGV[11] JSON {check: [i...], start: [i...], changes: {"i": [field, JSON text...]}}
--- or '': when the counter reaches ARGV[10], the saga is running and every `check`
--- step succeeded, the `start` steps still pending at attempt 0 get their changes
--- (the next stage starts)
--- ARGV[12] lease conditions ('' for none; see lease_ok)
--- ARGV[13..] field, JSON value pairs
--- Returns {applied, step status, attempt, comp_attempt, saga status, lease owner,
--- lease expiry (both raw JSON or nil), count, the whole hash, started steps}.
-local h = KEYS[1]
-local p = 's:' .. ARGV[1]
-local got = redis.call('HMGET', h, 'h:status', p, p .. ':lease_owner', p .. ':lease_expires_at')
+-- KEYS[1] execution hash, KEYS[2] its counters
+-- ARGV[1] step index, ARGV[2] now (updated_at, JSON), ARGV[3] allowed step statuses
+-- (space separated names, '' any), ARGV[4] attempt ==, ARGV[5] attempt <=,
+-- ARGV[6] allowed saga statuses, ARGV[7] comp_attempt ==, ARGV[8] comp_attempt <=
+-- ('' for no condition), ARGV[9] counter to bump ('' none; the count becomes the
+-- step's seq), ARGV[10] act when the counter reaches this value
+-- ('' never): return the whole hash (unless prefixed with '!': the caller needs only
+-- the started steps), ARGV[11] steps that must be SUCCESS (after this write) and
+-- ARGV[12] steps to start (space separated, '' none): when the counter reaches
+-- ARGV[10] and the saga is running, every start step still pending at attempt 0 gets
+-- its changes (the next stage starts), ARGV[13] lease conditions ('' none; lease_ok),
+-- ARGV[14..] the step's write (layout.StepChanges.args): new status, attempt and
+-- comp_attempt ('' each: unchanged), n and n (hash field, JSON text) pairs of fields
+-- apart, fields apart deleted (space separated), members to append, the starts of
+-- those and of the members set to null, codes set to null; then the same for each
+-- start step, in the order of ARGV[12].
+-- Returns {applied, step status, attempt, comp_attempt, saga status (names), lease
+-- owner, lease expiry (raw JSON or nil), as stored before the write, count, the
+-- whole hash, started steps}.
+local h, i = KEYS[1], ARGV[1]
+local p = 's:' .. i
+local counter = ARGV[9]
+local got = redis.call('HMGET', h, 'h:status', p, p .. ':lo', p .. ':le')
 if not got[1] then return redis.error_reply('NOSAGA') end
-if not got[2] then return redis.error_reply('NOSTEP') end
-local saga_status = cjson.decode(got[1])
-local step = cjson.decode(got[2])
+local saga = string.sub(got[1], 2, -2)
+local object = got[2]
+local status, attempt, comp, stop = head(object or '')
+if not status then
+  object, status, attempt, comp, stop = step_state(h, i, got[2])
+  if not object then return redis.error_reply('NOSTEP') end
+  got = redis.call('HMGET', h, 'h:status', p, p .. ':lo', p .. ':le')
+end
 local owner, expires = got[3], got[4]
-local attempt = tonumber(step.attempt or 0)
-local comp_attempt = tonumber(step.comp_attempt or 0)
-local ok = allowed(ARGV[3], step.status) and allowed(ARGV[6], saga_status)
+local ok = allowed(ARGV[3], status) and allowed(ARGV[6], saga)
 if ok and ARGV[4] ~= '' and attempt ~= tonumber(ARGV[4]) then ok = false end
 if ok and ARGV[5] ~= '' and attempt > tonumber(ARGV[5]) then ok = false end
-if ok and ARGV[7] ~= '' and comp_attempt ~= tonumber(ARGV[7]) then ok = false end
-if ok and ARGV[8] ~= '' and comp_attempt > tonumber(ARGV[8]) then ok = false end
-if ok and ARGV[12] ~= '' then ok = lease_ok(ARGV[12], owner, expires) end
-if not ok then return {0, step.status, attempt, comp_attempt, saga_status, owner, expires} end
-local sets = {'h:updated_at', ARGV[2]}
-local dirty = false
-for i = 13, #ARGV, 2 do
-  local k = ARGV[i]
-  if RAW[k] then
-    sets[#sets + 1] = p .. ':' .. k
-    sets[#sets + 1] = ARGV[i + 1]
-    if k == 'lease_owner' then owner = ARGV[i + 1] end
-    if k == 'lease_expires_at' then expires = ARGV[i + 1] end
-  else
-    step[k] = cjson.decode(ARGV[i + 1])
-    dirty = true
+if ok and ARGV[7] ~= '' and comp ~= tonumber(ARGV[7]) then ok = false end
+if ok and ARGV[8] ~= '' and comp > tonumber(ARGV[8]) then ok = false end
+if ok and ARGV[13] ~= '' then ok = lease_ok(ARGV[13], owner, expires) end
+if not ok then return {0, status, attempt, comp, saga, owner, expires} end
+local sets, deleted = {'h:updated_at', ARGV[2]}, {}
+
+-- One step's block of ARGV at `pos` applied to its object; the position after it.
+local function write(j, jobject, js, ja, jc, jstop, pos, count)
+  if ARGV[pos] ~= '' then js = ARGV[pos] end
+  if ARGV[pos + 1] ~= '' then ja = tonumber(ARGV[pos + 1]) end
+  if ARGV[pos + 2] ~= '' then jc = tonumber(ARGV[pos + 2]) end
+  local n = tonumber(ARGV[pos + 3])
+  for k = pos + 4, pos + 3 + 2 * n, 2 do
+    sets[#sets + 1] = ARGV[k]
+    sets[#sets + 1] = ARGV[k + 1]
+  end
+  pos = pos + 4 + 2 * n
+  if ARGV[pos] ~= '' then
+    for f in string.gmatch(ARGV[pos], '%S+') do deleted[#deleted + 1] = f end
+  end
+  local added, starts = ARGV[pos + 1], ARGV[pos + 2]
+  if count then
+    added = added .. ',"q":' .. count
+    starts = starts .. ' ,"q":'
+  end
+  sets[#sets + 1] = 's:' .. j
+  sets[#sets + 1] = rewrite(jobject, jstop, js, ja, jc, added, starts, ARGV[pos + 3])
+  return pos + 4, js
+end
+
+local count = false
+if counter ~= '' then
+  count = redis.call('HINCRBY', KEYS[2], counter, 1)
+  if saga ~= 'running' and saga ~= 'compensating' and saga ~= 'pending' then
+    -- Counted after the finish deleted the counters: they go with the execution.
+    local ttl = redis.call('PTTL', h)
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
   end
 end
-local count = false
-if ARGV[9] ~= '' then
-  count = redis.call('HINCRBY', h, 'c:' .. ARGV[9], 1)
-  step.seq = count
-  dirty = true
-end
-if dirty then
-  sets[#sets + 1] = p
-  sets[#sets + 1] = cjson.encode(step)
-end
-redis.call('HSET', h, unpack(sets))
-local all = false
+local pos, now_status = write(i, object, status, attempt, comp, stop, 14, count)
 local started = {}
 local at, read = ARGV[10], true
-if string.sub(at, 1, 1) == '!' then at, read = string.sub(at, 2), false end
-if count and at ~= '' and count == tonumber(at) then
-  if ARGV[11] ~= '' and saga_status == 'running' then
-    local spec = cjson.decode(ARGV[11])
-    local ready = true
-    for _, i in ipairs(spec.check) do
-      local other = cjson.decode(redis.call('HGET', h, 's:' .. i))
-      if other.status ~= 'success' then ready = false end
+if string.byte(at, 1) == 33 then at, read = string.sub(at, 2), false end
+local reached = count and at ~= '' and count == tonumber(at)
+if reached and ARGV[12] ~= '' and saga == 'running' then
+  local ready = true
+  for j in string.gmatch(ARGV[11], '%d+') do
+    local s = now_status
+    if j ~= i then
+      local _
+      _, s = step_state(h, j, false)
     end
-    if ready then
-      for _, i in ipairs(spec.start) do
-        local key = 's:' .. i
-        local next_step = cjson.decode(redis.call('HGET', h, key))
-        if next_step.status == 'pending' and tonumber(next_step.attempt or 0) == 0 then
-          local changes = spec.changes[tostring(i)]
-          local writes = {}
-          for j = 1, #changes, 2 do
-            if RAW[changes[j]] then
-              writes[#writes + 1] = key .. ':' .. changes[j]
-              writes[#writes + 1] = changes[j + 1]
-            else
-              next_step[changes[j]] = cjson.decode(changes[j + 1])
-            end
-          end
-          writes[#writes + 1] = key
-          writes[#writes + 1] = cjson.encode(next_step)
-          redis.call('HSET', h, unpack(writes))
-          started[#started + 1] = i
-        end
+    if s ~= 'success' then
+      ready = false
+      break
+    end
+  end
+  if ready then
+    for j in string.gmatch(ARGV[12], '%d+') do
+      local jobject, js, ja, jc, jstop = step_state(h, j, false)
+      if js == 'pending' and ja == 0 then
+        pos = write(j, jobject, js, ja, jc, jstop, pos, false)
+        started[#started + 1] = tonumber(j)
+      else
+        pos = pos + 8 + 2 * tonumber(ARGV[pos + 3])
       end
     end
   end
-  if read then all = redis.call('HGETALL', h) end
 end
-return {1, step.status, tonumber(step.attempt or 0), tonumber(step.comp_attempt or 0),
-        saga_status, owner, expires, count, all, started}
+redis.call('HSET', h, unpack(sets))
+if #deleted > 0 then redis.call('HDEL', h, unpack(deleted)) end
+local all = false
+if reached and read then all = redis.call('HGETALL', h) end
+return {1, status, attempt, comp, saga, owner, expires, count, all, started}
 """
 )
 
 # Create or move one late-success entry of a step (see `SagaBackend.record_late`).
 # Entries hold JSON texts (see the module docstring): cjson moves strings exactly.
-RECORD_LATE = """
+RECORD_LATE = (
+    _LAYOUT
+    + _JSON
+    + _HEAD
+    + _OPEN
+    + """
 -- KEYS[1] execution hash
 -- ARGV[1] step index, ARGV[2] attempt (the entry's key), ARGV[3] the JSON text of the
 -- state the entry must be in ('': the entry must not exist), ARGV[4] now,
 -- ARGV[5..] key, JSON text pairs merged into the entry
--- Returns {applied, step status, attempt, comp_attempt, saga status, lease owner,
--- lease expiry (both raw JSON or nil)}.
-local h = KEYS[1]
-local p = 's:' .. ARGV[1]
-local got = redis.call('HMGET', h, 'h:status', p, p .. ':late',
-                       p .. ':lease_owner', p .. ':lease_expires_at')
+-- Returns {applied, step status, attempt, comp_attempt, saga status (names), lease
+-- owner, lease expiry (raw JSON or nil)}.
+local h, i = KEYS[1], ARGV[1]
+local p = 's:' .. i
+local got = redis.call('HMGET', h, 'h:status', p, p .. ':l', p .. ':lo', p .. ':le')
 if not got[1] then return redis.error_reply('NOSAGA') end
-if not got[2] then return redis.error_reply('NOSTEP') end
-local step = cjson.decode(got[2])
+local object, status, attempt, comp = step_state(h, i, got[2])
+if not object then return redis.error_reply('NOSTEP') end
+if object ~= got[2] then
+  got = redis.call('HMGET', h, 'h:status', p, p .. ':l', p .. ':lo', p .. ':le')
+end
 local late = {}
 if got[3] and got[3] ~= 'null' then late = cjson.decode(got[3]) end
 local entry = late[ARGV[2]]
@@ -260,18 +484,23 @@ else
 end
 if ok then
   entry = entry or {}
-  for i = 5, #ARGV, 2 do entry[ARGV[i]] = ARGV[i + 1] end
+  for n = 5, #ARGV, 2 do entry[ARGV[n]] = ARGV[n + 1] end
   late[ARGV[2]] = entry
-  redis.call('HSET', h, p .. ':late', cjson.encode(late), 'h:updated_at', ARGV[4])
+  redis.call('HSET', h, p .. ':l', cjson.encode(late), 'h:updated_at', ARGV[4])
 end
-return {ok and 1 or 0, step.status, tonumber(step.attempt or 0),
-        tonumber(step.comp_attempt or 0), cjson.decode(got[1]), got[4], got[5]}
+return {ok and 1 or 0, status, attempt, comp, string.sub(got[1], 2, -2), got[4], got[5]}
 """
+)
 
 # Renew leases (see `SagaBackend.renew_leases`). A standalone server gets every lease
 # of a heartbeat in one call; on a cluster each call carries the leases of one
 # execution (one slot), and the calls go out in one pipeline.
-RENEW = """
+RENEW = (
+    _LAYOUT
+    + _JSON
+    + _HEAD
+    + _OPEN
+    + """
 -- KEYS execution hashes; ARGV[1] the new expiry (JSON number); a renewal is not
 -- progress: it leaves the execution's updated_at alone
 -- ARGV[2..] four per lease: position of its execution in KEYS, step index, attempt
@@ -279,83 +508,106 @@ RENEW = """
 -- Returns the 1-based positions of the leases that are lost (left untouched).
 local lost = {}
 local n = 0
-for i = 2, #ARGV, 4 do
+for k = 2, #ARGV, 4 do
   n = n + 1
-  local h = KEYS[tonumber(ARGV[i])]
-  local p = 's:' .. ARGV[i + 1]
-  local got = redis.call('HMGET', h, 'h:status', p, p .. ':lease_owner')
-  local ok = got[1] and got[2]
+  local h, i = KEYS[tonumber(ARGV[k])], ARGV[k + 1]
+  local p = 's:' .. i
+  local got = redis.call('HMGET', h, 'h:status', p, p .. ':lo')
+  local ok = got[1] ~= false
+  local object, status, attempt, comp
   if ok then
-    local step = cjson.decode(got[2])
-    local a = ARGV[i + 2]
+    object, status, attempt, comp = step_state(h, i, got[2])
+    ok = object ~= nil
+  end
+  if ok then
+    local a = ARGV[k + 2]
     if string.sub(a, 1, 1) == 'c' then
-      ok = step.status == 'compensating'
-           and tonumber(step.comp_attempt or 0) == tonumber(string.sub(a, 2))
+      ok = status == 'compensating' and comp == tonumber(string.sub(a, 2))
     else
-      ok = step.status == 'running' and tonumber(step.attempt or 0) == tonumber(a)
+      ok = status == 'running' and attempt == tonumber(a)
     end
     local held = got[3]
-    if ok and held and held ~= 'null' and held ~= ARGV[i + 3] then
-      ok = cjson.decode(held) == cjson.decode(ARGV[i + 3])
+    if ok and held and held ~= 'null' and held ~= ARGV[k + 3] then
+      ok = cjson.decode(held) == cjson.decode(ARGV[k + 3])
     end
   end
   if ok then
-    redis.call('HSET', h, p .. ':lease_owner', ARGV[i + 3], p .. ':lease_expires_at', ARGV[1])
+    redis.call('HSET', h, p .. ':lo', ARGV[k + 3], p .. ':le', ARGV[1])
   else
     lost[#lost + 1] = n
   end
 end
 return lost
 """
+)
 
 UPDATE_SAGA = (
     _ALLOWED
     + _TERMINAL
     + """
--- KEYS[1] execution hash
+-- KEYS[1] execution hash, KEYS[2] its counters
 -- ARGV[1] now, ARGV[2] allowed statuses (space separated), ARGV[3] TTL seconds for a
--- terminal status (0: keep; leaving a terminal status clears the expiry whatever
+-- finished status (0: keep; leaving a finished status clears the expiry whatever
 -- this is: the whole execution, steps included, lives in this one key),
 -- ARGV[4] done channel ('' to leave the announcement to the caller: TIDIED on a
--- cluster), ARGV[5] index prefix: when not empty (standalone servers only) the
--- status indexes are moved here too,
+-- cluster), ARGV[5] the store's key prefix: when not empty (standalone servers only)
+-- the status indexes are moved here too, and the execution's idempotency key and
+-- children index take or lose the expiry with it,
 -- ARGV[6] the created_at the caller knows the execution by ('' to skip the check;
 -- a mismatch returns -1: the id now names another execution),
 -- ARGV[7..] field, JSON value pairs
+-- A status that becomes finished deletes the counters.
+-- Returns {applied, status before, status after} (statuses as names).
 local h = KEYS[1]
-local raw = redis.call('HGET', h, 'h:status')
-if not raw then return {0, false, false} end
+local old = redis.call('HGET', h, 'h:status')
+if not old then return {0, false, false} end
 if ARGV[6] ~= '' and redis.call('HGET', h, 'h:created_at') ~= ARGV[6] then
   return {-1, false, false}
 end
-local status = cjson.decode(raw)
-if not allowed(ARGV[2], status) then return {0, status, status} end
-for i = 7, #ARGV, 2 do
-  redis.call('HSET', h, 'h:' .. ARGV[i], ARGV[i + 1])
+if not allowed(ARGV[2], string.sub(old, 2, -2)) then
+  return {0, string.sub(old, 2, -2), string.sub(old, 2, -2)}
 end
-redis.call('HSET', h, 'h:updated_at', ARGV[1])
-local new = cjson.decode(redis.call('HGET', h, 'h:status'))
-if new ~= status then
+local sets = {'h:updated_at', ARGV[1]}
+for k = 7, #ARGV, 2 do
+  sets[#sets + 1] = 'h:' .. ARGV[k]
+  sets[#sets + 1] = ARGV[k + 1]
+end
+redis.call('HSET', h, unpack(sets))
+local new = redis.call('HGET', h, 'h:status')
+if new ~= old then
+  local ttl = tonumber(ARGV[3])
+  local follow = {}
   if ARGV[5] ~= '' then
-    local ix = ARGV[5]
+    local ix = ARGV[5] .. 'idx:'
     local head = cjson.decode(redis.call('HGET', h, 'h'))
-    local name, id = head.saga_name, head.saga_id
+    local name, id = head.saga_name, string.sub(h, #ARGV[5] + 2, -2)
+    local before, after = string.sub(old, 2, -2), string.sub(new, 2, -2)
     local created = redis.call('HGET', h, 'h:created_at')
-    redis.call('ZREM', ix .. 'status:' .. status, id)
-    redis.call('ZREM', ix .. 'name:' .. name .. ':status:' .. status, id)
-    redis.call('ZADD', ix .. 'status:' .. new, created, id)
-    redis.call('ZADD', ix .. 'name:' .. name .. ':status:' .. new, created, id)
+    redis.call('ZREM', ix .. 'status:' .. before, id)
+    redis.call('ZREM', ix .. 'name:' .. name .. ':status:' .. before, id)
+    redis.call('ZADD', ix .. 'status:' .. after, created, id)
+    redis.call('ZADD', ix .. 'name:' .. name .. ':status:' .. after, created, id)
+    follow[#follow + 1] = ix .. 'parent:' .. id
+    if type(head.idempotency_key) == 'string' then
+      local idem = ARGV[5] .. 'idem:' .. head.idempotency_key
+      if redis.call('GET', idem) == id then follow[#follow + 1] = idem end
+    end
   end
   if TERMINAL[new] then
-    if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', h, tonumber(ARGV[3])) end
-    if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], new) end
-  elseif TERMINAL[status] then
-    -- Back to an active status (an operator retry): never an expiry on an unfinished
-    -- execution, whatever TTL this caller was configured with.
+    redis.call('DEL', KEYS[2])
+    if ttl > 0 then
+      redis.call('EXPIRE', h, ttl)
+      for _, key in ipairs(follow) do redis.call('EXPIRE', key, ttl) end
+    end
+    if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], string.sub(new, 2, -2)) end
+  elseif TERMINAL[old] then
+    -- Back to an active status (an operator retry, a revert): never an expiry on an
+    -- unfinished execution, whatever TTL this caller was configured with.
     redis.call('PERSIST', h)
+    for _, key in ipairs(follow) do redis.call('PERSIST', key) end
   end
 end
-return {1, status, new}
+return {1, string.sub(old, 2, -2), string.sub(new, 2, -2)}
 """
 )
 
@@ -371,10 +623,10 @@ return redis.call('HGET', KEYS[1], 'h:status')
 DELETE_FINISHED = (
     _TERMINAL
     + """
--- KEYS[1] execution hash; ARGV[1] finished-before cutoff ('' for any)
+-- KEYS[1] execution hash, KEYS[2] its counters; ARGV[1] finished-before cutoff ('' any)
 local raw = redis.call('HGET', KEYS[1], 'h:status')
 if not raw then return 0 end
-if not TERMINAL[cjson.decode(raw)] then return -1 end
+if not TERMINAL[raw] then return -1 end
 if ARGV[1] ~= '' then
   local finished = redis.call('HGET', KEYS[1], 'h:finished_at')
   if not finished or finished == 'null' then
@@ -382,7 +634,7 @@ if ARGV[1] ~= '' then
   end
   if tonumber(finished) >= tonumber(ARGV[1]) then return 0 end
 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
 return 1
 """
 )

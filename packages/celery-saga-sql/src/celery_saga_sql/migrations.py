@@ -221,6 +221,18 @@ def _v4_composition(conn: Connection, tables: Tables) -> None:
     index.create(conn, checkfirst=True)
 
 
+#: The columns version 5 adds, by table, in the order they are added.
+V5_EXECUTION_COLUMNS = ("trace_context",)
+V5_STEP_COLUMNS = ("worker", "comp_worker", "history")
+
+
+def _v5_attempts_and_traces(conn: Connection, tables: Tables) -> None:
+    # All nullable without a default: rows written before read back with no worker, no
+    # history and no trace context. As in versions 3 and 4, no row is rewritten.
+    _add_columns(conn, tables.executions, V5_EXECUTION_COLUMNS)
+    _add_columns(conn, tables.steps, V5_STEP_COLUMNS)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the executions, steps and counters tables", _v1_create_tables),
     Migration(
@@ -238,6 +250,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "add the parent_id, parent_step and revert_reason columns and the parent_id index "
         "to the executions table, and the kind and child_id columns to the steps table",
         _v4_composition,
+    ),
+    Migration(
+        5,
+        "add the trace_context column to the executions table, and the worker, comp_worker "
+        "and history columns to the steps table",
+        _v5_attempts_and_traces,
     ),
 )
 #: The schema version this package writes.

@@ -154,6 +154,9 @@ def build_tables(prefix: str) -> Tables:
         Column("parent_id", SAGA_ID, nullable=True),
         Column("parent_step", Integer, nullable=True),
         Column("revert_reason", LONG_TEXT, nullable=True),
+        # Added by schema version 5: the W3C trace context the saga started in (JSON),
+        # NULL when tracing was off or in rows written before.
+        Column("trace_context", LONG_TEXT, nullable=True),
         UniqueConstraint("idempotency_key", name=f"{prefix}uq_executions_idempotency_key"),
         # Listing is newest first by (created_at, saga_id), optionally by status or name,
         # or among the children of one execution.
@@ -200,6 +203,11 @@ def build_tables(prefix: str) -> Tables:
         # task steps: the default fills them) and the child execution of a saga step.
         Column("kind", STEP_KIND, nullable=False, server_default=text("'task'")),
         Column("child_id", SAGA_ID, nullable=True),
+        # Added by schema version 5: who ran the current forward and compensation
+        # attempts, and the attempts that are over (JSON). NULL in rows written before.
+        Column("worker", NAME, nullable=True),
+        Column("comp_worker", NAME, nullable=True),
+        Column("history", LONG_TEXT, nullable=True),
         PrimaryKeyConstraint("saga_id", "idx", name=f"{prefix}pk_steps"),
         **MYSQL_TABLE_OPTIONS,
     )
@@ -225,7 +233,8 @@ def build_tables(prefix: str) -> Tables:
 
 #: StepRecord field -> steps column, where the names differ.
 STEP_COLUMN = {"index": "idx"}
-#: Columns holding JSON text (encoded and decoded by the store). ``late`` is NULL in
-#: rows written before schema version 3, which reads as None like the text ``null``.
-EXECUTION_JSON = frozenset({"input", "output"})
-STEP_JSON = frozenset({"output", "compensation_data", "late"})
+#: Columns holding JSON text (encoded and decoded by the store). ``late``, ``history``
+#: and ``trace_context`` are NULL in rows written before schema versions 3 and 5, which
+#: reads as None like the text ``null``.
+EXECUTION_JSON = frozenset({"input", "output", "trace_context"})
+STEP_JSON = frozenset({"output", "compensation_data", "late", "history"})

@@ -20,7 +20,7 @@ from celery_saga import registry
 from celery_saga.config import backend_for, is_fallback
 from celery_saga.errors import InvalidSagaId, SagaError, StoreNotFound, read_error
 from celery_saga.ids import validate_saga_id
-from celery_saga.models import SagaExecution, SagaStatus, StepKind, StepRecord, now
+from celery_saga.models import SagaExecution, SagaStatus, now
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -168,30 +168,52 @@ class _SagaGroup(click.Group):
     """The ``saga`` group: its --backend is accepted after the subcommand too.
 
     ``celery saga list --backend URL`` reads as naturally as ``celery saga --backend
-    URL list``; each subcommand gets the option as it is added.
+    URL list``; each subcommand gets the option as it is added. Other packages add
+    subcommands through the entry-point group ``celery_saga.commands`` (see
+    `celery_saga.cli.plugins`), loaded when asked for; a built-in name wins.
     """
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from celery_saga.cli.plugins import plugin_names
+
+        return sorted({*super().list_commands(ctx), *plugin_names()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None:  # not kept in the group: what is installed may change
+            from celery_saga.cli.plugins import load_plugin
+
+            found = load_plugin(cmd_name)
+            if found is not None:
+                _with_backend_option(found)
+        return found
+
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        if not any(p.name == "backend" for p in cmd.params):
-            cmd.params.append(
-                click.Option(
-                    ["--backend"],
-                    default=None,
-                    metavar="URL",
-                    expose_value=False,
-                    callback=_set_backend,
-                    help=_BACKEND_HELP,
-                )
-            )
+        _with_backend_option(cmd)
         super().add_command(cmd, name)
+
+
+def _with_backend_option(cmd: click.Command) -> None:
+    """Give a subcommand the group's --backend option (unless it has its own)."""
+    if not any(p.name == "backend" for p in cmd.params):
+        cmd.params.append(
+            click.Option(
+                ["--backend"],
+                default=None,
+                metavar="URL",
+                expose_value=False,
+                callback=_set_backend,
+                help=_BACKEND_HELP,
+            )
+        )
 
 
 @click.group(name="saga", cls=_SagaGroup)
 @click.option("--backend", "backend", default=None, metavar="URL", help=_BACKEND_HELP)
 @click.pass_context
 def saga(ctx: click.Context, backend: str | None) -> None:
-    """Inspect and operate sagas: list, show, cancel, retry, resolve, recover, purge,
-    complete, fail, revert."""
+    """Inspect and operate sagas: list, show, graph, stats, cancel, retry, resolve, recover,
+    purge, complete, fail, revert."""
     ctx.meta[_BACKEND] = backend
 
 
@@ -210,6 +232,7 @@ def saga(ctx: click.Context, backend: str | None) -> None:
     help="Only the child sagas of this execution.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("--wide", is_flag=True, help="Show whole errors (the table cuts them at 60).")
 @click.pass_context
 def list_(
     ctx: click.Context,
@@ -221,8 +244,12 @@ def list_(
     cursor: str | None,
     parent: str | None,
     as_json: bool,
+    wide: bool,
 ) -> None:
-    """List executions, newest first (with --parent: the children of one execution)."""
+    """List executions, newest first (with --parent: the children of one execution).
+
+    The table cuts errors at 60 characters unless --wide; --json gives them whole.
+    """
     store = _store(ctx)
     filters: dict[str, Any] = {}
     if parent is not None:  # only when asked: a store of an older contract lacks it
@@ -273,78 +300,13 @@ def list_(
         return
     click.echo(f"{'SAGA ID':<36}  {'NAME':<24} {'STATUS':<13} {'CREATED':<19}  ERROR")
     for s in page.items:
+        error = " ".join((s.error or "").split())  # one line per execution
         click.echo(
             f"{s.saga_id:<36}  {s.saga_name[:24]:<24} {s.status.value:<13} "
-            f"{_when(s.created_at):<19}  {(s.error or '')[:60]}"
+            f"{_when(s.created_at):<19}  {error if wide else error[:60]}"
         )
     if page.cursor:
         click.echo(f"(more: --cursor {page.cursor})")
-
-
-def _step_dict(s: StepRecord) -> dict[str, Any]:
-    return {
-        "index": s.index,
-        "task": s.task_name,
-        "kind": s.kind,
-        "child_id": s.child_id,
-        "stage": s.stage,
-        "status": s.status.value,
-        "attempt": s.attempt,
-        "retries": s.retries,
-        "task_id": s.task_id,
-        "started_at": s.started_at,
-        "finished_at": s.finished_at,
-        "error": s.error,
-        "output": s.output,
-        "compensation": s.compensation_task_name,
-        "compensation_attempts": s.comp_attempt,
-        "compensation_error": s.comp_error,
-        "compensated_at": s.comp_finished_at,
-    }
-
-
-@saga.command()
-@click.argument("saga_id", type=SagaId())
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@click.pass_context
-def show(ctx: click.Context, saga_id: str, as_json: bool) -> None:
-    """Show one execution: every step with status, attempts, durations, errors."""
-    ex = _load(ctx, saga_id)
-    if as_json:
-        data = ex.to_dict()
-        data["steps"] = [_step_dict(s) for s in ex.steps]
-        click.echo(json.dumps(data))
-        return
-    click.echo(f"saga {ex.saga_id}  {ex.saga_name}  {ex.status.value.upper()}")
-    click.echo(
-        f"  created {_when(ex.created_at)}  updated {_when(ex.updated_at)}  "
-        f"finished {_when(ex.finished_at)}"
-    )
-    if ex.parent_id:
-        click.echo(f"  parent: {ex.parent_id} step {ex.parent_step}")
-    if ex.idempotency_key:
-        click.echo(f"  idempotency key: {ex.idempotency_key}")
-    if ex.revert_reason:
-        click.echo(f"  revert reason: {ex.revert_reason}")
-    if ex.error:
-        click.echo(f"  error: {ex.error}")
-    for s in ex.steps:
-        what = s.task_name if s.kind == StepKind.TASK.value else f"{s.task_name} ({s.kind})"
-        click.echo(
-            f"  [{s.index}] stage {s.stage}  {what:<28} {s.status.value:<19} "
-            f"attempt {s.attempt}  {_took(s.started_at, s.finished_at)}"
-        )
-        if s.child_id:
-            click.echo(f"        child saga: {s.child_id}")
-        if s.error:
-            click.echo(f"        error: {s.error}")
-        if s.compensation_task_name and s.comp_attempt:
-            click.echo(
-                f"        compensation {s.compensation_task_name}: "
-                f"{s.comp_attempt} attempt(s), "
-                f"{_took(s.comp_started_at, s.comp_finished_at)}"
-                + (f", {s.comp_error}" if s.comp_error else "")
-            )
 
 
 @saga.command()

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 from celery_saga.backends.base import StepExpect
 from celery_saga.config import setting
 from celery_saga.headers import SagaHeader
-from celery_saga.models import SagaStatus, StepStatus, now
-from celery_saga.runtime import driver, hooks, leases, messages
+from celery_saga.models import SagaExecution, SagaStatus, StepStatus, now
+from celery_saga.runtime import driver, history, hooks, leases, messages
 from celery_saga.runtime.binding import Runtime, describe_error
 from celery_saga.runtime.decide import REFUSE, RUN, Admission
 from celery_saga.runtime.log import log
+from celery_saga.runtime.workers import worker_name
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -50,6 +51,7 @@ def compensation_started(rt: Runtime, header: SagaHeader, task_id: str | None) -
             "comp_started_at": t,
             "lease_owner": owner,
             "lease_expires_at": t + leases.lease_seconds(rt.app),
+            "comp_worker": worker_name(),
         },
         expect=StepExpect(
             status=driver.COMPENSATING_STEP,
@@ -94,7 +96,12 @@ def compensation_succeeded(rt: Runtime, header: SagaHeader) -> None:
         write = rt.backend.update_step(
             header.saga_id,
             header.index,
-            {"status": StepStatus.COMPENSATED, "comp_finished_at": now(), "comp_error": None},
+            {
+                "status": StepStatus.COMPENSATED,
+                "comp_finished_at": now(),
+                "comp_error": None,
+                "comp_worker": worker_name(),
+            },
             expect=StepExpect(status=driver.COMPENSATING_STEP, comp_attempt=header.attempt),
         )
     if write.applied:
@@ -115,7 +122,10 @@ def compensation_failed(rt: Runtime, header: SagaHeader, error: str) -> None:
     tries = header.attempt - (header.round_start or header.attempt) + 1
     if tries <= max_retries:
         delay = policy.delay(tries) if policy is not None else _backoff(rt.app, tries)
-        if not _record_retry(rt, header, error, delay):
+        execution = rt.backend.get(header.saga_id)  # its history, and what to send again
+        if execution is None:
+            raise KeyError(f"no saga {header.saga_id}")  # what the write would raise
+        if not _record_retry(rt, header, error, delay, execution):
             return
         log(
             logging.WARNING,
@@ -126,9 +136,6 @@ def compensation_failed(rt: Runtime, header: SagaHeader, error: str) -> None:
             error,
             delay,
         )
-        execution = rt.backend.get(header.saga_id)
-        if execution is None:
-            return
         if header.late is not None:
             messages.send_late_compensation(
                 rt, execution, header.index, header.late, header.attempt + 1, delay,
@@ -157,7 +164,7 @@ def compensation_failed(rt: Runtime, header: SagaHeader, error: str) -> None:
         write = rt.backend.update_step(
             header.saga_id,
             header.index,
-            {**failed, "status": StepStatus.COMPENSATION_FAILED},
+            {**failed, "status": StepStatus.COMPENSATION_FAILED, "comp_worker": worker_name()},
             expect=StepExpect(status=driver.COMPENSATING_STEP, comp_attempt=header.attempt),
         )
     if write.applied:
@@ -172,8 +179,14 @@ def compensation_failed(rt: Runtime, header: SagaHeader, error: str) -> None:
         driver.compensate_next(rt, header.saga_id)
 
 
-def _record_retry(rt: Runtime, header: SagaHeader, error: str, delay: float) -> bool:
-    """Move a failed compensation on to its next attempt (once); True if this call did."""
+def _record_retry(
+    rt: Runtime, header: SagaHeader, error: str, delay: float, execution: SagaExecution
+) -> bool:
+    """Move a failed compensation on to its next attempt (once); True if this call did.
+
+    The failed attempt goes to the step's history (`execution` is the record read just
+    before: the expectation on the compensation attempt keeps that history current).
+    """
     if header.late is not None:
         return rt.backend.record_late(
             header.saga_id,
@@ -189,6 +202,14 @@ def _record_retry(rt: Runtime, header: SagaHeader, error: str, delay: float) -> 
             **driver.fresh_lease(now() + delay),
             "comp_attempt": header.attempt + 1,
             "comp_error": error,
+            "comp_worker": None,
+            "history": history.compensation_over(
+                execution.step(header.index),
+                "failed",
+                error,
+                attempt=header.attempt,
+                worker=worker_name(),
+            ),
         },
         expect=StepExpect(status=driver.COMPENSATING_STEP, comp_attempt=header.attempt),
     ).applied

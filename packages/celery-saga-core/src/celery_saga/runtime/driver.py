@@ -18,7 +18,7 @@ from celery_saga.context import InputResolutionError, saga_output
 from celery_saga.errors import SagaDefinitionMismatch, StepOutputError
 from celery_saga.models import SagaExecution, SagaStatus, StepRecord, StepStatus, now
 from celery_saga.response import ensure_json
-from celery_saga.runtime import decide, hooks, messages
+from celery_saga.runtime import decide, history, hooks, messages
 from celery_saga.runtime.binding import Runtime
 from celery_saga.runtime.decide import FORWARD, AfterStage
 from celery_saga.runtime.log import log
@@ -100,7 +100,8 @@ def redispatch(
     """Send steps again as new attempts (the store fences the old ones); return the indexes.
 
     Each is taken over by compare-and-set: only if nobody holds a live lease on its
-    attempt. With ``bump=False`` the records already carry their new attempt (a retry).
+    attempt; the attempt given up goes to the step's history ("taken_over"). With
+    ``bump=False`` the records already carry their new attempt (a retry).
     """
     if not records:
         return []
@@ -118,6 +119,8 @@ def redispatch(
                 **fresh_lease(now() + (countdown or 0.0)),
                 "attempt": attempt,
                 "sends": record.sends + 1,
+                "worker": None,
+                "history": history.taken_over(record),
             },
             attempt=record.attempt,
             now=now(),

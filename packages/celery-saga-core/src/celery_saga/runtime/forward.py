@@ -24,10 +24,11 @@ from celery_saga.headers import SagaHeader
 from celery_saga.models import SagaExecution, SagaStatus, StepStatus, now
 from celery_saga.response import ensure_json
 from celery_saga.retry import error_types
-from celery_saga.runtime import decide, driver, leases, messages
+from celery_saga.runtime import decide, driver, history, leases, messages
 from celery_saga.runtime.binding import Runtime, describe_error
 from celery_saga.runtime.decide import FORWARD, REFUSE, RUN, Admission, Gate
 from celery_saga.runtime.log import log
+from celery_saga.runtime.workers import worker_name
 
 
 def step_started(
@@ -60,6 +61,7 @@ def step_started(
         "retries": retries,
         "lease_owner": owner,
         "lease_expires_at": t + seconds,
+        "worker": worker_name(),
     }
     write = rt.backend.update_step(
         header.saga_id,
@@ -177,6 +179,7 @@ def step_succeeded(
         "finished_at": now(),
         "error": None,
         "attempt": header.attempt,
+        "worker": worker_name(),
     }
     if started_at is not None:
         changes["started_at"] = started_at
@@ -294,6 +297,7 @@ def _hand_on(
         status=SagaStatus.RUNNING,
         # Only whether there is a parent matters to the next messages (their header).
         parent_id=header.saga_id if header.child else None,
+        trace_context=header.trace,
     )
     if last and header.child:
         driver.stage_finished(rt, header.saga_id, spec.stage)  # its end is told to its parent
@@ -340,9 +344,9 @@ def step_failed(
     `exc`, the exception the step raised when it did not fail on purpose, puts its
     traceback in the one WARNING that logs the final failure.
     """
-    if _retry_step(rt, header, error, error_names):
+    if _retry_step(rt, header, error, error_names, started_at):
         return
-    changes: dict[str, Any] = {"error": error, "attempt": header.attempt}
+    changes: dict[str, Any] = {"error": error, "attempt": header.attempt, "worker": worker_name()}
     if started_at is not None:
         changes["started_at"] = started_at
     if compensation_data is not None:
@@ -359,13 +363,36 @@ def step_failed(
     )
 
 
-def _retry_step(rt: Runtime, header: SagaHeader, error: str, error_names: Sequence[str]) -> bool:
-    """Dispatch the step again as a new attempt when its RetryPolicy allows it."""
+def _retry_step(
+    rt: Runtime,
+    header: SagaHeader,
+    error: str,
+    error_names: Sequence[str],
+    started_at: float | None = None,
+) -> bool:
+    """Dispatch the step again as a new attempt when its RetryPolicy allows it.
+
+    The failed attempt goes to the step's history, "retried". The record is read first
+    (for its history, and for the inputs the new attempt is sent with); the write's
+    expectation on the attempt keeps that history current, since it changes only with it.
+    """
     policy = rt.definition.step(header.index).retry
     if policy is None or header.attempt > policy.max_retries or not policy.retries(error_names):
         return False
     attempt = header.attempt + 1
     delay = policy.delay(header.attempt)
+    execution = rt.backend.get(header.saga_id)
+    if execution is None:
+        raise KeyError(f"no saga {header.saga_id}")  # what the write would raise
+    record = execution.step(header.index)
+    past = history.forward_over(
+        record,
+        "retried",
+        error,
+        attempt=header.attempt,
+        started_at=started_at,
+        worker=worker_name(),
+    )
     write = rt.backend.update_step(
         header.saga_id,
         header.index,
@@ -374,6 +401,8 @@ def _retry_step(rt: Runtime, header: SagaHeader, error: str, error_names: Sequen
             "status": StepStatus.PENDING,
             "attempt": attempt,
             "error": error,
+            "worker": None,
+            "history": past,
         },
         expect=StepExpect(status=FORWARD, attempt=header.attempt, saga_status=driver.RUNNING),
     )
@@ -388,11 +417,8 @@ def _retry_step(rt: Runtime, header: SagaHeader, error: str, error_names: Sequen
         error,
         delay,
     )
-    execution = rt.backend.get(header.saga_id)
-    if execution is not None:
-        driver.redispatch(
-            rt, execution, [execution.step(header.index)], countdown=delay, bump=False
-        )
+    record.status, record.attempt, record.history = StepStatus.PENDING, attempt, past
+    driver.redispatch(rt, execution, [record], countdown=delay, bump=False)
     return True
 
 

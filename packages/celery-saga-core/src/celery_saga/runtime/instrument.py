@@ -15,6 +15,9 @@ sends again) is logged once, by the runtime, at WARNING with the saga id. The ta
 still raises it, so `task_failure` receivers, errbacks and the result backend see it
 as before; Celery's tracer logs it as an *expected* failure (INFO, no traceback),
 because the wrapper adds `HandledFailure` to the task's `throws`.
+
+With trace hooks set (`celery_saga.tracing`), an attempt's body and its bookkeeping run
+inside the hooks' `attempt`, which is told the failure, if any.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from celery.app.trace import build_tracer
 from celery.exceptions import Ignore, Retry
 from celery.utils.objects import mro_lookup
 
-from celery_saga import registry
+from celery_saga import registry, tracing
 from celery_saga.backends.base import Lease, StepExpect
 from celery_saga.compiler import SERIALIZER
 from celery_saga.errors import PermanentFailure, SagaError, SagaRecordNotFound, StepOutputError
@@ -207,7 +210,10 @@ def _run(
         # This process does not know the saga: run the step and let the reply
         # errback / success signal carry the outcome to a worker that does.
         log(logging.WARNING, header.saga_id, header.index, "%s; reporting by reply message", exc)
-        return body()
+        hooks = tracing.hooks
+        if hooks is None:
+            return body()
+        return _run_traced_elsewhere(hooks, tracing.attempt_of(request, header, task.name), body)
     setattr(request, HANDLED, True)
     if header.compensation:
         return _run_compensation(task, rt, request, header, body, args, kwargs)
@@ -224,7 +230,37 @@ def _run(
     # stage is claimed by the first beat (a short step costs no lease write at all).
     lease = Lease(header.saga_id, header.index, leases.owner_of(header.task_id), header.attempt)
     with leases.holding(rt.backend, lease, leases.lease_seconds(rt.app)):
-        return _run_step(rt, header, body, kwargs, started_at)
+        hooks = tracing.hooks
+        if hooks is None:
+            return _run_step(rt, header, body, kwargs, started_at)
+        with hooks.attempt(_attempt(task, rt, request, header)) as scope:
+            return _run_step(rt, header, body, kwargs, started_at, scope)
+
+
+def _attempt(task: Task, rt: Runtime, request: Any, header: SagaHeader) -> tracing.Attempt:
+    """What the trace hooks are told about the attempt `request` runs."""
+    try:
+        stage: int | None = rt.definition.step(header.index).stage
+    except Exception:  # a header naming a step this definition lacks: refused further on
+        stage = None
+    return tracing.attempt_of(request, header, task.name, stage)
+
+
+def _run_traced_elsewhere(
+    hooks: tracing.TraceHooks, attempt: tracing.Attempt, body: Callable[[], Any]
+) -> Any:
+    """The body of an attempt whose outcome another process records, traced."""
+    with hooks.attempt(attempt) as scope:
+        try:
+            return body()
+        except Retry:
+            raise
+        except _PermanentShield as shield:
+            scope.failed(shield.failure)
+            raise
+        except Exception as exc:
+            scope.failed(exc)
+            raise
 
 
 def _run_step(
@@ -233,6 +269,7 @@ def _run_step(
     body: Callable[[], Any],
     kwargs: dict[str, Any],
     started_at: float | None,
+    scope: tracing.AttemptScope | None = None,
 ) -> Any:
     try:
         value = body()
@@ -240,6 +277,8 @@ def _run_step(
         raise
     except _PermanentShield as shield:
         failure = shield.failure
+        if scope is not None:
+            scope.failed(failure)
         done = _bookkeep(
             rt,
             header,
@@ -251,6 +290,8 @@ def _run_step(
         )
         raise _recorded(failure, done) from None
     except Exception as exc:
+        if scope is not None:
+            scope.failed(exc)
         data = exc.compensation_data if isinstance(exc, PermanentFailure) else None
         # An exception the step did not raise on purpose keeps its traceback in the log.
         deliberate = isinstance(exc, PermanentFailure | StepOutputError)
@@ -269,6 +310,8 @@ def _run_step(
     try:
         output, compensation_data = outcome_of(rt, header, value)
     except StepOutputError as exc:
+        if scope is not None:
+            scope.failed(exc)
         done = _bookkeep(
             rt, header, forward.step_failed, str(exc), None, error_types(exc), started_at
         )
@@ -292,19 +335,37 @@ def _run_compensation(
     if model is not None and args and isinstance(args[0], dict):
         body = functools.partial(task.run, model.model_validate(args[0]), *args[1:], **kwargs)
     if header.late is not None:  # undoing a superseded attempt's effect: no lease of its own
-        return _compensate(rt, header, body)
+        return _traced_compensate(task, rt, request, header, body)
     owner = leases.owner_of(header.task_id)
     lease = Lease(header.saga_id, header.index, owner, header.attempt, compensation=True)
     with leases.holding(rt.backend, lease, leases.lease_seconds(rt.app)):
+        return _traced_compensate(task, rt, request, header, body)
+
+
+def _traced_compensate(
+    task: Task, rt: Runtime, request: Any, header: SagaHeader, body: Callable[[], Any]
+) -> Any:
+    """`_compensate`, inside the trace hooks' attempt when tracing is on."""
+    hooks = tracing.hooks
+    if hooks is None:
         return _compensate(rt, header, body)
+    with hooks.attempt(_attempt(task, rt, request, header)) as scope:
+        return _compensate(rt, header, body, scope)
 
 
-def _compensate(rt: Runtime, header: SagaHeader, body: Callable[[], Any]) -> Any:
+def _compensate(
+    rt: Runtime,
+    header: SagaHeader,
+    body: Callable[[], Any],
+    scope: tracing.AttemptScope | None = None,
+) -> Any:
     try:
         value = body()
     except Retry:
         raise
     except Exception as exc:
+        if scope is not None:
+            scope.failed(exc)
         _bookkeep(rt, header, compensation.compensation_failed, describe_error(exc))
         raise
     _bookkeep(rt, header, compensation.compensation_succeeded)

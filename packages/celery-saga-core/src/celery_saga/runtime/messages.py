@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
+from celery_saga import tracing
 from celery_saga.backends.base import StartNext
 from celery_saga.compiler import (
     compensation_signature,
@@ -51,7 +52,14 @@ def _eager_error(sig: Signature, exc: Exception) -> None:
 
 
 def send(rt: Runtime, signatures: Sequence[Signature]) -> None:
-    """Publish `signatures` on the saga's app (eagerly: run them after the current one)."""
+    """Publish `signatures` on the saga's app (eagerly: run them after the current one).
+
+    When tracing is on, the current trace context goes into each message's headers.
+    """
+    hooks = tracing.hooks
+    if hooks is not None:
+        for sig in signatures:
+            hooks.inject(sig.options["headers"])
     dispatch.send(rt.app, signatures, on_eager_error=_eager_error)
 
 

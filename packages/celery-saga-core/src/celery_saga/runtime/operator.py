@@ -7,7 +7,7 @@ import logging
 from celery_saga.backends.base import StepExpect
 from celery_saga.errors import SagaError
 from celery_saga.models import SagaStatus, StepStatus, now
-from celery_saga.runtime import driver
+from celery_saga.runtime import driver, history
 from celery_saga.runtime.binding import Runtime
 from celery_saga.runtime.log import log
 from celery_saga.runtime.resume import resume
@@ -20,7 +20,8 @@ def retry_compensations(rt: Runtime, saga_id: str) -> bool:
 
     The failed steps go back to the outcome they had before compensation, the
     saga to COMPENSATING, and compensation resumes in reverse completion order.
-    Each retried step's last error stays in its record until it succeeds.
+    Each retried step's last error stays in its record until it succeeds; its failed
+    attempt goes to the step's history ("failed").
     """
     execution = rt.backend.get(saga_id)
     if execution is None:
@@ -31,7 +32,13 @@ def retry_compensations(rt: Runtime, saga_id: str) -> bool:
                 rt.backend.update_step(
                     saga_id,
                     record.index,
-                    {"status": StepStatus.FAILED if record.error else StepStatus.SUCCESS},
+                    {
+                        "status": StepStatus.FAILED if record.error else StepStatus.SUCCESS,
+                        "comp_worker": None,
+                        "history": history.compensation_over(
+                            record, "failed", record.comp_error, finished_at=record.comp_finished_at
+                        ),
+                    },
                     expect=StepExpect(status=_COMPENSATION_FAILED),
                 )
         if not rt.backend.update_saga(

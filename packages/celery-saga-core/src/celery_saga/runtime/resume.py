@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from celery_saga.config import setting
 from celery_saga.models import SagaExecution, SagaStatus, now
-from celery_saga.runtime import children, decide, driver, external, messages
+from celery_saga.runtime import children, decide, driver, external, history, messages
 from celery_saga.runtime.binding import Runtime
 from celery_saga.runtime.decide import Recover
 
@@ -81,7 +81,13 @@ def resume(rt: Runtime, execution: SagaExecution, *, stalled_after: float | None
         write = rt.backend.take_over(
             sid,
             record.index,
-            {**driver.fresh_lease(now()), "comp_attempt": attempt, "sends": record.sends + 1},
+            {
+                **driver.fresh_lease(now()),
+                "comp_attempt": attempt,
+                "sends": record.sends + 1,
+                "comp_worker": None,
+                "history": history.taken_over(record, compensation=True),
+            },
             attempt=record.comp_attempt,
             now=now(),
             compensation=True,

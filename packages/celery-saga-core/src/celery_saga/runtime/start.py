@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from celery_saga import signals
+from celery_saga import signals, tracing
 from celery_saga.ids import new_saga_id, validate_idempotency_key
 from celery_saga.models import SagaExecution, SagaStatus, StepRecord, now
 from celery_saga.response import ensure_json
@@ -99,15 +99,31 @@ def start_runtime(
         for name, value in messages.start_changes(execution.saga_id, spec.index).items():
             setattr(record, name, value)
     execution.status = SagaStatus.RUNNING
+    hooks = tracing.hooks
+    if hooks is None:
+        return _create(rt, execution, input, saga.name).saga_id
+    run = tracing.SagaRun(saga.name, execution.saga_id, parent_id=execution.parent_id)
+    with hooks.saga_created(run) as carrier:
+        execution.trace_context = carrier
+        stored = _create(rt, execution, input, saga.name)
+        if stored is not execution:
+            run.existing_id = stored.saga_id
+        return stored.saga_id
+
+
+def _create(
+    rt: Runtime, execution: SagaExecution, input: dict[str, Any], name: str
+) -> SagaExecution:
+    """Store `execution` and send its first stage; the execution found instead, if any."""
     stored, created = rt.backend.create(execution)
     if not created:
         if stored.status is SagaStatus.PENDING:  # an earlier run() could not send it
             send_first(rt, stored)
-        return stored.saga_id
-    log(logging.INFO, execution.saga_id, None, "saga %s started", saga.name)
-    signals.saga_started.send(sender=saga.name, saga_id=execution.saga_id, input=input)
+        return stored
+    log(logging.INFO, execution.saga_id, None, "saga %s started", name)
+    signals.saga_started.send(sender=name, saga_id=execution.saga_id, input=input)
     send_first(rt, execution)
-    return stored.saga_id
+    return execution
 
 
 def send_first(rt: Runtime, execution: SagaExecution) -> None:

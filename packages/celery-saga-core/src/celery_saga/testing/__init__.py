@@ -21,6 +21,7 @@ KIT_MODULES = (
     "celery_saga.testing.lease_tests",
     "celery_saga.testing.listing",
     "celery_saga.testing.composition",
+    "celery_saga.testing.attempts",
     "celery_saga.testing.waiting",
     "celery_saga.testing.processes",
     "celery_saga.testing.conformance",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery_saga.testing.attempts import AttemptRecordTests
 from celery_saga.testing.composition import CompositionTests
 from celery_saga.testing.kit import Requirements, SuiteBase, make_execution
 from celery_saga.testing.lease_tests import LeaseTests
@@ -39,6 +40,7 @@ _SUITE_TESTS = {
         LeaseTests,
         ListingTests,
         CompositionTests,
+        AttemptRecordTests,
         AsyncWaitTests,
         ProcessTests,
     )
@@ -48,7 +50,13 @@ _SUITE_TESTS = {
 
 
 class BackendConformance(
-    RecordTests, LeaseTests, ListingTests, CompositionTests, AsyncWaitTests, ProcessTests
+    RecordTests,
+    LeaseTests,
+    ListingTests,
+    CompositionTests,
+    AttemptRecordTests,
+    AsyncWaitTests,
+    ProcessTests,
 ):
     """The contract of `celery_saga.backends.SagaBackend`, as pytest tests."""
 

@@ -1,8 +1,8 @@
 """What the conformance suite is built from: record builders, races, capabilities, fixtures.
 
 Store authors use `make_execution` and `Requirements`; the suite's parts
-(`celery_saga.testing.records`, `.lease_tests`, `.listing`, `.composition`) share
-`SuiteBase` and `race`.
+(`celery_saga.testing.records`, `.lease_tests`, `.listing`, `.composition`,
+`.attempts`) share `SuiteBase` and `race`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,3 @@
+"""The version of celery-saga-opentelemetry."""
+
+__version__ = "0.1.0"

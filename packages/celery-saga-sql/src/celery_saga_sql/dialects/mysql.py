@@ -1,0 +1,112 @@
+"""MySQL and MariaDB: no ``UPDATE ... RETURNING``, so a step write reads what it needs
+under row locks, then writes.
+
+A step write is the lock-decide-write transaction of `SQLDialect.write_step`, with
+PyMySQL starting the transaction with its first statement (no BEGIN exchange):
+``SELECT STRAIGHT_JOIN ... FOR UPDATE`` (the execution row first, as every writer
+locks it), the counter's upsert when the write counts, one multi-table ``UPDATE`` of
+the step rows and the execution's ``updated_at``, and COMMIT: four round trips for a
+step that finishes its stage and starts the next, three for a plain write, two for a
+refused one. Lease renewals are one ``UPDATE`` joined to a derived table; the rows
+it matched tell whether every lease was renewed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from sqlalchemy import Executable, Select, bindparam, literal, select, tuple_, union_all, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+from celery_saga.backends.base import Lease, payload_size
+from celery_saga_sql import leases as lease_sql
+from celery_saga_sql.dialects.base import SQLDialect, key_in
+from celery_saga_sql.stepwrites import StepRequest
+from celery_saga_sql.transactions import Runner, Tx
+
+
+class MySQLDialect(SQLDialect):
+    """The SQL store on MySQL 8 and MariaDB 10.5 or later (InnoDB, READ COMMITTED)."""
+
+    backends: ClassVar[tuple[str, ...]] = ("mysql", "mariadb")
+    begin_trips: ClassVar[int] = 0
+
+    def lock_order(self, stmt: Select[Any]) -> Select[Any]:
+        return stmt.prefix_with("STRAIGHT_JOIN")
+
+    def counter_set(self) -> Executable:
+        def build() -> Executable:
+            c = self.tables.counters
+            value = bindparam("cvalue", type_=c.c.value.type)
+            stmt = mysql_insert(c).values(
+                saga_id=bindparam("sid", type_=c.c.saga_id.type),
+                name=bindparam("cname", type_=c.c.name.type),
+                value=value,
+            )
+            return stmt.on_duplicate_key_update(value=value)
+
+        return self.cached("counter", build)
+
+    def apply(
+        self,
+        tx: Tx,
+        request: StepRequest,
+        count: int | None,
+        started: tuple[int, ...],
+        stamp: float,
+        *,
+        touch: bool = True,
+    ) -> None:
+        """The counter's upsert, then one multi-table ``UPDATE`` of steps and execution."""
+        if count is not None:
+            counter = {"sid": request.saga_id, "cname": request.count_in, "cvalue": count}
+            tx.execute(self.counter_set(), counter)
+        stmt, params = self.steps_write(request, count, started)
+        params["stamp"] = stamp
+        tx.execute(stmt, params, written=request.written(stamp, count))
+
+    def build_steps_write(
+        self, names: tuple[str, ...], started: tuple[tuple[str, ...], ...]
+    ) -> Any:
+        e, s = self.tables.executions, self.tables.steps
+        keys = ["at", *(f"s{j}" for j in range(len(started)))]
+        assignments = self.step_assignments(names, started)
+        assignments[e.c.updated_at] = bindparam("stamp", type_=e.c.updated_at.type)
+        stmt = update(s).where(
+            s.c.saga_id == bindparam("sid", type_=s.c.saga_id.type),
+            key_in(s.c.idx, keys),
+            e.c.saga_id == s.c.saga_id,
+        )
+        return stmt.values(assignments)
+
+    def renew(self, run: Runner, leases: list[Lease], expires: float) -> set[Lease]:
+        """One ``UPDATE`` joined to the leases; a read of what was renewed only if some
+        lease was lost (the rows matched do not say which)."""
+        s = self.tables.steps
+        targets = [lease_sql.target(lease) for lease in leases]
+        written = payload_size(expires, *(t[:3] for t in targets))
+        stmt = lease_sql.renew_from(s, self._leases(targets), expires)
+        matched = run.autocommit(lambda conn: conn.execute(stmt).rowcount, written=written)
+        if matched == len({(lease.saga_id, lease.index) for lease in leases}) == len(leases):
+            return set(leases)  # every step matched, and each has one lease: all renewed
+        keys = [(lease.saga_id, lease.index) for lease in leases]
+        read = select(*lease_sql.renewed_columns(s)).where(
+            tuple_(s.c.saga_id, s.c.idx).in_(keys), s.c.lease_expires_at == expires
+        )
+        rows = run.autocommit(lambda conn: conn.execute(read).all())
+        return lease_sql.renewed(leases, rows)
+
+    def _leases(self, targets: list[tuple[Any, ...]]) -> Any:
+        """The leases as a derived table (``SELECT ... UNION ALL SELECT ...``), each
+        value typed as the step column it is compared with (owners as VARBINARY)."""
+        types = [self.tables.steps.c[name].type for name in lease_sql.COMPARED_WITH]
+        rows = [
+            select(
+                *(
+                    literal(value, type_).label(name)
+                    for name, value, type_ in zip(lease_sql.FIELDS, target, types, strict=True)
+                )
+            )
+            for target in targets
+        ]
+        return (rows[0] if len(rows) == 1 else union_all(*rows)).subquery("v")

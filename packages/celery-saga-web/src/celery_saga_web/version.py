@@ -1,0 +1,3 @@
+"""The version of celery-saga-web."""
+
+__version__ = "0.1.0"

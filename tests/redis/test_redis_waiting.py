@@ -1,0 +1,150 @@
+"""Waiting on the Redis store: one pub/sub connection for every wait of a store object.
+
+`RedisSagaBackend.wait` (what `SagaResult.get()` calls) joins the store object's
+listener instead of opening a connection of its own: counted here on the server with
+CLIENT LIST, the connection carrying a client name of the test's own. The listener
+survives a lost connection, closes when idle, and a forked child opens its own.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from support import wait_until
+
+from celery_saga.models import SagaExecution, SagaStatus
+from celery_saga.testing.conformance import make_execution
+from celery_saga_redis import RedisSagaBackend
+
+WAITERS = 50
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def named(request: pytest.FixtureRequest, unique: str) -> Iterator[tuple[RedisSagaBackend, str]]:
+    """A store whose connections carry a client name of this test's own, and the name."""
+    name = f"waits-{unique}"
+    fixture = "redis_store_url" if request.param == "standalone" else "redis_cluster_store_url"
+    store = RedisSagaBackend.from_url(f"{request.getfixturevalue(fixture)}&client_name={name}")
+    yield store, name
+    store.close()
+
+
+def subscribers(store: RedisSagaBackend, name: str) -> list[dict[str, Any]]:
+    """The pub/sub connections named `name`, on every node."""
+    client = store.client
+    listed = client.client_list(target_nodes="all") if store.cluster else client.client_list()
+    if isinstance(listed, dict):  # a cluster: node -> its clients
+        listed = [c for clients in listed.values() for c in clients]
+    return [c for c in listed if c["name"] == name and "P" in c["flags"]]
+
+
+def finish(store: RedisSagaBackend, executions: list[SagaExecution]) -> None:
+    for execution in executions:
+        assert store.update_saga(execution.saga_id, {"status": SagaStatus.COMPLETED})
+
+
+def test_fifty_waits_from_threads_share_one_connection_and_all_return(
+    named: tuple[RedisSagaBackend, str],
+) -> None:
+    store, name = named
+    executions = [make_execution() for _ in range(WAITERS)]
+    for execution in executions:
+        store.create(execution)
+    with ThreadPoolExecutor(max_workers=WAITERS) as pool:
+        waits = [pool.submit(store.wait, e.saga_id, 60) for e in executions]
+        # Every waiter subscribed (its channel, plus the listener's own), on one connection.
+        wait_until(
+            lambda: [int(c["sub"]) for c in subscribers(store, name)] == [WAITERS + 1],
+            30,
+            "all the waits to subscribe",
+        )
+        assert not any(w.done() for w in waits)
+        finish(store, executions)
+        got = [w.result(timeout=30) for w in waits]
+    assert [g.saga_id if g else None for g in got] == [e.saga_id for e in executions]
+    assert all(g is not None and g.status is SagaStatus.COMPLETED for g in got)
+    assert len(subscribers(store, name)) == 1
+    # Waiters that left unsubscribed their channels; a finished execution returns at once.
+    wait_until(lambda: [int(c["sub"]) for c in subscribers(store, name)] == [1], 30, "unsubscribes")
+    assert store.wait(executions[0].saga_id, 0.5) is not None
+
+
+def test_a_wait_outlives_a_lost_connection(named: tuple[RedisSagaBackend, str]) -> None:
+    store, name = named
+    execution = make_execution()
+    store.create(execution)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(store.wait, execution.saga_id, 60)
+        wait_until(lambda: len(subscribers(store, name)) == 1, 30, "the wait to subscribe")
+        killed = subscribers(store, name)[0]
+        kill = {"target_nodes": "all"} if store.cluster else {}
+        store.client.client_kill_filter(_id=killed["id"], **kill)
+        # The waiter subscribes again on a new connection, then the announcement wakes it.
+        wait_until(
+            lambda: [c["id"] for c in subscribers(store, name)] not in ([], [killed["id"]]),
+            30,
+            "a new connection",
+        )
+        started = time.monotonic()
+        finish(store, [execution])
+        got = waiting.result(timeout=30)
+    assert got is not None and got.status is SagaStatus.COMPLETED
+    assert time.monotonic() - started < 4  # woken by the announcement, not the 5 s re-read
+
+
+def test_an_idle_connection_closes_and_the_next_wait_opens_one(
+    named: tuple[RedisSagaBackend, str],
+) -> None:
+    store, name = named
+    store._listener.idle = 0.2
+    done = make_execution()
+    store.create(done)
+    finish(store, [done])
+    assert store.wait(done.saga_id, 5) is not None
+    wait_until(lambda: not subscribers(store, name), 30, "the idle connection to close")
+    pending = make_execution()
+    store.create(pending)
+    timer = threading.Timer(0.5, finish, (store, [pending]))
+    timer.start()
+    try:
+        got = store.wait(pending.saga_id, 30)
+    finally:
+        timer.join()
+    assert got is not None and got.status is SagaStatus.COMPLETED
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_waits_on_a_connection_of_its_own(redis_store_url: str, unique: str) -> None:
+    name = f"fork-{unique}"
+    store = RedisSagaBackend.from_url(f"{redis_store_url}&client_name={name}")
+    parents, childs = make_execution(), make_execution()
+    try:
+        for execution in (parents, childs):
+            store.create(execution)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(store.wait, parents.saga_id, 60)
+            wait_until(lambda: len(subscribers(store, name)) == 1, 30, "the parent's wait")
+            pid = os.fork()
+            if pid == 0:  # the child: wait with the store object the parent shares
+                code = 1
+                try:
+                    got = store.wait(childs.saga_id, 30)
+                    code = 0 if got is not None and got.status is SagaStatus.COMPLETED else 2
+                finally:
+                    os._exit(code)
+            wait_until(lambda: len(subscribers(store, name)) == 2, 30, "the child's own wait")
+            finish(store, [childs])
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            # The parent's connection was left alone: its wait is still woken.
+            finish(store, [parents])
+            got = waiting.result(timeout=30)
+        assert got is not None and got.status is SagaStatus.COMPLETED
+    finally:
+        store.close()
