@@ -8,6 +8,8 @@ runs in a venv of its own) register exactly the same work.
 - ``fan``: the five steps of W2 (one step, then a parallel group of four). Each
   adds ``"<i>:<n>"`` to the Redis set named by its ``ran`` argument, proving it
   ran, and returns ``{"out<n>": i}``, the output its saga record must keep.
+- ``fail``: the last step of W9's compensated saga; always raises, so the steps
+  before it are compensated.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def _client() -> redis.Redis:
 def noop(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """A step that does nothing and outputs nothing."""
     return {}
+
+
+def fail(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """A step that always fails: its saga compensates the steps before it."""
+    raise RuntimeError("this benchmark step fails on purpose: its saga compensates")
 
 
 def fan(n: int, kwargs: dict[str, Any]) -> dict[str, Any]:

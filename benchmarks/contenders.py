@@ -1,4 +1,13 @@
-"""The contenders: this project's sagas, plain Celery chains, celery-saga 0.1.1.
+"""The contenders: this project's sagas, plain Celery chains, celery-saga 0.1.1, DBOS.
+
+`Dbos` (W6, W8) is DBOS's workflows of five no-op steps on PostgreSQL, run in the
+process of its driver (`dbos_driver`, in a venv of its own): DBOS has no broker and
+no worker, so its CPU is all counted as the worker's.
+
+`TracedSaga` (W10) is this project with celery-saga's OpenTelemetry instrumentation on:
+its worker starts with ``CELERY_SAGA_BENCH_OTEL=1`` and the harness, its producer,
+turns the instrumentation on for its runs only (`bench_app.instrument_tracing`), so the
+other contenders' sagas are started without it.
 
 `NestedSaga` (W7) is this project running the same five no-op steps as a parent saga
 whose middle step is a child saga of three: it shares the app and worker of the flat
@@ -14,7 +23,8 @@ After every run, not timed, the contender deletes what the run left (saga record
 task results), so each repetition starts from the same, empty, state: a store that
 slows down as it fills would otherwise be slower in every repetition than in the one
 before. For the nested saga that includes the child executions (each its own record,
-listed by ``parent_id``).
+listed by ``parent_id``). W8 asks a run to keep what it left (``keep=True``), measures
+it, then calls `forget` with the run's ids.
 
 W2's "lost outputs": each fan-out step adds ``"<i>:<n>"`` to a Redis set when it
 runs (`bench_tasks.fan`). Once every saga finished, a saga counts as having lost an
@@ -25,17 +35,18 @@ plain chain the step's result in the result backend.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis
 from bench_app import BenchApp
 from celery import chain, group
-from processes import POLL, OrigDriver, Worker, group_cpu_seconds
+from processes import POLL, DbosDriver, OrigDriver, Worker, group_cpu_seconds
 
 from celery_saga import Saga
 from celery_saga.config import backend_for
@@ -55,6 +66,8 @@ class Run:
     #: CPU seconds used meanwhile by the contender's worker processes and its caller.
     worker_cpu: float = 0.0
     caller_cpu: float = 0.0
+    #: What the run left, for `forget` (``keep=True`` only): saga, workflow or task ids.
+    ids: list[str] = field(default_factory=list)
 
 
 class Contender(Protocol):
@@ -63,8 +76,16 @@ class Contender(Protocol):
     key: str
     label: str
 
-    def throughput(self, saga: str, n: int, ran: str | None = None) -> Run:
-        """Start `n` sagas of `saga` (``five`` or ``fanout``), return when all finished."""
+    def throughput(self, saga: str, n: int, ran: str | None = None, *, keep: bool = False) -> Run:
+        """Start `n` sagas of `saga`, return when all finished.
+
+        `saga` is ``five``, ``fanout`` or ``steps<L>`` (L no-op steps, W4). With
+        `keep`, what the run left stays until `forget` gets the run's `Run.ids`.
+        """
+        ...
+
+    def forget(self, ids: list[str]) -> None:
+        """Delete what a run kept (the ids of its `Run`)."""
         ...
 
     def latency(self, n: int) -> list[float]:
@@ -144,10 +165,20 @@ class OurSaga(_InProcessCaller):
         self.backend = backend_for(bench.app)
 
     def _definition(self, saga: str) -> Saga:
-        """The saga this contender runs for the workload's `saga` (``five`` or ``fanout``)."""
+        """The saga this contender runs for the workload's `saga`."""
+        if saga.startswith("steps"):
+            return self.bench.long[int(saga[5:])]
         return self.bench.five if saga == "five" else self.bench.fanout
 
-    def throughput(self, saga: str, n: int, ran: str | None = None, timeout: float = 600) -> Run:
+    def throughput(
+        self,
+        saga: str,
+        n: int,
+        ran: str | None = None,
+        timeout: float = 600,
+        *,
+        keep: bool = False,
+    ) -> Run:
         """Start `n` sagas, wait for them; for the fan-out saga, count lost outputs.
 
         A saga counts as completed when its own record (the one `run()` returned the
@@ -171,7 +202,10 @@ class OurSaga(_InProcessCaller):
         run = Run(seconds, n - statuses[SagaStatus.COMPLETED.value], statuses=dict(statuses))
         if ran is not None:
             run.lost = count_lost(ran_steps(self.marks, ran), self._outputs(ids), 5)
-        self._forget(ids)
+        if keep:
+            run.ids = ids
+        else:
+            self.forget(ids)
         return run
 
     def _outputs(self, ids: list[str]) -> Iterable[tuple[int, dict[int, Any]]]:
@@ -180,7 +214,7 @@ class OurSaga(_InProcessCaller):
             steps = execution.steps if execution is not None else []
             yield i, {record.index + 1: record.output for record in steps}
 
-    def _forget(self, ids: list[str]) -> None:
+    def forget(self, ids: list[str]) -> None:
         """Delete the finished executions through the store's own API."""
         for saga_id in ids:
             self.backend.delete(saga_id)
@@ -194,7 +228,7 @@ class OurSaga(_InProcessCaller):
             result.get(timeout=timeout)
             latencies.append(time.perf_counter() - started)
             ids.append(result.saga_id)
-        self._forget(ids)
+        self.forget(ids)
         return latencies
 
 
@@ -212,7 +246,7 @@ class NestedSaga(OurSaga):
             raise ValueError(f"the nested saga has only the five no-op steps, not {saga!r}")
         return self.bench.nested
 
-    def _forget(self, ids: list[str]) -> None:
+    def forget(self, ids: list[str]) -> None:
         """Delete each parent's child executions (all finished), then the parent."""
         for saga_id in ids:
             children: list[str] = []
@@ -225,7 +259,46 @@ class NestedSaga(OurSaga):
                     break
             for child_id in children:
                 self.backend.delete(child_id)
-        super()._forget(ids)
+        super().forget(ids)
+
+
+class TracedSaga(OurSaga):
+    """W10: `OurSaga` with the saga instrumentation on in its producer (and its worker).
+
+    Spans go through a BatchSpanProcessor to an exporter that drops them, in the
+    worker and here alike; the instrumentation is on here only while this contender
+    runs (the harness is every contender's producer).
+    """
+
+    def throughput(
+        self,
+        saga: str,
+        n: int,
+        ran: str | None = None,
+        timeout: float = 600,
+        *,
+        keep: bool = False,
+    ) -> Run:
+        """`OurSaga.throughput` with the instrumentation on in this process."""
+        with _tracing():
+            return super().throughput(saga, n, ran, timeout, keep=keep)
+
+    def latency(self, n: int, timeout: float = 60) -> list[float]:
+        """`OurSaga.latency` with the instrumentation on in this process."""
+        with _tracing():
+            return super().latency(n, timeout)
+
+
+@contextlib.contextmanager
+def _tracing() -> Iterator[None]:
+    """The saga instrumentation on in this process for the block, off after it."""
+    from bench_app import instrument_tracing, uninstrument_tracing
+
+    instrument_tracing()
+    try:
+        yield
+    finally:
+        uninstrument_tracing()
 
 
 class PlainChain(_InProcessCaller):
@@ -242,8 +315,19 @@ class PlainChain(_InProcessCaller):
         raw = self.results.get(f"celery-task-meta-{task_id}")
         return None if raw is None else dict(json.loads(raw))
 
-    def throughput(self, saga: str, n: int, ran: str | None = None, timeout: float = 600) -> Run:
-        """Start `n` chains; done when the last task (all four of the group) has a result."""
+    def throughput(
+        self,
+        saga: str,
+        n: int,
+        ran: str | None = None,
+        timeout: float = 600,
+        *,
+        keep: bool = False,
+    ) -> Run:
+        """Start `n` chains; done when the last task (all four of the group) has a result.
+
+        With `keep`, the results of every step stay (`Run.ids`: their task ids).
+        """
         noops, fans = self.bench.noops, self.bench.fans
         started = time.perf_counter()
         steps: list[list[str]] = []  # task ids of each chain's steps, in order
@@ -279,10 +363,14 @@ class PlainChain(_InProcessCaller):
                 for i, chain_steps in enumerate(steps)
             )
             run.lost = count_lost(ran_steps(self.marks, ran), outputs, 5)
-        self._forget(list(metas))
+        if keep:
+            run.ids = list(metas)
+        else:
+            self.forget(list(metas))
         return run
 
-    def _forget(self, task_ids: list[str]) -> None:
+    def forget(self, task_ids: list[str]) -> None:
+        """Delete the results of these tasks from the result backend."""
         for i in range(0, len(task_ids), 500):
             self.results.delete(*[f"celery-task-meta-{t}" for t in task_ids[i : i + 500]])
 
@@ -295,7 +383,7 @@ class PlainChain(_InProcessCaller):
             result.get(timeout=timeout)
             latencies.append(time.perf_counter() - started)
             task_ids += _chain_ids(result)
-        self._forget(task_ids)
+        self.forget(task_ids)
         return latencies
 
 
@@ -332,7 +420,15 @@ class Original:
         raw = self.store.get(f"celery_saga:{saga_id}")
         return {} if raw is None else dict(json.loads(raw))
 
-    def throughput(self, saga: str, n: int, ran: str | None = None, timeout: float = 600) -> Run:
+    def throughput(
+        self,
+        saga: str,
+        n: int,
+        ran: str | None = None,
+        timeout: float = 600,
+        *,
+        keep: bool = False,
+    ) -> Run:
         """Its sagas, started and waited for by its driver; lost outputs read from its records."""
         answer = self.driver.call(
             op="throughput", saga=saga, n=n, ran=ran or "", timeout=timeout, poll=POLL
@@ -351,10 +447,13 @@ class Original:
                 for i, saga_id in enumerate(answer["ids"])
             )
             run.lost = count_lost(ran_steps(self.marks, ran), outputs, 5)
-        self._forget(answer["ids"])
+        if keep:
+            run.ids = list(answer["ids"])
+        else:
+            self.forget(answer["ids"])
         return run
 
-    def _forget(self, ids: list[str]) -> None:
+    def forget(self, ids: list[str]) -> None:
         """Delete its records (what its ``RedisSagaBackend.delete`` does, without a key)."""
         for i in range(0, len(ids), 500):
             self.store.delete(*[f"celery_saga:{saga_id}" for saga_id in ids[i : i + 500]])
@@ -362,5 +461,47 @@ class Original:
     def latency(self, n: int, timeout: float = 60) -> list[float]:
         """``saga.run()`` then its ``SagaResult.get(timeout, interval)``, `n` times."""
         answer = self.driver.call(op="latency", n=n, interval=self.get_interval, timeout=timeout)
-        self._forget(answer["ids"])
+        self.forget(answer["ids"])
         return list(answer["latencies"])
+
+
+class Dbos:
+    """DBOS workflows of five no-op steps on PostgreSQL, run by `dbos_driver` in its venv.
+
+    The driver starts the workflows, runs them (in its threads: DBOS has no worker)
+    and waits for them, so all its CPU counts as the worker's and the caller's is 0.
+    """
+
+    def __init__(self, key: str, label: str, driver: DbosDriver) -> None:
+        self.key, self.label, self.driver = key, label, driver
+
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds used so far by (the driver process, nothing else)."""
+        return self.driver.cpu_seconds(), 0.0
+
+    def throughput(
+        self,
+        saga: str,
+        n: int,
+        ran: str | None = None,
+        timeout: float = 600,
+        *,
+        keep: bool = False,
+    ) -> Run:
+        """`n` workflows started at once with ``DBOS.start_workflow``, all results awaited."""
+        if saga != "five":
+            raise ValueError(f"the DBOS contender runs only the five no-op steps, not {saga!r}")
+        answer = self.driver.call(op="throughput", n=n, keep=keep)
+        failed = int(answer["failed"])
+        statuses = {"SUCCESS": n - failed, **({"ERROR": failed} if failed else {})}
+        return Run(
+            answer["seconds"], failed, statuses=statuses, ids=list(answer["ids"]) if keep else []
+        )
+
+    def forget(self, ids: list[str]) -> None:
+        """Delete the workflows through DBOS's ``delete_workflows``."""
+        self.driver.call(op="delete", ids=ids)
+
+    def latency(self, n: int, timeout: float = 60) -> list[float]:
+        """The workflow called `n` times in a row, each call blocking until it finished."""
+        return list(self.driver.call(op="latency", n=n)["latencies"])

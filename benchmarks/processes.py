@@ -1,4 +1,5 @@
-"""The processes a benchmark run starts: Celery workers, 0.1.1's caller, a MongoDB server.
+"""The processes a benchmark run starts: Celery workers, the drivers of celery-saga 0.1.1
+and DBOS (each in its own venv), a MongoDB server, W9's web view servers.
 
 Every process is started in a session of its own and stopped by its process group,
 so a worker's prefork children go with it. Logs go to ``benchmarks/.<name>.log``
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,7 +54,9 @@ def group_cpu_seconds(pgid: int) -> float:
     return total / _TICKS
 
 
-def _stop(proc: subprocess.Popen[bytes], log: IO[bytes] | None, grace: float = 30) -> None:
+def _stop(
+    proc: subprocess.Popen[bytes], log: IO[bytes] | None, grace: float = 30, keep: bool = False
+) -> None:
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -64,7 +68,7 @@ def _stop(proc: subprocess.Popen[bytes], log: IO[bytes] | None, grace: float = 3
             pass
     if log is not None:
         log.close()
-        if proc.returncode in (0, -signal.SIGTERM):
+        if proc.returncode in (0, -signal.SIGTERM) and not keep:
             Path(log.name).unlink(missing_ok=True)
 
 
@@ -144,19 +148,26 @@ class Worker:
         """CPU time (user + system) used so far by the worker and its pool processes."""
         return group_cpu_seconds(self.proc.pid)
 
-    def stop(self) -> None:
-        """Stop the worker (SIGTERM to its group, SIGKILL after 30 s)."""
-        _stop(self.proc, self.log)
+    def stop(self, keep_log: bool = False) -> None:
+        """Stop the worker (SIGTERM to its group, SIGKILL after 30 s); `keep_log`: even
+        if it ended cleanly, keep its log (something it ran went wrong)."""
+        _stop(self.proc, self.log, keep=keep_log)
         self.stats.delete(self.ready_key)
 
 
-class OrigDriver:
-    """celery-saga 0.1.1's caller (`orig_driver`), a subprocess spoken to in JSON lines."""
+class Driver:
+    """A contender's caller in another interpreter, spoken to in JSON lines.
 
-    def __init__(self, python: str, env: dict[str, str]) -> None:
-        self.log = open(HERE / ".orig-driver.log", "wb")  # noqa: SIM115
+    celery-saga 0.1.1 (`orig_driver`) and DBOS (`dbos_driver`) each run in a venv of
+    their own; the harness sends one JSON command per line on the driver's stdin and
+    reads one JSON answer per line from its stdout.
+    """
+
+    def __init__(self, name: str, python: str, script: str, env: dict[str, str]) -> None:
+        self.name = name
+        self.log = open(HERE / f".{Path(script).stem.replace('_', '-')}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [python, str(HERE / "orig_driver.py")],
+            [python, str(HERE / script)],
             env={**os.environ, **env, "PYTHONPATH": str(HERE)},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -171,11 +182,15 @@ class OrigDriver:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise SystemExit(f"celery-saga 0.1.1's driver exited; see {self.log.name}")
+            raise SystemExit(f"{self.name}'s driver exited; see {self.log.name}")
         answer: dict[str, Any] = json.loads(line)
         if "error" in answer:
-            raise SystemExit(f"celery-saga 0.1.1's driver failed: {answer['error']}")
+            raise SystemExit(f"{self.name}'s driver failed: {answer['error']}")
         return answer
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the driver process (and its threads)."""
+        return group_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         """Ask the driver to quit, then make sure it did."""
@@ -183,10 +198,24 @@ class OrigDriver:
             try:
                 self.proc.stdin.write(b'{"op": "quit"}\n')
                 self.proc.stdin.close()
-                self.proc.wait(10)
+                self.proc.wait(30)
             except (BrokenPipeError, subprocess.TimeoutExpired):
                 pass
         _stop(self.proc, self.log)
+
+
+class OrigDriver(Driver):
+    """celery-saga 0.1.1's caller (`orig_driver`), run by the interpreter of its venv."""
+
+    def __init__(self, python: str, env: dict[str, str]) -> None:
+        super().__init__("celery-saga 0.1.1", python, "orig_driver.py", env)
+
+
+class DbosDriver(Driver):
+    """DBOS's workflows and caller (`dbos_driver`), run by the interpreter of its venv."""
+
+    def __init__(self, python: str, env: dict[str, str]) -> None:
+        super().__init__("DBOS", python, "dbos_driver.py", env)
 
 
 #: Started by `SecantusServer` in a process of its own, so the server's threads do
@@ -229,4 +258,62 @@ class SecantusServer:
                 self.proc.wait(30)
             except (BrokenPipeError, subprocess.TimeoutExpired):
                 pass
+        _stop(self.proc, self.log)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class WebServer:
+    """``celery -A bench_app saga web`` on 127.0.0.1 and a free port: uvicorn serving the
+    web view of the store `store` (W9), as its users start it."""
+
+    def __init__(self, name: str, store: str, env: dict[str, str]) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(HERE / f".web-{name}.log", "wb")  # noqa: SIM115
+        full = {
+            **os.environ,
+            **env,
+            "BENCH_ROLE": "saga",
+            "BENCH_STORE": store,
+            "PYTHONPATH": str(HERE),
+        }
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "celery", "-A", "bench_app", "saga", "web"),
+                *("--host", "127.0.0.1", "--port", str(self.port)),
+            ],
+            env=full,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def ready(self, timeout: float = 90) -> WebServer:
+        """Wait until ``/healthz`` answers 200; return the server."""
+        import httpx
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the {self.name} web view exited; see {self.log.name}")
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait(up, timeout, f"the {self.name} web view", interval=0.1)
+        return self
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server."""
+        return group_cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, SIGKILL after 30 s)."""
         _stop(self.proc, self.log)

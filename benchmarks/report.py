@@ -1,8 +1,12 @@
-"""The benchmark table, from ``benchmarks/results.json``: for the terminal and for the docs.
+"""The benchmark tables, from ``benchmarks/results.json``: for the terminal and for the docs.
 
-``python benchmarks/report.py`` writes ``docs/performance.md`` (the latest table, the
-machine it ran on, how to reproduce it); ``--print`` also prints the table.
-``run.py`` prints the same table through `render_text`, so both always agree.
+``python benchmarks/report.py`` writes ``docs/performance.md``: the main table (W1-W3,
+W5, W7 and the counts), W4 by saga length, W6 (DBOS), W8 (bytes per saga), W9 (the web
+view's pages) and W10 (tracing on and off), each under the run it comes from
+(repetitions, date, load average, cores and CPU, and the command that reproduces it),
+then the machine and the method; ``--print`` also prints the tables. ``run.py`` prints
+the same tables through `render_text`, so both agree.
+Sections written before each kept its own run record show the run's top-level one.
 
 Other tools may add sections to results.json. A ``"stores"`` section (written by
 ``benchmarks/stores.py``) is shown under its own heading: its ``"markdown"`` text
@@ -22,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).parent
+#: One row of a table: its cells, as text.
+Row = tuple[str, ...]
+#: run.py's options that name this machine's files, left out of a table's command.
+LOCAL_OPTIONS = ("--orig-python", "--dbos-python", "--out")
 DOC = HERE.parent / "docs" / "performance.md"
 
 HEADER = (
@@ -35,7 +43,7 @@ HEADER = (
     "Result",
 )
 
-#: Short names of contenders in ratio rows.
+#: Short names of contenders in ratio rows (a W4 key ``<store>@<steps>`` adds the steps).
 SHORT = {
     "chain": "plain chain",
     "saga": "celery-saga",
@@ -49,19 +57,42 @@ SHORT = {
     "saga-amqp": "celery-saga",
     "nested": "nested saga",
     "flat": "flat saga",
+    "dbos": "DBOS",
+    "otel-on": "tracing on",
+    "otel-off": "tracing off",
 }
 
-#: The workloads of the table, in order.
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W7")
+#: Every workload, in order.
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10")
+#: The workloads of the main table (W4 only in its old shape: 5-step sagas only).
+MAIN = ("W1", "W2", "W3", "W4", "W5", "W7")
 
 TITLES = {
     "W1": "W1: sagas of 5 no-op steps",
     "W2": "W2: one step, then a parallel group of 4",
     "W3": "W3: one saga at a time, caller blocking on get()",
-    "W4": "W4: W1 on each state store",
+    "W4": "W4: each state store, sagas of 5, 50 and 200 steps",
     "W5": "W5: W1 with the RabbitMQ broker",
+    "W6": "W6: DBOS on the same PostgreSQL, against this project's PostgreSQL and Redis stores",
     "W7": "W7: a child saga as the middle of 3 steps, against a flat saga of 5",
+    "W8": "W8: bytes kept per finished 5-step saga",
+    "W9": "W9: the web view's pages over stored executions",
+    "W10": "W10: W1 with celery-saga's OpenTelemetry instrumentation on and off",
 }
+
+#: What a ratio's measure is called in the tables.
+MEASURES = {
+    "seconds": "ratio",
+    "cpu_per_step": "ratio of workers' CPU / step",
+    "bytes": "ratio of bytes / saga",
+}
+
+
+def _title(workload: str, section: dict[str, Any]) -> str:
+    """The workload's title; W4 from before it had several lengths keeps its old one."""
+    if workload == "W4" and not _by_length(section):
+        return "W4: W1 on each state store"
+    return TITLES[workload]
 
 
 def _seconds(value: float, unit: bool = True) -> str:
@@ -70,6 +101,14 @@ def _seconds(value: float, unit: bool = True) -> str:
 
 def _ms(value: float, unit: bool = True) -> str:
     return f"{value * 1000:.1f} ms" if unit else f"{value * 1000:.1f}"
+
+
+def _cpu_ms(value: float, unit: bool = True) -> str:
+    return f"{value:.2f} ms" if unit else f"{value:.2f}"
+
+
+def _bytes(value: float, unit: bool = True) -> str:
+    return f"{value:,.0f} B" if unit else f"{value:,.0f}"
 
 
 def _spread(summary: dict[str, Any], fmt: Any) -> str:
@@ -85,12 +124,19 @@ def _target(entry: dict[str, Any]) -> tuple[str, str]:
     return f"{op} {target['value']:g}", "PASS" if entry.get("ok") else "FAIL"
 
 
-def _ratio_rows(workload: str, section: dict[str, Any]) -> list[tuple[str, ...]]:
-    rows = []
-    for entry in section.get("ratios", []):
+def _short(key: str) -> str:
+    """A contender's short name; ``redis@200`` is "redis store, 200 steps"."""
+    name, _, steps = key.partition("@")
+    short = SHORT.get(name, name)
+    return f"{short}, {steps} steps" if steps else short
+
+
+def _ratio_rows(workload: str, section: dict[str, Any], key: str = "ratios") -> list[Row]:
+    rows: list[Row] = []
+    for entry in section.get(key, []):
         target, result = _target(entry)
-        name = f"{SHORT.get(entry['num'], entry['num'])} / {SHORT.get(entry['den'], entry['den'])}"
-        measure = "ratio" if entry["measure"] == "seconds" else f"ratio of {entry['measure']}"
+        name = f"{_short(entry['num'])} / {_short(entry['den'])}"
+        measure = MEASURES.get(entry["measure"], f"ratio of {entry['measure']}")
         rows.append(
             (
                 workload,
@@ -106,54 +152,84 @@ def _ratio_rows(workload: str, section: dict[str, Any]) -> list[tuple[str, ...]]
     return rows
 
 
-def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
-    """The table: one row per measurement, ratio and check, W1 to W7, then the counts."""
-    table: list[tuple[str, ...]] = []
-    for workload in WORKLOADS:
-        section = results.get(workload)
-        if not section:
-            continue
-        if workload == "W3":
-            for c in section["contenders"].values():
-                for measure in ("p50", "p99"):
-                    median, spread = _ms(c[measure]["median"]), _spread(c[measure], _ms)
-                    table.append((workload, c["label"], measure, median, spread, "", "", ""))
-        else:
-            for c in section["contenders"].values():
-                note = ""
-                if any(c.get("not_completed", [])):
-                    note = f"! {sum(c['not_completed'])} not completed"
-                cpu = c.get("worker_cpu_ms_per_saga")
-                table.append(
-                    (
-                        workload,
-                        c["label"],
-                        "time",
-                        _seconds(c["seconds"]["median"]),
-                        _spread(c["seconds"], _seconds),
-                        f"{cpu['median']:.1f} ms" if cpu else "",
-                        "",
-                        note,
-                    )
-                )
-        table += _ratio_rows(workload, section)
-        for check in section.get("checks", []):
-            label = section["contenders"][check["contender"]]["label"]
-            target, result = _target(check)
-            runs = "/".join(str(r) for r in check["runs"])
-            total = section["sagas"] * len(check["runs"])
+def _check_rows(workload: str, section: dict[str, Any]) -> list[Row]:
+    """W2's lost outputs: one row per contender."""
+    rows: list[Row] = []
+    for check in section.get("checks", []):
+        if "runs" not in check:
+            continue  # W8's limits are shown on the contender's row
+        label = section["contenders"][check["contender"]]["label"]
+        target, result = _target(check)
+        runs = "/".join(str(r) for r in check["runs"])
+        total = section["sagas"] * len(check["runs"])
+        rows.append(
+            (
+                workload,
+                label,
+                check["name"],
+                f"{check['value']} of {total}",
+                f"per rep {runs}",
+                "",
+                target or "reported",
+                result,
+            )
+        )
+    return rows
+
+
+def section_rows(workload: str, section: dict[str, Any]) -> list[Row]:
+    """The rows of one throughput, latency or footprint section, then its ratios and checks."""
+    table: list[Row] = []
+    contenders = list(section["contenders"].items())
+    first = contenders[0][1] if contenders else {}
+    if "bytes_per_saga" in first:
+        limits = {c["contender"]: c for c in section.get("checks", []) if "runs" not in c}
+        for key, c in contenders:
+            for name, figure in c["bytes_per_saga"].items():
+                check = limits.get(key) if name == c["primary"] else None
+                target, result = _target(check) if check else ("", "")
+                measure = f"bytes / saga ({name.replace('_', ' ')})"
+                median, spread = _bytes(figure["median"]), _spread(figure, _bytes)
+                table.append((workload, c["label"], measure, median, spread, "", target, result))
+    elif "p50" in first:
+        for _, c in contenders:
+            for measure in section.get("percentiles", ["p50", "p99"]):
+                median, spread = _ms(c[measure]["median"]), _spread(c[measure], _ms)
+                table.append((workload, c["label"], measure, median, spread, "", "", ""))
+    else:
+        for _, c in contenders:
+            note = ""
+            if any(c.get("not_completed", [])):
+                note = f"! {sum(c['not_completed'])} not completed"
+            cpu = c.get("worker_cpu_ms_per_saga")
             table.append(
                 (
                     workload,
-                    label,
-                    check["name"],
-                    f"{check['value']} of {total}",
-                    f"per rep {runs}",
+                    c["label"],
+                    "time",
+                    _seconds(c["seconds"]["median"]),
+                    _spread(c["seconds"], _seconds),
+                    f"{cpu['median']:.1f} ms" if cpu else "",
                     "",
-                    target or "reported",
-                    result,
+                    note,
                 )
             )
+    return table + _ratio_rows(workload, section) + _check_rows(workload, section)
+
+
+def _by_length(section: dict[str, Any]) -> bool:
+    """True for W4 with several saga lengths (its own tables), false for the old W4."""
+    return "lengths" in section
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    """The main table: one row per measurement, ratio and check, W1 to W7, then the counts."""
+    table: list[Row] = []
+    for workload in MAIN:
+        section = results.get(workload)
+        if not section or (workload == "W4" and _by_length(section)):
+            continue
+        table += section_rows(workload, section)
     counts = results.get("counts")
     if counts:
         what = f"celery-saga (Redis store), {counts['sagas']} sagas"
@@ -169,39 +245,250 @@ def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     return table
 
 
+LENGTH_HEADER = (
+    "Store",
+    "Steps",
+    "Sagas",
+    "Time",
+    "Spread (min-max)",
+    "Time / saga",
+    "Workers' CPU / step",
+    "Spread (min-max)",
+)
+RATIO_HEADER = ("Workload", "Ratio", "Measure", "Median", "Spread (min-max)", "Target", "Result")
+
+
+def length_rows(section: dict[str, Any]) -> list[Row]:
+    """W4 by length: one row per (store, length), grouped by store, the chain first."""
+    entries = list(section["contenders"].values())
+    order = {name: i for i, name in enumerate(dict.fromkeys(e["store"] for e in entries))}
+    if "chain" in order:
+        order["chain"] = -1
+    table: list[Row] = []
+    for e in sorted(entries, key=lambda e: (order[e["store"]], e["steps"])):
+        cpu = e["worker_cpu_ms_per_step"]
+        note = f" ! {sum(e['not_completed'])} not completed" if any(e["not_completed"]) else ""
+        table.append(
+            (
+                e["label"],
+                str(e["steps"]),
+                str(e["sagas"]),
+                _seconds(e["seconds"]["median"]),
+                _spread(e["seconds"], _seconds),
+                _ms(e["seconds_per_saga"]["median"]),
+                _cpu_ms(cpu["median"]),
+                _spread(cpu, _cpu_ms) + note,
+            )
+        )
+    return table
+
+
+def length_ratio_rows(section: dict[str, Any]) -> list[Row]:
+    """W4's ratios: time at 5 steps against the chain and Redis, then CPU per step flatness."""
+    both = _ratio_rows("W4", section) + _ratio_rows("W4", section, "flatness")
+    return [row[:5] + row[6:] for row in both]
+
+
+def footprint_rows(section: dict[str, Any]) -> list[Row]:
+    """W8's rows, without the CPU column."""
+    return [row[:5] + row[6:] for row in section_rows("W8", section)]
+
+
+FOOTPRINT_HEADER = ("Workload", "What", "Figure", "Median", "Spread (min-max)", "Target", "Result")
+WEB_HEADER = (
+    "Store",
+    "Page",
+    "Path",
+    "Median",
+    "Spread (min-max)",
+    "p95",
+    "Server CPU / request",
+    "Target",
+    "Result",
+)
+
+
+def _path(path: str) -> str:
+    """A page's path as shown: a cursor's value (long, different every run) elided."""
+    head, found, _ = path.partition("cursor=")
+    return f"{head}cursor=…" if found else path
+
+
+def web_rows(section: dict[str, Any]) -> list[Row]:
+    """W9: one row per (store, page): median request time, spread, p95, server CPU."""
+    checks = {c["contender"]: c for c in section.get("checks", [])}
+    table: list[Row] = []
+    for key, page in section["pages"].items():
+        check = checks.get(key)
+        target, result = _target(check) if check else ("", "")
+        median = page["median_ms"]
+        table.append(
+            (
+                page["store"],
+                page["label"].split(": ", 1)[-1],
+                _path(page["path"]),
+                f"{median['median']:.1f} ms",
+                f"{median['min']:.1f}-{median['max']:.1f} ms",
+                f"{page['p95_all_ms']:.1f} ms",
+                f"{page['server_cpu_ms_per_request']['median']:.2f} ms",
+                target,
+                result,
+            )
+        )
+    return table
+
+
+def web_notes(section: dict[str, Any]) -> list[str]:
+    """W9: how each store's executions were made (or that they were kept), what ran."""
+    notes = []
+    for kind, store in section.get("stores", {}).items():
+        seeding = store["seeding"]
+        executions = f"{seeding['executions']:,} stored executions"
+        if seeding.get("kept"):
+            made = f"{executions} kept from an earlier run (made by the store's own `create`)"
+        else:
+            made = (
+                f"{executions} created for this run in {seeding['seconds']:.1f} s by the "
+                f"store's own `create`, {seeding['processes']} processes at once"
+            )
+        notes.append(
+            f"{kind}: {made}; plus one 50-step and one compensated execution run by a worker"
+        )
+    return notes
+
+
+def run_note(section: dict[str, Any], results: dict[str, Any]) -> str:
+    """How a table was made: repetitions, date, load average, machine, command."""
+    run = section.get("run") or _legacy_run(results)
+    load = run.get("load_average") or {}
+    loads = ""
+    if load:
+        loads = (
+            "; load average (1, 5, 15 min) "
+            + ", ".join(f"{x:.2f}" for x in load["start"])
+            + " at the start, "
+            + ", ".join(f"{x:.2f}" for x in load["end"])
+            + " at the end"
+        )
+    quick = " (--quick: small sizes, a smoke run)" if run.get("quick") else ""
+    return (
+        f"{run.get('reps', '?')} repetitions{quick}, contenders alternating; "
+        f"{run.get('date', '?')}{loads}; {run.get('cpus', '?')} cores, {run.get('cpu', '?')}; "
+        f"command: `{run.get('command', 'nox -s bench')}`"
+    )
+
+
+def command_for(argv: Sequence[str]) -> str:
+    """The ``nox -s bench`` command of run.py's `argv`, without this machine's paths."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LOCAL_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(f"{option}=" for option in LOCAL_OPTIONS)):
+            kept.append(arg)
+    return "nox -s bench" + (" -- " + " ".join(kept) if kept else "")
+
+
+def _legacy_run(results: dict[str, Any]) -> dict[str, Any]:
+    """The run record of a section from before sections kept their own: the run's."""
+    config, machine = results.get("config", {}), results.get("machine", {})
+    return {
+        "reps": config.get("reps"),
+        "quick": config.get("quick"),
+        "date": machine.get("date"),
+        "load_average": machine.get("load_average"),
+        "cpus": machine.get("cpus"),
+        "cpu": machine.get("cpu"),
+        "command": config.get("command") or command_for(config.get("argv", [])),
+    }
+
+
+def _main_notes(results: dict[str, Any]) -> list[str]:
+    """One line per run behind the main table: which workloads, and `run_note`."""
+    notes: dict[str, list[str]] = {}
+    for workload in MAIN:
+        section = results.get(workload)
+        if section and not (workload == "W4" and _by_length(section)):
+            notes.setdefault(run_note(section, results), []).append(workload)
+    return [f"{', '.join(names)}: {note}" for note, names in notes.items()]
+
+
+def extra_tables(results: dict[str, Any]) -> list[tuple[str, str, Sequence[str], list[Row]]]:
+    """The tables beside the main one: (workload, title, header, rows)."""
+    tables: list[tuple[str, str, Sequence[str], list[Row]]] = []
+    w4 = results.get("W4")
+    if w4 and _by_length(w4):
+        tables.append(("W4", TITLES["W4"], LENGTH_HEADER, length_rows(w4)))
+        ratios = length_ratio_rows(w4)
+        if ratios:
+            tables.append(("W4", "W4: ratios", RATIO_HEADER, ratios))
+    w6 = results.get("W6")
+    if w6:
+        body = section_rows("W6", w6["throughput"]) + section_rows("W6", w6["latency"])
+        tables.append(("W6", TITLES["W6"], HEADER, body))
+    w8 = results.get("W8")
+    if w8:
+        tables.append(("W8", TITLES["W8"], FOOTPRINT_HEADER, footprint_rows(w8)))
+    w9 = results.get("W9")
+    if w9:
+        tables.append(("W9", TITLES["W9"], WEB_HEADER, web_rows(w9)))
+    w10 = results.get("W10")
+    if w10:
+        tables.append(("W10", TITLES["W10"], HEADER, section_rows("W10", w10)))
+    return tables
+
+
 def _widths(table: Sequence[Sequence[str]]) -> list[int]:
     return [max(len(row[i]) for row in table) for i in range(len(table[0]))]
 
 
-def render_text(results: dict[str, Any]) -> str:
-    """The table for a terminal, with a line under the header and between workloads."""
-    body = rows(results)
-    if not body:
-        return "(no results)"
-    widths = _widths([HEADER, *body])
+def _text_table(header: Sequence[str], body: Sequence[Row], group: bool = False) -> str:
+    """A table for a terminal; with `group`, a blank line between workloads."""
+    widths = _widths([header, *body])
     line = "  ".join("-" * w for w in widths)
 
     def fmt(row: Sequence[str]) -> str:
         return "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
 
-    out = [_summary_line(results), fmt(HEADER), line]
-    previous = body[0][0]
+    out = [fmt(header), line]
+    previous = body[0][0] if body else ""
     for row in body:
-        if row[0] != previous:
+        if group and row[0] != previous:
             out.append("")
             previous = row[0]
         out.append(fmt(row))
     return "\n".join(out)
 
 
+def render_text(results: dict[str, Any]) -> str:
+    """Every table for a terminal: the main one, then W4 by length, W6, W8, W9, W10."""
+    out = []
+    body = rows(results)
+    if body:
+        out += [_summary_line(results), *_main_notes(results), _text_table(HEADER, body, True)]
+    for workload, title, header, table in extra_tables(results):
+        if not table:
+            continue
+        section = results[workload]
+        out += ["", title, run_note(section, results)]
+        if workload == "W9":
+            out += web_notes(section)
+        out.append(_text_table(header, table))
+    return "\n".join(out).strip() or "(no results)"
+
+
 def _summary_line(results: dict[str, Any]) -> str:
-    config = results.get("config", {})
-    sizes = config.get("sizes", {})
-    quick = " (--quick)" if config.get("quick") else ""
+    sizes = {
+        w: s["sagas"]
+        for w in MAIN
+        if isinstance(s := results.get(w), dict) and isinstance(s.get("sagas"), int)
+    }
     return (
-        f"celery-saga benchmark{quick}: {config.get('reps', '?')} repetitions, contenders "
-        "alternating; median and min-max over repetitions; sagas: "
-        + ", ".join(f"{k.upper()} {v}" for k, v in sizes.items())
+        "celery-saga benchmark: contenders alternating; median and min-max over repetitions; "
+        "sagas: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
     )
 
 
@@ -341,7 +628,7 @@ def _machine_markdown(machine: dict[str, Any]) -> str:
             for name, version in packages.items()
             if name.startswith("celery-saga")
         )
-        + "; drivers: "
+        + "; drivers and libraries: "
         + ", ".join(
             f"{name} {version}"
             for name, version in packages.items()
@@ -363,6 +650,12 @@ def _machine_markdown(machine: dict[str, Any]) -> str:
             f"{orig.get('celery')}, kombu {orig.get('kombu')}, redis-py {orig.get('redis')}, "
             f"Python {orig.get('python')}"
         )
+    dbos = machine.get("dbos_venv")
+    if isinstance(dbos, dict):
+        lines.append(
+            f"- DBOS's venv: dbos {dbos.get('dbos')}, SQLAlchemy {dbos.get('SQLAlchemy')}, "
+            f"psycopg {dbos.get('psycopg')}, Python {dbos.get('python')}"
+        )
     return "\n".join(lines)
 
 
@@ -380,76 +673,170 @@ def _mongo_note(machine: dict[str, Any]) -> list[str]:
     ]
 
 
+def _quick_warning(sections: Sequence[dict[str, Any]], results: dict[str, Any]) -> str:
+    """A warning when any of `sections` came from a ``--quick`` run."""
+    if any((sec.get("run") or _legacy_run(results)).get("quick") for sec in sections):
+        return (
+            "\n\n**Smoke run (`--quick`): the sizes are small and the numbers are not "
+            "comparable with a full run.**"
+        )
+    return ""
+
+
+def _notes(lines: Sequence[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def _extra_markdown(results: dict[str, Any]) -> list[str]:
+    """The sections of W4 by length, W6, W8, W9 and W10, each with its run and command."""
+    parts: list[str] = []
+    done: set[str] = set()
+    for workload, title, header, table in extra_tables(results):
+        if not table:
+            continue
+        section = results[workload]
+        if workload not in done:
+            done.add(workload)
+            parts += [
+                f"## {title}",
+                section["description"][:1].upper()
+                + section["description"][1:]
+                + "."
+                + _quick_warning([section], results),
+                f"Run: {run_note(section, results)}.",
+            ]
+            if workload == "W6":
+                parts.append(
+                    _notes(
+                        [
+                            f"Throughput: {section['throughput']['description']}.",
+                            f"Latency: {section['latency']['description']}.",
+                        ]
+                    )
+                )
+            if workload == "W9":
+                parts.append(_notes([f"{note}." for note in web_notes(section)]))
+        else:
+            parts.append(f"{title}:")
+        parts.append(_markdown_table(header, table))
+    return parts
+
+
 def render_markdown(results: dict[str, Any]) -> str:
-    """docs/performance.md: the latest table, the machine, how to reproduce, the method."""
+    """docs/performance.md: the tables, the machine, how to reproduce, the method."""
     config = results.get("config", {})
-    duration = results.get("duration_seconds")
-    took = f" The harness (run.py) took {duration / 60:.0f} minutes." if duration else ""
-    quick = (
-        "\n\n**This was a smoke run (`--quick`): the sizes are small and the numbers are not "
-        "comparable with a full run.**"
-        if config.get("quick")
-        else ""
-    )
+    main = [results[w] for w in MAIN if w in results and not (w == "W4" and _by_length(results[w]))]
     parts = [
         "# Performance",
         "<!-- Generated by benchmarks/report.py from benchmarks/results.json: do not edit. -->",
         "The benchmark harness (`nox -s bench`) runs this project against the same Celery "
-        "tasks as a plain Celery chain, and against `celery-saga==0.1.1` from PyPI, the "
-        "package this project grew from. Every comparison runs in the same invocation, "
-        "alternating the contenders; the table shows medians over the repetitions, their "
-        "spread (min-max), and ratios of medians (spread: the per-repetition ratios) "
-        "against the targets.",
-        "## Latest results",
-        _summary_line(results) + "." + took + quick,
-        _markdown_table(HEADER, rows(results)),
+        "tasks as a plain Celery chain, against `celery-saga==0.1.1` from PyPI, the package "
+        "this project grew from, and against DBOS, which checkpoints durable steps to "
+        "PostgreSQL in the caller's process. Every comparison runs in the same invocation, "
+        "alternating the contenders; each table shows medians over the repetitions, their "
+        "spread (min-max), ratios of medians (spread: the per-repetition ratios) against "
+        "the targets, and under its title the run it comes from: repetitions, date, load "
+        "average at the start and the end, the machine, and the command that reproduces it.",
+    ]
+    if main:
+        parts += [
+            "## Latest results",
+            _summary_line(results) + "." + _quick_warning(main, results),
+            _notes([f"Run of {note}." for note in _main_notes(results)]),
+            _markdown_table(HEADER, rows(results)),
+        ]
+    parts += _extra_markdown(results)
+    parts += [
         "## Workloads",
         "Redis broker and one prefork worker with 2 processes per contender (each on its own "
         "queue), unless said otherwise.",
         "\n".join(
-            f"- **{TITLES[w]}**: {results[w]['description']}." for w in WORKLOADS if w in results
+            f"- **{_title(w, results[w])}**: {results[w]['description']}."
+            for w in WORKLOADS
+            if w in results
         ),
-        "Targets: W1 celery-saga / plain chain ≤ 1.2 and celery-saga 0.1.1 / celery-saga "
+        "Targets: W1 celery-saga / plain chain ≤ 1.1 and celery-saga 0.1.1 / celery-saga "
         "≥ 1.4; W2 zero lost outputs for celery-saga (0.1.1's count beside it); W3 p50 at "
-        "most 1.5 times the plain chain's."
+        "most the plain chain's; W4 at 5 steps the PostgreSQL store at most 1.3 times the "
+        "Redis store, MariaDB and SQLite at most 1.6 times, and per store the workers' CPU "
+        "per step at 200 steps at most 1.15 times that at 5 steps; W6 celery-saga on "
+        "PostgreSQL at most DBOS's time, p50 at most 1.5 times DBOS's; W8 at most 2,500 "
+        "bytes per finished saga in the Redis store; W9 every page's median request time "
+        "under 200 ms."
         + (
             " W7 has none: its ratio nested saga / flat saga is the cost of a child saga."
             if "W7" in results
             else ""
+        )
+        + (
+            " W10 has none: its ratio tracing on / tracing off is the cost of the tracing."
+            if "W10" in results
+            else ""
         ),
         "## The machine",
+        "The machine of the latest run (each table says when it ran and how busy the machine was):",
         _machine_markdown(results.get("machine", {})),
         "## How to reproduce",
         "```bash\n"
-        "nox -s bench                        # the full run: prints the table, writes "
+        "nox -s bench                        # every workload: prints the tables, writes "
         "benchmarks/results.json and this page\n"
         "nox -s bench -- --quick             # a smoke run with small sizes\n"
-        "nox -s bench -- --workloads W1,W3 --reps 5 --w1-sagas 1000\n"
+        "nox -s bench -- --workloads W1,W3 --reps 7 --w1-sagas 1000\n"
+        "nox -s bench -- --workloads W4      # each store at 5, 50 and 200 steps "
+        "(--w4-lengths, --stores)\n"
+        "nox -s bench -- --workloads W6      # DBOS against the PostgreSQL and Redis stores\n"
+        "nox -s bench -- --workloads W8      # bytes per finished saga\n"
+        "nox -s bench -- --workloads W9      # the web view over 100,000 stored executions\n"
+        "nox -s bench -- --workloads W9 --w9-reseed   # ... made again\n"
+        "nox -s bench -- --workloads W10     # W1 with the tracing on and off\n"
         "```",
-        "The session builds this project's packages into its venv, makes a second venv "
-        "(`celery-saga==0.1.1` and `celery[redis]==5.7.0`) for the original package, which "
-        "has the same import name, and needs the services on their default local ports: "
-        "Redis 6379, RabbitMQ 5672 (guest/guest), PostgreSQL 5432 (user postgres, database "
-        "test) and MariaDB 3306 (root, database test); it starts a SecantusDB server for the "
-        "mongodb store itself. `python benchmarks/run.py --help` lists every option.",
+        "A run with `--workloads` replaces the tables of those workloads and keeps the "
+        "others; only a run of every workload (no `--workloads`) also runs the state-store "
+        "benchmark (`benchmarks/stores.py`). The session builds this project's packages into "
+        "its venv and makes two more venvs: one with `celery-saga==0.1.1` and "
+        "`celery[redis]==5.7.0` for the original package, which has the same import name, "
+        "and one with DBOS. It needs the services on their default local ports: Redis 6379, "
+        "RabbitMQ 5672 (guest/guest), PostgreSQL 5432 (user postgres, database test; DBOS "
+        "gets its own database, `bench_dbos`, created if absent) and MariaDB 3306 (root, "
+        "database test); it starts a SecantusDB server for the mongodb store itself. "
+        "`python benchmarks/run.py --help` lists every option.",
         "## How it is measured",
         "\n".join(
             [
                 "- All workers start once, before any timing, and are warmed up. In each "
                 "repetition every contender runs once; the order rotates by one each "
                 "repetition.",
-                f"- Throughput (W1, W2, W4, W5{', W7' if 'W7' in results else ''}): the time "
-                "from the first `run()` (or `apply_async()`) until every saga finished. "
-                "Every contender's caller learns "
-                "that the same way: it reads the record of the oldest unfinished saga (the "
-                "last result, for a chain) every 20 ms, and moves on as soon as it finished. "
-                "The CPU time used by each contender's worker processes during its runs is "
-                "recorded too (results.json), as it is steadier than time on a shared machine.",
-                "- Latency (W3): `run()` then `get()` per saga. This project's `get()` waits "
-                "for a notification from the store; the plain chain's `AsyncResult.get()` "
-                "for one from the result backend; 0.1.1's `SagaResult.get()` polls its "
-                f"record, here every {config.get('orig_get_interval', 0.005) * 1000:g} ms "
-                "(its default, 0.5 s, would put each of its latencies above 500 ms).",
+                "- Throughput (W1, W2, W4, W5, W6, W7, W10): the time from the first `run()` (or "
+                "`apply_async()`) until every saga finished. Every Celery contender's caller "
+                "learns that the same way: it reads the record of the oldest unfinished saga "
+                "(the last result, for a chain) every 20 ms, and moves on as soon as it "
+                "finished. The CPU time used by each contender's worker processes during its "
+                "runs is recorded too, as it is steadier than time on a shared machine.",
+                "- Latency (W3, W6): `run()` then `get()` per saga. This project's `get()` "
+                "waits for a notification from the store; the plain chain's "
+                "`AsyncResult.get()` for one from the result backend; 0.1.1's "
+                "`SagaResult.get()` polls its record, here every "
+                f"{config.get('orig_get_interval', 0.005) * 1000:g} ms (its default, 0.5 s, "
+                "would put each of its latencies above 500 ms).",
+                "- W4: every (store, length) pair is a contender of its own, so a 200-step "
+                "run and a 5-step run of a store alternate under the same load; a length L "
+                "runs as many sagas as give the same number of steps as the 5-step run. The "
+                "workers' CPU per step is the CPU of the store's worker processes during the "
+                "run divided by its steps; its flatness is the per-repetition ratio of the "
+                "longer length's CPU per step to the 5-step one's.",
+                "- W6: DBOS runs in a driver process in its own venv (`dbos` from PyPI): "
+                "`DBOS(config={'name': ..., 'system_database_url': ...})`, `DBOS.launch()`, "
+                "a `@DBOS.workflow()` calling five `@DBOS.step()` functions that return an "
+                "empty dict (as the saga's no-op tasks do). Throughput starts all workflows "
+                "with `DBOS.start_workflow` and awaits every handle's result; latency calls "
+                "the workflow function, which returns once it finished. DBOS has no broker "
+                "and no worker: its steps run in the driver's threads, so the driver's CPU is "
+                "shown as its workers' CPU. PostgreSQL's own CPU is counted for no contender. "
+                "After every run, not timed, each contender deletes what it wrote "
+                "(`DBOS.delete_workflows`, the store's `delete`).",
+                "- W8: each repetition compacts what earlier runs deleted, keeps the sagas "
+                "of one run, measures, then deletes them; the figures are the size "
+                "differences divided by the number of sagas.",
                 "- celery-saga 0.1.1 runs as its README and code want: `RedisSagaBackend(url=...)` "
                 "installed with `set_default_backend` in its worker and its caller, its app "
                 "current and default (its internal tasks are `shared_task`s using "
@@ -459,6 +846,31 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "once all sagas finished, a saga counts when its record lacks the output of "
                 "a step that ran (for the plain chain, the step's result in the result "
                 "backend).",
+                "- W9: the stored executions are written through each store's own `create` "
+                "(5 steps each; four saga names, 85% completed, 8% compensated, 4% failed, "
+                "2% cancelled, 1% reverted; created over 30 days), by 4 processes at once, "
+                "and kept between runs under names of their own (Redis key prefix "
+                "`bench-web-<N>:`, PostgreSQL tables `bench_web_<N>_*`): a run makes them "
+                "again only when the store does not hold exactly N (`--w9-reseed`: always). "
+                "A worker then runs one `bench.steps50` saga and one `bench.compensated` "
+                "saga on the store and stops; they are deleted when W9 ends. The web view "
+                "is `celery -A bench_app saga web` (uvicorn, one process, read-only); every "
+                "page is checked once (50 rows of the right status or name, 50 steps) and "
+                "requested 5 times to warm up before any timing. A request is timed from "
+                "sending it to having read the whole page, over one keep-alive connection "
+                "per store; the median is the median of the repetitions' medians (spread: "
+                "their min-max), p95 that of every request of the page together. The "
+                "server's CPU per request is its process's CPU time during the "
+                "repetition's requests divided by their number.",
+                "- W10: the 'tracing on' contender has a worker of its own started with "
+                "`CELERY_SAGA_BENCH_OTEL=1` (bench_app turns celery-saga-opentelemetry's "
+                "`CelerySagaInstrumentor` on, with an SDK `TracerProvider` whose "
+                "BatchSpanProcessor hands spans to an exporter that drops them), and the "
+                "harness, every contender's producer, turns the same instrumentation on "
+                "for its runs only. Before timing, one saga of each is checked: the "
+                "'tracing on' one records the trace it was started in, the 'tracing off' "
+                "one does not. Celery's own instrumentation "
+                "(opentelemetry-instrumentation-celery) is off in both.",
                 "- The counting rows come from a separate pass with counting workers "
                 "(not timed): broker messages and state-store round trips per step.",
                 *_mongo_note(results.get("machine", {})),
