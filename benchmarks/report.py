@@ -359,7 +359,7 @@ def web_notes(section: dict[str, Any]) -> list[str]:
 
 def run_note(section: dict[str, Any], results: dict[str, Any]) -> str:
     """How a table was made: repetitions, date, load average, machine, command."""
-    run = section.get("run") or _legacy_run(results)
+    run = section.get("run") or legacy_run(results)
     load = run.get("load_average") or {}
     loads = ""
     if load:
@@ -392,7 +392,7 @@ def command_for(argv: Sequence[str]) -> str:
     return "nox -s bench" + (" -- " + " ".join(kept) if kept else "")
 
 
-def _legacy_run(results: dict[str, Any]) -> dict[str, Any]:
+def legacy_run(results: dict[str, Any]) -> dict[str, Any]:
     """The run record of a section from before sections kept their own: the run's."""
     config, machine = results.get("config", {}), results.get("machine", {})
     return {
@@ -675,7 +675,7 @@ def _mongo_note(machine: dict[str, Any]) -> list[str]:
 
 def _quick_warning(sections: Sequence[dict[str, Any]], results: dict[str, Any]) -> str:
     """A warning when any of `sections` came from a ``--quick`` run."""
-    if any((sec.get("run") or _legacy_run(results)).get("quick") for sec in sections):
+    if any((sec.get("run") or legacy_run(results)).get("quick") for sec in sections):
         return (
             "\n\n**Smoke run (`--quick`): the sizes are small and the numbers are not "
             "comparable with a full run.**"

@@ -1119,7 +1119,14 @@ def write_results(path: Path, report: dict[str, Any]) -> dict[str, Any]:
         existing = json.loads(path.read_text())
     except (OSError, ValueError):
         existing = {}
+    from report import legacy_run
+
     merged = {k: v for k, v in existing.items() if k not in OWN_KEYS}
+    # A section from before sections kept their own run record was made by the run the
+    # top-level keys describe: keep that record with it, since this run replaces them.
+    for section in merged.values():
+        if isinstance(section, dict) and "run" not in section and existing.get("config"):
+            section["run"] = legacy_run(existing)
     merged.update(report)  # this run's sections replace the same ones of an earlier run
     path.write_text(json.dumps(merged, indent=2) + "\n")
     return merged

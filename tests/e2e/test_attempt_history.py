@@ -157,7 +157,6 @@ def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
             broker_connection_retry_on_startup=True,
         )
         sagas = _sagas(app, tag)
-        hostname = f"history-{tag}@e2e"
         set_event_loop(None)  # each in-process worker needs its own event loop (see conftest)
         try:
             with start_worker(
@@ -167,9 +166,8 @@ def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
                 perform_ping_check=False,
                 queues=[queue],
                 shutdown_timeout=30,
-                hostname=hostname,
-            ):
-                yield Setup(app, *sagas, worker=hostname)
+            ) as worker:  # its node name: Celery 5.3's start_worker takes no hostname
+                yield Setup(app, *sagas, worker=worker.hostname)
         finally:
             set_event_loop(None)
             delete_queues(broker, [queue])
