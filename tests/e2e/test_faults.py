@@ -69,11 +69,25 @@ def progressed(results: list[Any], steps: int) -> bool:
 
 def settle(app: Any, results: list[Any], timeout: float) -> None:
     with recovery_every(app, 0.5):
-        wait_for(
-            lambda: all(r.status is SagaStatus.COMPLETED for r in results),
-            timeout,
-            "every saga to complete after the fault",
-        )
+        try:
+            wait_for(
+                lambda: all(r.status is SagaStatus.COMPLETED for r in results),
+                timeout,
+                "every saga to complete after the fault",
+            )
+        except pytest.fail.Exception as exc:  # say which sagas, and where each stands
+            stuck = [_where(r) for r in results if r.status is not SagaStatus.COMPLETED]
+            pytest.fail(f"{exc}; not completed: {stuck}")
+
+
+def _where(result: Any) -> str:
+    """A saga's status and each step's status, attempt, lease and re-sends."""
+    execution = result.execution
+    steps = ", ".join(
+        f"{s.index}:{s.status.value}/a{s.attempt}/lease={s.lease_owner}/sends={s.sends}"
+        for s in execution.steps
+    )
+    return f"{execution.saga_id} {execution.status.value} [{steps}]"
 
 
 def check_effects(scenarios: Any, results: list[Any]) -> None:
