@@ -25,6 +25,8 @@ from support import (
     wait_until,
 )
 
+from celery_saga_redis import RedisSagaBackend
+
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[str]:
@@ -207,3 +209,21 @@ def acl_user(acl_redis: int, unique: str) -> Iterator[AclUser]:
         for key in admin.scan_iter(match=f"{user.prefix}*", count=1000):
             admin.delete(key)
         admin.close()
+
+
+# `store_url` and `store`: a fresh store on standalone Redis and on the cluster, for the
+# modules that do not define their own (a module's own fixture wins).
+@pytest.fixture(params=["standalone", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """A fresh store's URL, on standalone Redis and on the cluster."""
+    name = "redis_store_url" if request.param == "standalone" else "redis_cluster_store_url"
+    url: str = request.getfixturevalue(name)
+    return url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[RedisSagaBackend]:
+    """A Redis store at `store_url`, closed afterwards."""
+    backend = RedisSagaBackend.from_url(store_url)
+    yield backend
+    backend.close()

@@ -11,28 +11,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
-import pytest
 from redis_support import previous_layout
 
 from celery_saga.models import SagaStatus, StepKind, StepStatus
 from celery_saga.testing.conformance import make_execution
 from celery_saga_redis import RedisSagaBackend
-
-
-@pytest.fixture(params=["standalone", "cluster"])
-def store_url(request: pytest.FixtureRequest) -> str:
-    name = "redis_store_url" if request.param == "standalone" else "redis_cluster_store_url"
-    url: str = request.getfixturevalue(name)
-    return url
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[RedisSagaBackend]:
-    backend = RedisSagaBackend.from_url(store_url)
-    yield backend
-    backend.close()
 
 
 def test_children_index_is_a_sorted_set_per_parent_that_leaves_with_them(

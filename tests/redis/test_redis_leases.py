@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,20 +23,6 @@ from celery_saga_redis import RedisSagaBackend, scripts
 
 #: Seconds since the epoch with 17 significant digits: cjson would round them.
 EXACT = 1_717_171_717.1234567
-
-
-@pytest.fixture(params=["standalone", "cluster"])
-def store_url(request: pytest.FixtureRequest) -> str:
-    name = "redis_store_url" if request.param == "standalone" else "redis_cluster_store_url"
-    url: str = request.getfixturevalue(name)
-    return url
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[RedisSagaBackend]:
-    backend = RedisSagaBackend.from_url(store_url)
-    yield backend
-    backend.close()
 
 
 def _running(store: RedisSagaBackend, **lease: Any) -> str:

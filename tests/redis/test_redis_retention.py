@@ -10,7 +10,6 @@ executions leave the listings that meet them and the indexes `purge` sweeps.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from celery import Celery
@@ -24,20 +23,6 @@ from celery_saga_redis import RedisSagaBackend
 from celery_saga_redis.backend import DEFAULT_TTL
 
 WEEK = 7 * 24 * 3600
-
-
-@pytest.fixture(params=["standalone", "cluster"])
-def store_url(request: pytest.FixtureRequest) -> str:
-    name = "redis_store_url" if request.param == "standalone" else "redis_cluster_store_url"
-    url: str = request.getfixturevalue(name)
-    return url
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[RedisSagaBackend]:
-    backend = RedisSagaBackend.from_url(store_url)
-    yield backend
-    backend.close()
 
 
 def ttls(store: RedisSagaBackend, saga_id: str, key: str) -> tuple[int, int, int]:
