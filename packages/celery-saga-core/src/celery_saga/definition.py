@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from celery_saga.errors import SagaDefinitionError
@@ -127,17 +128,21 @@ class SagaDefinition:
     #: The plan tree the stages were compiled from.
     plan: tuple[Node, ...] = field(default=(), compare=False)
 
-    @property
+    @cached_property
     def steps(self) -> tuple[StepSpec, ...]:
-        """Every step, in plan order."""
+        """Every step, in plan order (built once: every step message asks)."""
         return tuple(step for stage in self.stages for step in stage.steps)
 
+    @cached_property
+    def _by_index(self) -> dict[int, StepSpec]:
+        return {spec.index: spec for spec in self.steps}
+
     def step(self, index: int) -> StepSpec:
-        """The step at plan position `index`."""
-        for spec in self.steps:
-            if spec.index == index:
-                return spec
-        raise SagaDefinitionError(f"saga {self.name!r} has no step {index}")
+        """The step at plan position `index` (a lookup, whatever the saga's length)."""
+        spec = self._by_index.get(index)
+        if spec is None:
+            raise SagaDefinitionError(f"saga {self.name!r} has no step {index}")
+        return spec
 
     def describe(self) -> list[Any]:
         """A JSON-able outline of the plan: what the hash covers."""
