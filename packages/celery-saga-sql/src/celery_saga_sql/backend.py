@@ -249,10 +249,8 @@ class SQLSagaBackend(SagaBackend):
 
     def get(self, saga_id: str) -> SagaExecution | None:
         self._prepare()
-        stmt, decode = self.dialect.get_by_id, self.dialect.codec.decode
-        return self._run.autocommit(
-            lambda conn: decode(conn.execute(stmt, {"saga_id": saga_id}).all())
-        )
+        read = self.dialect.read_execution
+        return self._run.autocommit(lambda conn: read(conn, saga_id))
 
     def find_by_idempotency_key(self, key: str) -> SagaExecution | None:
         self._prepare()

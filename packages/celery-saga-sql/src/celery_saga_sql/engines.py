@@ -12,6 +12,11 @@
   BEGIN/COMMIT around them. A separate engine (pool) keeps the two modes apart:
   switching one connection between them costs extra round trips on MySQL.
 
+On MySQL and MariaDB with PyMySQL, the write engine's connections accept several
+statements per exchange (``CLIENT.MULTI_STATEMENTS``): a step write sends its writes
+and the COMMIT together (`celery_saga_sql.direct.Batch`). The statements are the
+store's own, their values interpolated and escaped by the driver.
+
 SQLite files are opened in WAL mode with a busy timeout, so threads of one
 process and several processes can share a file: readers never block the writer,
 and writers queue for the lock instead of failing.
@@ -32,6 +37,10 @@ from celery_saga_sql.urls import StoreURL
 SQLITE_BUSY_TIMEOUT = 30.0
 #: The "in transaction" bit of the MySQL protocol's server status flags.
 _SERVER_STATUS_IN_TRANS = 0x0001
+#: MySQL protocol client flags: rowcount counts matched rows (SQLAlchemy relies on it),
+#: several statements per exchange.
+_CLIENT_FOUND_ROWS = 1 << 1
+_CLIENT_MULTI_STATEMENTS = 1 << 16
 _SKIP_ROLLBACK = "skip_autocommit_rollback" in inspect.signature(DefaultDialect.__init__).parameters
 
 
@@ -90,6 +99,10 @@ def make_engines(store_url: StoreURL, **engine_options: Any) -> tuple[Engine, En
         write_options.setdefault("isolation_level", "READ COMMITTED")
         if mysql_reset:
             write_options.setdefault("pool_reset_on_return", None)
+            connect_args = dict(write_options.get("connect_args", {}))
+            flags = int(connect_args.get("client_flag", 0))
+            connect_args["client_flag"] = flags | _CLIENT_FOUND_ROWS | _CLIENT_MULTI_STATEMENTS
+            write_options["connect_args"] = connect_args
     writer = create_engine(url, **write_options)
     if mysql_reset and write_options["pool_reset_on_return"] is None:
         event.listen(writer, "reset", _mysql_reset)

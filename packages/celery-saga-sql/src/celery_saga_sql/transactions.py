@@ -18,6 +18,7 @@ from sqlalchemy import Connection, CursorResult, Engine, Executable
 from sqlalchemy.exc import DBAPIError
 
 from celery_saga.backends.base import StoreStats
+from celery_saga_sql.direct import Batch
 
 T = TypeVar("T")
 
@@ -118,6 +119,24 @@ class Runner:
                     raise
                 finally:
                     self.stats.add(tx.trips, tx.written)
+            _backoff(attempt)
+
+    def batched(self, work: Callable[[Batch], T]) -> T:
+        """Run `work` on a driver connection of the write engine that sends several
+        statements in one exchange (`Batch`); `work` ends the transaction itself. Run
+        again if it lost a deadlock, like `write`."""
+        attempt = 0
+        while True:
+            attempt += 1
+            batch = Batch(self.engine)
+            try:
+                return work(batch)
+            except DBAPIError as exc:
+                if attempt >= self._attempts() or not transient(exc):
+                    raise
+            finally:
+                batch.close()
+                self.stats.add(batch.trips, batch.written)
             _backoff(attempt)
 
     def autocommit(

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, TypeVar
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
+    Connection,
     Engine,
     Executable,
     Select,
@@ -42,7 +43,7 @@ from sqlalchemy import (
 )
 
 from celery_saga.backends.base import Lease, StepWrite, payload_size
-from celery_saga.models import SagaStatus, StepStatus, now
+from celery_saga.models import SagaExecution, SagaStatus, StepStatus, now
 from celery_saga_sql.codec import STEP_STATE, RowCodec, late_entries, report
 from celery_saga_sql.schema import Tables
 from celery_saga_sql.stepwrites import StepRequest, start_params
@@ -93,6 +94,10 @@ class SQLDialect:
             .where(e.c.saga_id == bindparam("sid", type_=e.c.saga_id.type))
             .values(updated_at=bindparam("stamp", type_=e.c.updated_at.type))
         )
+
+    def read_execution(self, conn: Connection, saga_id: str) -> SagaExecution | None:
+        """The execution `saga_id` with its steps (one statement), or None."""
+        return self.codec.decode(conn.execute(self.get_by_id, {"saga_id": saga_id}).all())
 
     def cached(self, key: Hashable, build: Callable[[], T]) -> T:
         """The statement of shape `key`, built by `build` the first time it is asked for."""

@@ -1,14 +1,15 @@
 """MySQL and MariaDB: no ``UPDATE ... RETURNING``, so a step write reads what it needs
 under row locks, then writes.
 
-A step write is the lock-decide-write transaction of `SQLDialect.write_step`, with
-PyMySQL starting the transaction with its first statement (no BEGIN exchange):
-``SELECT STRAIGHT_JOIN ... FOR UPDATE`` (the execution row first, as every writer
-locks it), the counter's upsert when the write counts, one multi-table ``UPDATE`` of
-the step rows and the execution's ``updated_at``, and COMMIT: four round trips for a
-step that finishes its stage and starts the next, three for a plain write, two for a
-refused one. Lease renewals are one ``UPDATE`` joined to a derived table; the rows
-it matched tell whether every lease was renewed.
+A step write locks and reads, decides, then writes: ``SELECT STRAIGHT_JOIN ... FOR
+UPDATE`` (the execution row first, as every writer locks it; PyMySQL starts the
+transaction with it, no BEGIN exchange), then the counter's upsert when the write
+counts, one multi-table ``UPDATE`` of the step rows and the execution's
+``updated_at``, and COMMIT, sent together in one exchange (`direct.Batch`): two round
+trips for any step write, two for a refused one (its COMMIT releases the locks).
+With a driver or connection that does not take several statements per exchange, the
+writes go one by one (`SQLDialect.write_step`). Lease renewals are one ``UPDATE``
+joined to a derived table; the rows it matched tell whether every lease was renewed.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from typing import Any, ClassVar
 from sqlalchemy import Executable, Select, bindparam, literal, select, tuple_, union_all, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 
-from celery_saga.backends.base import Lease, payload_size
+from celery_saga.backends.base import Lease, StepWrite, payload_size
+from celery_saga.models import SagaStatus, StepStatus, now
 from celery_saga_sql import leases as lease_sql
+from celery_saga_sql.codec import report
 from celery_saga_sql.dialects.base import SQLDialect, key_in
+from celery_saga_sql.direct import Batch, Compiled
 from celery_saga_sql.stepwrites import StepRequest
 from celery_saga_sql.transactions import Runner, Tx
 
@@ -46,6 +50,55 @@ class MySQLDialect(SQLDialect):
             return stmt.on_duplicate_key_update(value=value)
 
         return self.cached("counter", build)
+
+    def write_step(self, run: Runner, request: StepRequest) -> StepWrite:
+        """Lock and read, decide, then the writes and COMMIT in one exchange."""
+        if self.engine.driver != "pymysql":
+            return super().write_step(run, request)
+        return run.batched(lambda batch: self._write_batched(batch, request))
+
+    def _write_batched(self, batch: Batch, request: StepRequest) -> StepWrite:
+        stamp = now()
+        indexes = request.indexes
+        counted = request.count_in is not None
+        params: dict[str, Any] = {f"i{j}": i for j, i in enumerate(indexes)}
+        params["sid"] = request.saga_id
+        if counted:
+            params["cname"] = request.count_in
+        lock = self.compiled(self.locking(len(indexes), counted))
+        rows = {int(row.idx): row for row in batch.query(lock, params)}
+        found = rows.get(request.index)
+        expect = request.expect
+        if found is None or (
+            expect is not None
+            and expect.refusal(
+                StepStatus(found.status),
+                int(found.attempt),
+                int(found.comp_attempt),
+                SagaStatus(found.saga_status),
+                found.lease_owner,
+                found.lease_expires_at,
+            )
+        ):
+            batch.end(commit=True)  # releases the locks; nothing was written
+            if found is None:
+                raise KeyError(f"no step {request.index} in saga {request.saga_id}")
+            return report(found)
+        count = int(found.counter or 0) + 1 if counted else None
+        started = request.may_start(rows, count)
+        writes: list[tuple[Compiled, dict[str, Any]]] = []
+        if count is not None:
+            counter = {"sid": request.saga_id, "cname": request.count_in, "cvalue": count}
+            writes.append((self.compiled(self.counter_set()), counter))
+        stmt, step_params = self.steps_write(request, count, started)
+        step_params["stamp"] = stamp
+        writes.append((self.compiled(stmt), step_params))
+        batch.commit_with(writes, written=request.written(stamp, count))
+        return report(found, request.values, count, started)
+
+    def compiled(self, statement: Any) -> Compiled:
+        """`statement` (one of this dialect's cached statements) compiled once."""
+        return self.cached(("compiled", id(statement)), lambda: Compiled(self.engine, statement))
 
     def apply(
         self,

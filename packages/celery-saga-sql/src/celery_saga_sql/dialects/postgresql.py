@@ -17,7 +17,8 @@
 - `renew` takes any number of leases as arrays (``unnest``).
 
 Each statement is built once per shape (which fields are written, which expectations
-checked, how many steps start) and run with bound parameters.
+checked, how many steps start) and run with bound parameters; the step write and the
+finishing update are compiled once and run on the driver's cursor (`direct`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     ColumnClause,
     ColumnElement,
+    Connection,
     Engine,
     Executable,
     Integer,
@@ -47,11 +49,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql as pg
 
 from celery_saga.backends.base import Lease, StepWrite, payload_size
-from celery_saga.models import SagaStatus, StepStatus, now
+from celery_saga.models import SagaExecution, SagaStatus, StepStatus, now
 from celery_saga_sql import conditions
 from celery_saga_sql import leases as lease_sql
 from celery_saga_sql.codec import STEP_STATE, report
 from celery_saga_sql.dialects.base import SQLDialect, key_in
+from celery_saga_sql.direct import Compiled
 from celery_saga_sql.schema import Tables
 from celery_saga_sql.stepwrites import StepRequest, start_params
 from celery_saga_sql.transactions import Runner
@@ -86,11 +89,19 @@ class PostgreSQLDialect(SQLDialect):
         self._renew = renewal.returning(*lease_sql.renewed_columns(s))
         quote = engine.dialect.identifier_preparer.format_table
         e_name, s_name = quote(tables.executions), quote(s)
-        self._create = text(
-            f"WITH e AS (INSERT INTO {e_name} SELECT * FROM json_populate_record("
-            f"NULL::{e_name}, CAST(:e AS json)) RETURNING 1) INSERT INTO {s_name} SELECT * "
-            f"FROM json_populate_recordset(NULL::{s_name}, CAST(:s AS json))"
+        self._create = Compiled(
+            engine,
+            text(
+                f"WITH e AS (INSERT INTO {e_name} SELECT * FROM json_populate_record("
+                f"NULL::{e_name}, CAST(:e AS json)) RETURNING 1) INSERT INTO {s_name} SELECT * "
+                f"FROM json_populate_recordset(NULL::{s_name}, CAST(:s AS json))"
+            ),
         )
+
+    def read_execution(self, conn: Connection, saga_id: str) -> SagaExecution | None:
+        """The joined read, compiled once and run on the driver's cursor."""
+        stmt = self.cached("get-direct", lambda: Compiled(self.engine, self.get_by_id))
+        return self.codec.decode(stmt.all(conn, {"saga_id": saga_id}))  # type: ignore[arg-type]
 
     # -- create and update_saga ----------------------------------------------------------------
     def create(self, run: Runner, row: dict[str, Any], step_rows: list[dict[str, Any]]) -> None:
@@ -98,7 +109,7 @@ class PostgreSQLDialect(SQLDialect):
         params = {"e": json.dumps(row), "s": json.dumps(step_rows)}
         written = payload_size(row) + payload_size(step_rows)
         run.autocommit(
-            lambda conn: conn.execute(self._create, params), written=written, idempotent=False
+            lambda conn: self._create.execute(conn, params), written=written, idempotent=False
         )
 
     def update_saga(
@@ -122,7 +133,8 @@ class PostgreSQLDialect(SQLDialect):
             # change commits, and only if the compare-and-set applied.
             e = self.tables.executions
             done = self.saga_update(names, expected).returning(e.c.saga_id).cte("done")
-            return select(done.c.saga_id, func.pg_notify(self.tables.channel, done.c.saga_id))
+            notify = select(done.c.saga_id, func.pg_notify(self.tables.channel, done.c.saga_id))
+            return Compiled(self.engine, notify)
 
         stmt = self.cached(("saga-notify", names, expected), build)
         params = {f"v_{name}": values[name] for name in names}
@@ -130,7 +142,7 @@ class PostgreSQLDialect(SQLDialect):
         for i, status in enumerate(allowed or ()):
             params[f"x_{i}"] = status
         return run.autocommit(
-            lambda conn: len(conn.execute(stmt, params).all()) == 1,
+            lambda conn: stmt.one_or_none(conn, params) is not None,
             written=payload_size(*values, *values.values()),
             idempotent=False,
         )
@@ -162,7 +174,9 @@ class PostgreSQLDialect(SQLDialect):
             stored = request.index in plan.check and "status" not in request.values
             start_shape = (plan.fields, len(others), stored)
         shape = (names, conditions.shape(request.expect), counted, start_shape)
-        stmt = self.cached(("step", shape), lambda: self._step_statement(*shape))
+        stmt = self.cached(
+            ("step", shape), lambda: Compiled(self.engine, self._step_statement(*shape))
+        )
         stamp = now()
         params = {f"v_{name}": value for name, value in request.values.items()}
         params.update(conditions.params(request.expect))
@@ -174,7 +188,7 @@ class PostgreSQLDialect(SQLDialect):
             params.update({f"c{k}": i for k, i in enumerate(others)})
             params["get_at"] = request.get_at
         found = run.autocommit(
-            lambda conn: conn.execute(stmt, params).one_or_none(),
+            lambda conn: stmt.one_or_none(conn, params),
             written=request.written(stamp, 1 if counted else None),
             idempotent=False,
         )
