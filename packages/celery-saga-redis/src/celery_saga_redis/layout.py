@@ -24,6 +24,10 @@ An execution is one hash (see keys.py). Its fields:
 Counters (`update_step(count_in=...)`) live in a hash of their own while the execution
 runs (`Keys.counters`); the write that finishes it deletes them. A finished execution
 is then its header, its execution fields and one field per step, as it was written.
+A stage of one step is counted without its counter: the write that completes it says
+so (`StartNext.check` is that step alone and `get_at` is 1), and it is that stage's
+only write that counts (the others the step could get are refused once it has left
+PENDING and RUNNING), so its count is 1.
 
 Defaults are not stored (absent: the default), and the object abbreviates: an output
 that is also the compensation data is written once (``"oc"``), and a task id that

@@ -9,9 +9,10 @@ significant digits, so it would round big numbers in user data and times that mu
 compare exactly, such as a lease's expiry. Counters live in a hash of their own
 (`Keys.counters`), which the write that finishes the execution deletes.
 
-What only the rare paths need (a step stored by the layout before this one) is built
-inside the functions that need it, so the step script's every call does not pay for
-it. Such objects are cut into members by a small scanner (`_JSON`), not by cjson.
+What only the rare paths need (a step stored by the layout before this one, lease
+conditions) is defined by `rare()` on first use (`_RARE`), so the step script's every
+call does not create those functions. Such objects are cut into members by a small
+scanner, not by cjson.
 
 ``s:<i>:l`` (a step's late successes) is raw JSON of a particular shape, so
 `RECORD_LATE` can merge entries with cjson without rounding anything: ``{"<attempt>":
@@ -51,32 +52,8 @@ local function allowed(list, name)
 end
 """
 
-# The layout's constants, built on first use by the rare path (converting a step).
-_LAYOUT = (
-    """
-local layout_constants = nil
-local function constants()
-  if not layout_constants then
-    layout_constants = {
-      code = """
-    + _lua_table({name: _lua_string(code) for name, code in layout.STEP_CODES.items()})
-    + """,
-      apart = """
-    + _lua_table(dict.fromkeys(layout.APART, "true"))
-    + """,
-      legacy = {"""
-    + ", ".join(_lua_string(name) for name in layout.LEGACY_RAW_FIELDS)
-    + """},
-    }
-  end
-  return layout_constants
-end
-"""
-)
-
-# Cutting a step object of the layout before this one into its members, without
-# decoding their values.
-_JSON = """
+# Scanning JSON text: the end of a string (the step scripts' every write may need it).
+_STRING = """
 -- The index just past the JSON string whose opening quote is at pos.
 local function after_string(text, pos)
   local i = pos + 1
@@ -84,50 +61,6 @@ local function after_string(text, pos)
     local j = string.find(text, '["\\\\]', i)
     if not j then return #text + 1 end
     if string.byte(text, j) == 92 then i = j + 2 else return j + 1 end
-  end
-end
-
--- The index just past the JSON value that starts at pos.
-local function after_value(text, pos)
-  local c = string.byte(text, pos)
-  if c == 34 then return after_string(text, pos) end
-  if c == 123 or c == 91 then
-    local depth, i = 0, pos
-    while true do
-      local j = string.find(text, '[%[%]{}"]', i)
-      if not j then return #text + 1 end
-      local d = string.byte(text, j)
-      if d == 34 then
-        i = after_string(text, j)
-      else
-        if d == 123 or d == 91 then depth = depth + 1 else depth = depth - 1 end
-        i = j + 1
-        if depth == 0 then return i end
-      end
-    end
-  end
-  return string.find(text, '[,}%]%s]', pos) or (#text + 1)
-end
-
--- The members of a step object of the layout before this one: code -> the raw text of
--- the value as written.
-local function members(text)
-  local code = constants().code
-  local out = {}
-  local pos = (string.find(text, '{', 1, true) or #text) + 1
-  while true do
-    pos = string.find(text, '[^%s,]', pos)
-    if not pos or string.byte(text, pos) ~= 34 then return out end
-    local stop = after_string(text, pos)
-    local key = string.sub(text, pos + 1, stop - 2)
-    if string.find(key, '\\\\', 1, true) then
-      key = cjson.decode(string.sub(text, pos, stop - 1))
-    end
-    pos = string.find(text, '[^%s:]', stop)
-    if not pos then return out end
-    stop = after_value(text, pos)
-    out[code[key] or key] = string.sub(text, pos, stop - 1)
-    pos = stop
   end
 end
 
@@ -152,7 +85,7 @@ end
 -- codes are cut (absent is null); in any other, a null is appended for each code of
 -- `nulls` that it may hold.
 local function rewrite(object, stop, s, a, ca, added, starts, nulls)
-  if not string.find(object, '[{[]', 2) then
+  if not (string.find(object, '{', 2, true) or string.find(object, '[', 2, true)) then
     for start in string.gmatch(starts, '%S+') do
       local from = string.find(object, start, stop, true)
       while from do
@@ -177,47 +110,140 @@ local function rewrite(object, stop, s, a, ca, added, starts, nulls)
 end
 """
 
-# The rare path: steps stored by the layout before this one.
-_OPEN = """
--- A step object stored by the layout before this one, rewritten in this one (its
--- fields kept apart by that layout moved too); the new object.
-local function convert(h, i, object)
-  local k = constants()
-  local p = 's:' .. i
-  local values = members(object)
-  local names = {}
-  for n, name in ipairs(k.legacy) do names[n] = p .. ':' .. name end
-  local legacy = redis.call('HMGET', h, unpack(names))
-  local gone = {}
-  for n = 1, #names do
-    if legacy[n] then
-      values[k.code[k.legacy[n]]] = legacy[n]
-      gone[#gone + 1] = names[n]
-    end
-  end
-  if #gone > 0 then redis.call('HDEL', h, unpack(gone)) end
-  local s = 'pending'
-  if values['s'] then s = cjson.decode(values['s']) end
-  local a, ca = tonumber(values['a'] or 0), tonumber(values['ca'] or 0)
-  values['s'], values['a'], values['ca'], values['index'] = nil, nil, nil, nil
-  local parts, sets = {}, {}
-  for key, text in pairs(values) do
-    if k.apart[key] then
-      if text ~= 'null' then
-        sets[#sets + 1] = p .. ':' .. key
-        sets[#sets + 1] = text
-      end
-    elseif text ~= 'null' then
-      parts[#parts + 1] = ',"' .. key .. '":' .. text
-    end
-  end
-  local new = '{"s":"' .. s .. '","a":' .. a
-  if ca ~= 0 then new = new .. ',"ca":' .. ca end
-  new = new .. table.concat(parts) .. '}'
-  redis.call('HSET', h, p, new, unpack(sets))
-  return new
-end
+# The rare paths' functions, defined on first use: converting a step stored by the layout
+# before this one (cutting its object into members without decoding their values), and
+# lease conditions. Each call of a script that never needs them creates none of them.
+_RARE = (
+    """
+local rare_functions = nil
+local function rare()
+  if rare_functions then return rare_functions end
+  local k = {
+    code = """
+    + _lua_table({name: _lua_string(code) for name, code in layout.STEP_CODES.items()})
+    + """,
+    apart = """
+    + _lua_table(dict.fromkeys(layout.APART, "true"))
+    + """,
+    legacy = {"""
+    + ", ".join(_lua_string(name) for name in layout.LEGACY_RAW_FIELDS)
+    + """},
+  }
 
+  -- The index just past the JSON value that starts at pos.
+  local function after_value(text, pos)
+    local c = string.byte(text, pos)
+    if c == 34 then return after_string(text, pos) end
+    if c == 123 or c == 91 then
+      local depth, i = 0, pos
+      while true do
+        local j = string.find(text, '[%[%]{}"]', i)
+        if not j then return #text + 1 end
+        local d = string.byte(text, j)
+        if d == 34 then
+          i = after_string(text, j)
+        else
+          if d == 123 or d == 91 then depth = depth + 1 else depth = depth - 1 end
+          i = j + 1
+          if depth == 0 then return i end
+        end
+      end
+    end
+    return string.find(text, '[,}%]%s]', pos) or (#text + 1)
+  end
+
+  -- The members of a step object of the layout before this one: code -> the raw text of
+  -- the value as written.
+  local function members(text)
+    local code = k.code
+    local out = {}
+    local pos = (string.find(text, '{', 1, true) or #text) + 1
+    while true do
+      pos = string.find(text, '[^%s,]', pos)
+      if not pos or string.byte(text, pos) ~= 34 then return out end
+      local stop = after_string(text, pos)
+      local key = string.sub(text, pos + 1, stop - 2)
+      if string.find(key, '\\\\', 1, true) then
+        key = cjson.decode(string.sub(text, pos, stop - 1))
+      end
+      pos = string.find(text, '[^%s:]', stop)
+      if not pos then return out end
+      stop = after_value(text, pos)
+      out[code[key] or key] = string.sub(text, pos, stop - 1)
+      pos = stop
+    end
+  end
+
+  -- A step object stored by the layout before this one, rewritten in this one (its
+  -- fields kept apart by that layout moved too); the new object.
+  local function convert(h, i, object)
+    local p = 's:' .. i
+    local values = members(object)
+    local names = {}
+    for n, name in ipairs(k.legacy) do names[n] = p .. ':' .. name end
+    local legacy = redis.call('HMGET', h, unpack(names))
+    local gone = {}
+    for n = 1, #names do
+      if legacy[n] then
+        values[k.code[k.legacy[n]]] = legacy[n]
+        gone[#gone + 1] = names[n]
+      end
+    end
+    if #gone > 0 then redis.call('HDEL', h, unpack(gone)) end
+    local s = 'pending'
+    if values['s'] then s = cjson.decode(values['s']) end
+    local a, ca = tonumber(values['a'] or 0), tonumber(values['ca'] or 0)
+    values['s'], values['a'], values['ca'], values['index'] = nil, nil, nil, nil
+    local parts, sets = {}, {}
+    for key, text in pairs(values) do
+      if k.apart[key] then
+        if text ~= 'null' then
+          sets[#sets + 1] = p .. ':' .. key
+          sets[#sets + 1] = text
+        end
+      elseif text ~= 'null' then
+        parts[#parts + 1] = ',"' .. key .. '":' .. text
+      end
+    end
+    local new = '{"s":"' .. s .. '","a":' .. a
+    if ca ~= 0 then new = new .. ',"ca":' .. ca end
+    new = new .. table.concat(parts) .. '}'
+    redis.call('HSET', h, p, new, unpack(sets))
+    return new
+  end
+
+  -- The lease conditions of a step write (ARGV only when the caller has some): the same
+  -- rules as `StepExpect.refusal`. `owner` and `expires` are the stored raw JSON (false
+  -- when absent); `spec` is JSON [lease_free_at, lease_holder, lease_owners], null for
+  -- an absent condition, and null in lease_owners for "no owner".
+  local function lease_ok(spec, owner, expires)
+    spec = cjson.decode(spec)
+    local held = nil
+    if owner and owner ~= 'null' then held = cjson.decode(owner) end
+    local free_at, owners = spec[1], spec[3]
+    if free_at ~= cjson.null and held ~= nil and held ~= spec[2] then
+      local till = nil
+      if expires and expires ~= 'null' then till = tonumber(expires) end
+      if till == nil or till > free_at then return false end
+    end
+    if owners ~= cjson.null then
+      for _, o in ipairs(owners) do
+        if (o == cjson.null and held == nil) or (o ~= cjson.null and o == held) then
+          return true
+        end
+      end
+      return false
+    end
+    return true
+  end
+
+  rare_functions = {convert = convert, lease_ok = lease_ok}
+  return rare_functions
+end
+"""
+)
+
+_STEP_STATE = """
 -- Step i's object, its state and where its head ends, converting the step if need be
 -- (`object`: the object as read, or false); nil: no step i.
 local function step_state(h, i, object)
@@ -227,7 +253,7 @@ local function step_state(h, i, object)
   end
   local s, a, ca, stop = head(object)
   if not s then
-    object = convert(h, i, object)
+    object = rare().convert(h, i, object)
     s, a, ca, stop = head(object)
   end
   return object, s, a, ca, stop
@@ -301,40 +327,12 @@ redis.call('SADD', ix .. 'names', ARGV[2])
 return 1
 """
 
-# The lease conditions of a step write (ARGV only when the caller has some): the same
-# rules as `StepExpect.refusal`. `owner` and `expires` are the stored raw JSON (false
-# when absent); `spec` is JSON [lease_free_at, lease_holder, lease_owners], null for
-# an absent condition, and null in lease_owners for "no owner".
-_LEASE_OK = """
-local function lease_ok(spec, owner, expires)
-  spec = cjson.decode(spec)
-  local held = nil
-  if owner and owner ~= 'null' then held = cjson.decode(owner) end
-  local free_at, owners = spec[1], spec[3]
-  if free_at ~= cjson.null and held ~= nil and held ~= spec[2] then
-    local till = nil
-    if expires and expires ~= 'null' then till = tonumber(expires) end
-    if till == nil or till > free_at then return false end
-  end
-  if owners ~= cjson.null then
-    for _, o in ipairs(owners) do
-      if (o == cjson.null and held == nil) or (o ~= cjson.null and o == held) then
-        return true
-      end
-    end
-    return false
-  end
-  return true
-end
-"""
-
 UPDATE_STEP = (
     _ALLOWED
-    + _LAYOUT
-    + _JSON
+    + _STRING
     + _HEAD
-    + _OPEN
-    + _LEASE_OK
+    + _RARE
+    + _STEP_STATE
     + """
 -- KEYS[1] execution hash, KEYS[2] its counters
 -- ARGV[1] step index, ARGV[2] now (updated_at, JSON), ARGV[3] allowed step statuses
@@ -352,13 +350,28 @@ UPDATE_STEP = (
 -- apart, fields apart deleted (space separated), members to append, the starts of
 -- those and of the members set to null, codes set to null; then the same for each
 -- start step, in the order of ARGV[12].
+-- A stage of this step alone (ARGV[11] is this step, ARGV[10] is 1) counts without its
+-- counter: its one member's count is 1 (`layout` says why). A next stage of one step is
+-- read with this step.
 -- Returns {applied, step status, attempt, comp_attempt, saga status (names), lease
 -- owner, lease expiry (raw JSON or nil), as stored before the write, count, the
 -- whole hash, started steps}.
 local h, i = KEYS[1], ARGV[1]
 local p = 's:' .. i
 local counter = ARGV[9]
-local got = redis.call('HMGET', h, 'h:status', p, p .. ':lo', p .. ':le')
+local at, read = ARGV[10], true
+if string.byte(at, 1) == 33 then at, read = string.sub(at, 2), false end
+local alone = at == '1' and ARGV[11] == i
+local nxt = false
+if alone and ARGV[12] ~= '' and not string.find(ARGV[12], ' ', 1, true) then
+  nxt = 's:' .. ARGV[12]
+end
+local got
+if nxt then
+  got = redis.call('HMGET', h, 'h:status', p, p .. ':lo', p .. ':le', nxt)
+else
+  got = redis.call('HMGET', h, 'h:status', p, p .. ':lo', p .. ':le')
+end
 if not got[1] then return redis.error_reply('NOSAGA') end
 local saga = string.sub(got[1], 2, -2)
 local object = got[2]
@@ -374,14 +387,15 @@ if ok and ARGV[4] ~= '' and attempt ~= tonumber(ARGV[4]) then ok = false end
 if ok and ARGV[5] ~= '' and attempt > tonumber(ARGV[5]) then ok = false end
 if ok and ARGV[7] ~= '' and comp ~= tonumber(ARGV[7]) then ok = false end
 if ok and ARGV[8] ~= '' and comp > tonumber(ARGV[8]) then ok = false end
-if ok and ARGV[13] ~= '' then ok = lease_ok(ARGV[13], owner, expires) end
+if ok and ARGV[13] ~= '' then ok = rare().lease_ok(ARGV[13], owner, expires) end
 if not ok then return {0, status, attempt, comp, saga, owner, expires} end
 local sets, deleted = {'h:updated_at', ARGV[2]}, {}
 
--- One step's block of ARGV at `pos` applied to its object; the position after it.
-local function write(j, jobject, js, ja, jc, jstop, pos, count)
+-- One step's block of ARGV at `pos` applied to its object; the position after it. A new
+-- attempt and the count `q` go into the object as text (no number formatting).
+local function write(j, jobject, js, ja, jc, jstop, pos, q)
   if ARGV[pos] ~= '' then js = ARGV[pos] end
-  if ARGV[pos + 1] ~= '' then ja = tonumber(ARGV[pos + 1]) end
+  if ARGV[pos + 1] ~= '' then ja = ARGV[pos + 1] end
   if ARGV[pos + 2] ~= '' then jc = tonumber(ARGV[pos + 2]) end
   local n = tonumber(ARGV[pos + 3])
   for k = pos + 4, pos + 3 + 2 * n, 2 do
@@ -393,8 +407,8 @@ local function write(j, jobject, js, ja, jc, jstop, pos, count)
     for f in string.gmatch(ARGV[pos], '%S+') do deleted[#deleted + 1] = f end
   end
   local added, starts = ARGV[pos + 1], ARGV[pos + 2]
-  if count then
-    added = added .. ',"q":' .. count
+  if q then
+    added = added .. ',"q":' .. q
     starts = starts .. ' ,"q":'
   end
   sets[#sets + 1] = 's:' .. j
@@ -402,19 +416,20 @@ local function write(j, jobject, js, ja, jc, jstop, pos, count)
   return pos + 4, js
 end
 
-local count = false
-if counter ~= '' then
+local count, q = false, false
+if counter ~= '' and alone then
+  count, q = 1, '1'
+elseif counter ~= '' then
   count = redis.call('HINCRBY', KEYS[2], counter, 1)
+  q = count
   if saga ~= 'running' and saga ~= 'compensating' and saga ~= 'pending' then
     -- Counted after the finish deleted the counters: they go with the execution.
     local ttl = redis.call('PTTL', h)
     if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
   end
 end
-local pos, now_status = write(i, object, status, attempt, comp, stop, 14, count)
+local pos, now_status = write(i, object, status, attempt, comp, stop, 14, q)
 local started = {}
-local at, read = ARGV[10], true
-if string.byte(at, 1) == 33 then at, read = string.sub(at, 2), false end
 local reached = count and at ~= '' and count == tonumber(at)
 if reached and ARGV[12] ~= '' and saga == 'running' then
   local ready = true
@@ -431,7 +446,7 @@ if reached and ARGV[12] ~= '' and saga == 'running' then
   end
   if ready then
     for j in string.gmatch(ARGV[12], '%d+') do
-      local jobject, js, ja, jc, jstop = step_state(h, j, false)
+      local jobject, js, ja, jc, jstop = step_state(h, j, nxt and got[5])
       if js == 'pending' and ja == 0 then
         pos = write(j, jobject, js, ja, jc, jstop, pos, false)
         started[#started + 1] = tonumber(j)
@@ -452,10 +467,10 @@ return {1, status, attempt, comp, saga, owner, expires, count, all, started}
 # Create or move one late-success entry of a step (see `SagaBackend.record_late`).
 # Entries hold JSON texts (see the module docstring): cjson moves strings exactly.
 RECORD_LATE = (
-    _LAYOUT
-    + _JSON
+    _STRING
     + _HEAD
-    + _OPEN
+    + _RARE
+    + _STEP_STATE
     + """
 -- KEYS[1] execution hash
 -- ARGV[1] step index, ARGV[2] attempt (the entry's key), ARGV[3] the JSON text of the
@@ -496,10 +511,10 @@ return {ok and 1 or 0, status, attempt, comp, string.sub(got[1], 2, -2), got[4],
 # of a heartbeat in one call; on a cluster each call carries the leases of one
 # execution (one slot), and the calls go out in one pipeline.
 RENEW = (
-    _LAYOUT
-    + _JSON
+    _STRING
     + _HEAD
-    + _OPEN
+    + _RARE
+    + _STEP_STATE
     + """
 -- KEYS execution hashes; ARGV[1] the new expiry (JSON number); a renewal is not
 -- progress: it leaves the execution's updated_at alone
@@ -559,37 +574,46 @@ UPDATE_SAGA = (
 -- A status that becomes finished deletes the counters.
 -- Returns {applied, status before, status after} (statuses as names).
 local h = KEYS[1]
-local old = redis.call('HGET', h, 'h:status')
+local stored = redis.call('HMGET', h, 'h:status', 'h:created_at', 'h')
+local old, created = stored[1], stored[2]
 if not old then return {0, false, false} end
-if ARGV[6] ~= '' and redis.call('HGET', h, 'h:created_at') ~= ARGV[6] then
+if ARGV[6] ~= '' and created ~= ARGV[6] then
   return {-1, false, false}
 end
 if not allowed(ARGV[2], string.sub(old, 2, -2)) then
   return {0, string.sub(old, 2, -2), string.sub(old, 2, -2)}
 end
 local sets = {'h:updated_at', ARGV[1]}
+local new = old
 for k = 7, #ARGV, 2 do
   sets[#sets + 1] = 'h:' .. ARGV[k]
   sets[#sets + 1] = ARGV[k + 1]
+  if ARGV[k] == 'status' then new = ARGV[k + 1] end
 end
 redis.call('HSET', h, unpack(sets))
-local new = redis.call('HGET', h, 'h:status')
 if new ~= old then
   local ttl = tonumber(ARGV[3])
   local follow = {}
   if ARGV[5] ~= '' then
     local ix = ARGV[5] .. 'idx:'
-    local head = cjson.decode(redis.call('HGET', h, 'h'))
-    local name, id = head.saga_name, string.sub(h, #ARGV[5] + 2, -2)
+    -- The header as JSON text: its saga name read off its start when the name has no
+    -- escape, and no idempotency key unless its member is there (else cjson decodes it).
+    local raw = stored[3]
+    local name = string.match(raw, '^{"saga_name":"([^"\\\\]*)"')
+    local idem_key = nil
+    if not name or string.find(raw, '"idempotency_key":', 1, true) then
+      local head = cjson.decode(raw)
+      name, idem_key = head.saga_name, head.idempotency_key
+    end
+    local id = string.sub(h, #ARGV[5] + 2, -2)
     local before, after = string.sub(old, 2, -2), string.sub(new, 2, -2)
-    local created = redis.call('HGET', h, 'h:created_at')
     redis.call('ZREM', ix .. 'status:' .. before, id)
     redis.call('ZREM', ix .. 'name:' .. name .. ':status:' .. before, id)
     redis.call('ZADD', ix .. 'status:' .. after, created, id)
     redis.call('ZADD', ix .. 'name:' .. name .. ':status:' .. after, created, id)
     follow[#follow + 1] = ix .. 'parent:' .. id
-    if type(head.idempotency_key) == 'string' then
-      local idem = ARGV[5] .. 'idem:' .. head.idempotency_key
+    if type(idem_key) == 'string' then
+      local idem = ARGV[5] .. 'idem:' .. idem_key
       if redis.call('GET', idem) == id then follow[#follow + 1] = idem end
     end
   end
