@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -183,18 +184,58 @@ def demo(session: nox.Session) -> None:
 ORIGINAL = ["celery-saga==0.1.1", *CELERY["newest"]]
 #: DBOS, the W6 contender (durable steps on PostgreSQL), in a venv of its own.
 DBOS = ["dbos==3.4.0"]
+#: W11's baseline, celery-saga-redis 0.4.0 (no PyPI release): core and the Redis store
+#: from this repository's commit of that version, on the same Celery as our packages.
+BASELINE_COMMIT = "040c323"
+BASELINE_PACKAGES = [PACKAGES["core"], PACKAGES["redis"]]
+
+
+def _has_commit(commit: str) -> bool:
+    """Whether this repository has `commit` (a shallow clone may not)."""
+    check = ["git", "cat-file", "-e", f"{commit}^{{commit}}"]
+    return subprocess.run(check, cwd=ROOT, capture_output=True).returncode == 0
+
+
+def baseline_venv(session: nox.Session) -> str | None:
+    """A venv with celery-saga-core and celery-saga-redis 0.4.0 (from git); its python.
+
+    None, with a message, when git or the commit is not there (e.g. a shallow clone).
+    """
+    found = shutil.which("git") is not None and _has_commit(BASELINE_COMMIT)
+    if not found:
+        session.warn(
+            f"W11: git or commit {BASELINE_COMMIT} (celery-saga-redis 0.4.0) is not available "
+            "(a shallow clone?): W11 measures this version without its 0.4.0 baseline"
+        )
+        return None
+    tmp = Path(session.create_tmp())
+    source, venv = tmp / "celery-saga-redis-0.4.0-src", tmp / "celery-saga-redis-0.4.0"
+    shutil.rmtree(source, ignore_errors=True)
+    source.mkdir(parents=True)
+    archive = str(tmp / "celery-saga-redis-0.4.0.tar")
+    git = ["git", "-C", str(ROOT), "archive", "-o", archive, BASELINE_COMMIT]
+    session.run(*git, *BASELINE_PACKAGES, external=True)
+    session.run("tar", "-x", "-f", archive, "-C", str(source), external=True)
+    session.run("python", "-m", "venv", "--clear", str(venv))
+    python = str(venv / "bin" / "python")
+    packages = [str(source / path) for path in BASELINE_PACKAGES]
+    session.run(python, "-m", "pip", "install", "-q", *packages, *CELERY["newest"], external=True)
+    return python
 
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """W1-W10 against plain Celery chains, celery-saga 0.1.1 and DBOS; docs/performance.md.
+    """W1-W11 against plain Celery chains, celery-saga 0.1.1, DBOS and celery-saga-redis 0.4.0;
+    docs/performance.md.
 
     W9 times the web view (celery-saga-web, served by uvicorn, requested with httpx);
-    W10 runs W1 with celery-saga-opentelemetry on and off (opentelemetry-sdk's
-    tracer provider). Prints the tables and writes benchmarks/results.json. Arguments
-    after `--` go to benchmarks/run.py (e.g. `nox -s bench -- --quick`, `-- --workloads
-    W6`; see `--help`); a run of every workload (no `--workloads`) also runs stores.py.
-    With `--out FILE`, the results go to FILE and the page beside it (FILE with .md).
+    W10 runs W1 with celery-saga-opentelemetry on and off (opentelemetry-sdk's tracer
+    provider); W11 runs the Redis store against 0.4.0's, built from git (commit
+    `BASELINE_COMMIT`; left out when git or the commit is missing). Prints the tables
+    and writes benchmarks/results.json. Arguments after `--` go to benchmarks/run.py
+    (e.g. `nox -s bench -- --quick`, `-- --workloads W6`; see `--help`); a run of every
+    workload (no `--workloads`) also runs stores.py. With `--out FILE`, the results go
+    to FILE and the page beside it (FILE with .md).
     """
     install_packages(
         session,
@@ -212,6 +253,9 @@ def bench(session: nox.Session) -> None:
         session.run(venvs[name], "-m", "pip", "install", "-q", *requirements, external=True)
     env = {"PYTHONPATH": str(ROOT / "benchmarks")}
     interpreters = ["--orig-python", venvs["celery-saga-0.1.1"], "--dbos-python", venvs["dbos"]]
+    baseline = baseline_venv(session)
+    if baseline:
+        interpreters += ["--baseline-python", baseline]
     session.run("python", "benchmarks/run.py", *interpreters, *session.posargs, env=env)
     args = session.posargs
     out = args[args.index("--out") + 1] if "--out" in args[:-1] else None

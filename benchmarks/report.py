@@ -2,7 +2,8 @@
 
 ``python benchmarks/report.py`` writes ``docs/performance.md``: the main table (W1-W3,
 W5, W7 and the counts), W4 by saga length, W6 (DBOS), W8 (bytes per saga), W9 (the web
-view's pages) and W10 (tracing on and off), each under the run it comes from
+view's pages), W10 (tracing on and off) and W11 (Redis server time per step against
+celery-saga-redis 0.4.0), each under the run it comes from
 (repetitions, date, load average, cores and CPU, and the command that reproduces it),
 then the machine and the method; ``--print`` also prints the tables. ``run.py`` prints
 the same tables through `render_text`, so both agree.
@@ -29,7 +30,7 @@ HERE = Path(__file__).parent
 #: One row of a table: its cells, as text.
 Row = tuple[str, ...]
 #: run.py's options that name this machine's files, left out of a table's command.
-LOCAL_OPTIONS = ("--orig-python", "--dbos-python", "--out")
+LOCAL_OPTIONS = ("--orig-python", "--dbos-python", "--baseline-python", "--out")
 DOC = HERE.parent / "docs" / "performance.md"
 
 HEADER = (
@@ -60,10 +61,12 @@ SHORT = {
     "dbos": "DBOS",
     "otel-on": "tracing on",
     "otel-off": "tracing off",
+    "redis-now": "this version",
+    "redis-0.4.0": "celery-saga-redis 0.4.0",
 }
 
 #: Every workload, in order.
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11")
 #: The workloads of the main table (W4 only in its old shape: 5-step sagas only).
 MAIN = ("W1", "W2", "W3", "W4", "W5", "W7")
 
@@ -78,6 +81,7 @@ TITLES = {
     "W8": "W8: bytes kept per finished 5-step saga",
     "W9": "W9: the web view's pages over stored executions",
     "W10": "W10: W1 with celery-saga's OpenTelemetry instrumentation on and off",
+    "W11": "W11: Redis server time per step, this version against celery-saga-redis 0.4.0",
 }
 
 #: What a ratio's measure is called in the tables.
@@ -85,6 +89,9 @@ MEASURES = {
     "seconds": "ratio",
     "cpu_per_step": "ratio of workers' CPU / step",
     "bytes": "ratio of bytes / saga",
+    "script_us_per_step": "ratio of script time / step",
+    "store_us_per_step": "ratio of store commands' time / step",
+    "server_cpu_us_per_step": "ratio of server CPU / step",
 }
 
 
@@ -338,6 +345,33 @@ def web_rows(section: dict[str, Any]) -> list[Row]:
     return table
 
 
+#: W11's figures per contender: (key in results.json, name, format).
+SERVER_FIGURES = (
+    ("script_us_per_step", "script time / step", "{:.1f} µs"),
+    ("script_calls_per_step", "script calls / step", "{:.2f}"),
+    ("us_per_script_call", "time / script call", "{:.1f} µs"),
+    ("store_us_per_step", "store commands' time / step", "{:.1f} µs"),
+    ("server_cpu_us_per_step", "server CPU / step", "{:.1f} µs"),
+    ("seconds", "time (all sagas)", "{:.2f} s"),
+)
+
+
+def server_time_rows(section: dict[str, Any]) -> list[Row]:
+    """W11: each version's server figures per step, then the ratios this version / 0.4.0."""
+    table: list[Row] = []
+    for c in section["contenders"].values():
+        failed = sum(c.get("failed", []))
+        for key, name, fmt in SERVER_FIGURES:
+            figure = c[key]
+            spread = f"{fmt.format(figure['min']).split()[0]}-{fmt.format(figure['max'])}"
+            note = f"! {failed} sagas failed" if failed and key == "seconds" else ""
+            table.append(("W11", c["label"], name, fmt.format(figure["median"]), spread, "", note))
+    ratios = [row[:5] + row[6:] for row in _ratio_rows("W11", section)]
+    if not section.get("baseline", {}).get("ran", True):
+        ratios.append(("W11", "celery-saga-redis 0.4.0", "not run", "", "", "", "no baseline venv"))
+    return table + ratios
+
+
 def web_notes(section: dict[str, Any]) -> list[str]:
     """W9: how each store's executions were made (or that they were kept), what ran."""
     notes = []
@@ -438,6 +472,9 @@ def extra_tables(results: dict[str, Any]) -> list[tuple[str, str, Sequence[str],
     w10 = results.get("W10")
     if w10:
         tables.append(("W10", TITLES["W10"], HEADER, section_rows("W10", w10)))
+    w11 = results.get("W11")
+    if w11:
+        tables.append(("W11", TITLES["W11"], FOOTPRINT_HEADER, server_time_rows(w11)))
     return tables
 
 
@@ -464,7 +501,7 @@ def _text_table(header: Sequence[str], body: Sequence[Row], group: bool = False)
 
 
 def render_text(results: dict[str, Any]) -> str:
-    """Every table for a terminal: the main one, then W4 by length, W6, W8, W9, W10."""
+    """Every table for a terminal: the main one, then W4 by length, W6, W8, W9, W10, W11."""
     out = []
     body = rows(results)
     if body:
@@ -688,7 +725,7 @@ def _notes(lines: Sequence[str]) -> str:
 
 
 def _extra_markdown(results: dict[str, Any]) -> list[str]:
-    """The sections of W4 by length, W6, W8, W9 and W10, each with its run and command."""
+    """The sections of W4 by length, W6, W8-W11, each with its run and command."""
     parts: list[str] = []
     done: set[str] = set()
     for workload, title, header, table in extra_tables(results):
@@ -762,7 +799,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "per step at 200 steps at most 1.15 times that at 5 steps; W6 celery-saga on "
         "PostgreSQL at most DBOS's time, p50 at most 1.5 times DBOS's; W8 at most 2,500 "
         "bytes per finished saga in the Redis store; W9 every page's median request time "
-        "under 200 ms."
+        "under 200 ms; W11 this version's script time per step at most 0.5 times "
+        "celery-saga-redis 0.4.0's."
         + (
             " W7 has none: its ratio nested saga / flat saga is the cost of a child saga."
             if "W7" in results
@@ -789,6 +827,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "nox -s bench -- --workloads W9      # the web view over 100,000 stored executions\n"
         "nox -s bench -- --workloads W9 --w9-reseed   # ... made again\n"
         "nox -s bench -- --workloads W10     # W1 with the tracing on and off\n"
+        "nox -s bench -- --workloads W11     # Redis server time per step against 0.4.0\n"
         "```",
         "A run with `--workloads` replaces the tables of those workloads and keeps the "
         "others; only a run of every workload (no `--workloads`) also runs the state-store "
@@ -799,6 +838,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         "RabbitMQ 5672 (guest/guest), PostgreSQL 5432 (user postgres, database test; DBOS "
         "gets its own database, `bench_dbos`, created if absent) and MariaDB 3306 (root, "
         "database test); it starts a SecantusDB server for the mongodb store itself. "
+        "For W11 it makes a third venv with celery-saga-core and celery-saga-redis 0.4.0, "
+        "taken from this repository's commit 040c323 (`git archive`; left out, with a "
+        "message, when git or that commit is missing, e.g. in a shallow clone), and W11 "
+        "starts `redis-server` (from PATH) on free ports. "
         "`python benchmarks/run.py --help` lists every option.",
         "## How it is measured",
         "\n".join(
@@ -871,6 +914,17 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "'tracing on' one records the trace it was started in, the 'tracing off' "
                 "one does not. Celery's own instrumentation "
                 "(opentelemetry-instrumentation-celery) is off in both.",
+                "- W11: each version's state store is alone on a private `redis-server` "
+                "(no persistence), so `INFO commandstats` counts only its work; each "
+                "repetition starts with FLUSHALL and CONFIG RESETSTAT. 0.4.0's worker "
+                "and caller run in its venv (the caller is a small driver building "
+                "bench_app's app), so a caller only talks to a worker of its own version. "
+                "Redis counts a command a script calls both on its own and inside the "
+                "script's time: the store's commands' time is the scripts' time plus the "
+                "share of every other command's time that clients sent outside scripts, "
+                "that share measured once per version, before the repetitions, in an "
+                "untimed pass with the slowlog recording every command. Server CPU is the "
+                "difference of `used_cpu_user + used_cpu_sys`.",
                 "- The counting rows come from a separate pass with counting workers "
                 "(not timed): broker messages and state-store round trips per step.",
                 *_mongo_note(results.get("machine", {})),

@@ -41,6 +41,13 @@ said otherwise):
   ``CELERY_SAGA_BENCH_OTEL=1``, the harness's producer instrumented during its runs,
   spans to an exporter that drops them) against the same with it off, and the plain
   chain as the baseline, in the same run.
+- W11: the Redis server's time per saga step, this version's Redis store against
+  celery-saga-redis 0.4.0 (commit 040c323, in a venv given by ``--baseline-python``;
+  ``nox -s bench`` makes it): each version's store alone on a private ``redis-server``
+  (a free port), N sagas of 5 no-op steps through that version's worker and caller;
+  the scripts' server time, calls and time per call per step, the store's time per
+  step and the server's CPU per step (``INFO commandstats``, ``INFO cpu``); target:
+  this version's script time per step at most half of 0.4.0's. See `server_time`.
 
 Every comparison runs in this one invocation, alternating the contenders (the order
 rotates each repetition), for 5 repetitions unless ``--reps`` says otherwise; the
@@ -116,6 +123,7 @@ SIZES = {
     "w9": 100_000,
     "w9_requests": 50,
     "w10": 400,
+    "w11": 400,
     "count": 100,
     "reps": 5,
 }
@@ -132,12 +140,13 @@ QUICK = {
     "w9": 5_000,
     "w9_requests": 10,
     "w10": 40,
+    "w11": 40,
     "count": 20,
     "reps": 3,
 }
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11")
 #: The workloads with a ``--<w>-sagas`` size.
-SIZED = ("w1", "w2", "w3", "w4", "w5", "w6", "w6_latency", "w7", "w8", "w10")
+SIZED = ("w1", "w2", "w3", "w4", "w5", "w6", "w6_latency", "w7", "w8", "w10", "w11")
 #: W9's stores (of ``--stores``).
 WEB_STORES = ("redis", "postgresql")
 STORES = ("redis", "postgresql", "mysql", "sqlite", "mongodb")
@@ -166,6 +175,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("w7", "W7 sagas, nested and flat each"),
         ("w8", "W8 finished sagas kept per measurement"),
         ("w10", "W10 sagas"),
+        ("w11", "W11 sagas per version and repetition"),
     ):
         parser.add_argument(f"--{key}-sagas", type=int, help=f"{what} (default {SIZES[key]})")
     parser.add_argument(
@@ -213,6 +223,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dbos-python",
         help="interpreter of a venv with dbos (without it, DBOS is left out of W6 and W8)",
+    )
+    parser.add_argument(
+        "--baseline-python",
+        help="interpreter of a venv with celery-saga-core and celery-saga-redis 0.4.0 "
+        "(commit 040c323; without it, W11 measures this version alone)",
     )
     parser.add_argument(
         "--dbos-url", default=DBOS_URL, help="DBOS's system database (created if absent)"
@@ -948,6 +963,8 @@ def run_workloads(bench: Bench, only: str | None = None) -> dict[str, Any]:
         )
     if needs("W9"):
         out["W9"] = web_workload(bench)
+    if needs("W11"):
+        out["W11"] = server_time_workload(bench)
     if needs("W10"):
         print(
             f"W10: {args.w10_sagas} sagas of 5 no-op steps, tracing on and off, and the plain "
@@ -1055,6 +1072,28 @@ def web_workload(bench: Bench) -> dict[str, Any]:
     section["executions"] = n
     section["stores"] = view.stores
     return section
+
+
+def server_time_workload(bench: Bench) -> dict[str, Any]:
+    """W11: each version's store alone on a private redis-server; its server time per step."""
+    import server_time
+
+    args = bench.args
+    print(
+        f"W11: Redis server time per step, {args.w11_sagas} sagas of 5 no-op steps per "
+        "version: this version against celery-saga-redis 0.4.0",
+        flush=True,
+    )
+    broker = f"{REDIS}/{BROKER_DB}"
+    return server_time.workload(
+        n=args.w11_sagas,
+        reps=args.reps,
+        timeout=args.timeout,
+        broker=broker,
+        env=bench.base_env,
+        queue=lambda key: bench._queue(f"w11-{key}", broker),
+        baseline_python=args.baseline_python,
+    )
 
 
 def w4_sagas(args: argparse.Namespace) -> dict[int, int]:
