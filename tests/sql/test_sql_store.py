@@ -335,6 +335,46 @@ def test_polling_stores_still_wait(
     assert not thread.is_alive()
 
 
+def _open_sqlite_at_once(path: Path, count: int) -> tuple[list[BaseException], list[str]]:
+    """Open `count` connections to `path` together, each set up as the store does."""
+    import sqlite3
+
+    from celery_saga_sql.engines import _sqlite_connect
+
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+    modes: list[str] = []
+
+    def open_one() -> None:
+        conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        conn.isolation_level = None
+        try:
+            barrier.wait()
+            _sqlite_connect(conn, None)
+            modes.append(conn.execute("PRAGMA journal_mode").fetchone()[0])
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=open_one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors, modes
+
+
+def test_connections_opening_a_new_sqlite_file_at_once_all_get_wal(tmp_path: Path) -> None:
+    """Switching to WAL can fail at once with "database is locked" when several
+    connections open a new file together (the busy timeout does not apply): the
+    store retries instead of failing the first operation."""
+    for attempt in range(40):
+        errors, modes = _open_sqlite_at_once(tmp_path / f"race{attempt}.db", 6)
+        assert errors == []
+        assert modes == ["wal"] * 6
+
+
 # -- several processes share one database -----------------------------------------------------
 
 _CHILD = """

@@ -133,9 +133,10 @@ class Batch:
         self.trips = 0
         self.written = 0
         self._open = False
-        #: Whether the connection accepts several statements per exchange.
         flags = getattr(self.conn.driver_connection, "client_flag", 0)
-        self.multi = bool(flags & _MULTI_STATEMENTS)
+        if not flags & _MULTI_STATEMENTS:  # the write engine always sets it (`engines`)
+            self.conn.close()
+            raise ValueError("a Batch needs a connection with CLIENT.MULTI_STATEMENTS")
 
     def query(self, statement: Compiled, params: Mapping[str, Any]) -> list[Row]:
         """Run one statement (one exchange; the first starts the transaction): its rows."""
@@ -145,13 +146,8 @@ class Batch:
     def commit_with(
         self, statements: Sequence[tuple[Compiled, Mapping[str, Any]]], *, written: int = 0
     ) -> None:
-        """Run `statements` and COMMIT, in one exchange when the connection allows it."""
+        """Run `statements` and COMMIT in one exchange."""
         self.written += written
-        if not self.multi:
-            for statement, params in statements:
-                self._exchange(statement.sql, statement.values(params), None)
-            self.end(commit=True)
-            return
         cursor = self.conn.cursor()
         try:
             parts = [cursor.mogrify(c.sql, c.values(p)) for c, p in statements]

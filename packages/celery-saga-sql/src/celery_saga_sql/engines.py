@@ -25,6 +25,8 @@ and writers queue for the lock instead of failing.
 from __future__ import annotations
 
 import inspect
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -45,12 +47,35 @@ _SKIP_ROLLBACK = "skip_autocommit_rollback" in inspect.signature(DefaultDialect.
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.fetchall()
-    finally:
-        cursor.close()
+    """Put the file in WAL mode (a persistent setting) unless it already is.
+
+    Switching takes an exclusive lock, and SQLite can refuse it at once with
+    "database is locked" while other connections open the same new file, without
+    waiting on the busy timeout: so retry until the timeout has passed.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    delay = 0.005
+    while True:
+        cursor = dbapi_connection.cursor()
+        try:
+            if _sqlite_journal_mode(cursor, "PRAGMA journal_mode") == "wal":
+                return
+            # An in-memory database answers "memory": nothing to switch there.
+            _sqlite_journal_mode(cursor, "PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        finally:
+            cursor.close()
+        time.sleep(delay)  # another connection holds the lock: back off and retry
+        delay = min(delay * 2, 0.2)
+
+
+def _sqlite_journal_mode(cursor: Any, statement: str) -> str:
+    cursor.execute(statement)
+    row = cursor.fetchone()
+    return str(row[0]).lower() if row else ""
 
 
 def _sqlite_writer_connect(dbapi_connection: Any, record: Any) -> None:

@@ -7,9 +7,9 @@ transaction with it, no BEGIN exchange), then the counter's upsert when the writ
 counts, one multi-table ``UPDATE`` of the step rows and the execution's
 ``updated_at``, and COMMIT, sent together in one exchange (`direct.Batch`): two round
 trips for any step write, two for a refused one (its COMMIT releases the locks).
-With a driver or connection that does not take several statements per exchange, the
-writes go one by one (`SQLDialect.write_step`). Lease renewals are one ``UPDATE``
-joined to a derived table; the rows it matched tell whether every lease was renewed.
+With another driver than PyMySQL the writes go one by one (`SQLDialect.write_step`).
+Lease renewals are one ``UPDATE`` joined to a derived table; the rows it matched tell
+whether every lease was renewed.
 """
 
 from __future__ import annotations
