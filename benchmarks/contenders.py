@@ -189,10 +189,10 @@ class OurSaga(_InProcessCaller):
         statuses: dict[str, int] = defaultdict(int)
 
         def finished(saga_id: str) -> bool:
-            execution = self.backend.get(saga_id)
-            if execution is None or not execution.status.is_terminal:
+            status = self.backend.get_status(saga_id)  # what SagaResult.status reads
+            if status is None or not status.is_terminal:
                 return False
-            statuses[execution.status.value] += 1
+            statuses[status.value] += 1
             return True
 
         started = time.perf_counter()

@@ -851,10 +851,12 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "repetition.",
                 "- Throughput (W1, W2, W4, W5, W6, W7, W10): the time from the first `run()` (or "
                 "`apply_async()`) until every saga finished. Every Celery contender's caller "
-                "learns that the same way: it reads the record of the oldest unfinished saga "
-                "(the last result, for a chain) every 20 ms, and moves on as soon as it "
-                "finished. The CPU time used by each contender's worker processes during its "
-                "runs is recorded too, as it is steadier than time on a shared machine.",
+                "learns that the same way: it reads the status of the oldest unfinished saga "
+                "every 20 ms (this project: the store's `get_status`, what `SagaResult.status` "
+                "reads; a chain: whether its last result exists; 0.1.1: its record), and moves "
+                "on as soon as it finished. The CPU time used by each contender's worker "
+                "processes during its runs is recorded too, as it is steadier than time on a "
+                "shared machine.",
                 "- Latency (W3, W6): `run()` then `get()` per saga. This project's `get()` "
                 "waits for a notification from the store; the plain chain's "
                 "`AsyncResult.get()` for one from the result backend; 0.1.1's "

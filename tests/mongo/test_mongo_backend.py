@@ -900,17 +900,21 @@ def test_listing_pages_with_name_and_status_by_cursor(mongo_store: MongoSagaBack
 
 
 def _counting_gets(store: MongoSagaBackend) -> tuple[list[float], threading.Event]:
+    """Count the store's reads of the execution: `get`, and `get_status` (a poll)."""
     calls: list[float] = []
     first = threading.Event()
-    original = store.get
 
-    def get(saga_id: str) -> Any:
-        calls.append(time.monotonic())
-        result = original(saga_id)
-        first.set()
-        return result
+    def counting(original: Callable[[str], Any]) -> Callable[[str], Any]:
+        def read(saga_id: str) -> Any:
+            calls.append(time.monotonic())
+            result = original(saga_id)
+            first.set()
+            return result
 
-    store.get = get  # type: ignore[method-assign]
+        return read
+
+    store.get = counting(store.get)  # type: ignore[method-assign]
+    store.get_status = counting(store.get_status)  # type: ignore[method-assign]
     return calls, first
 
 

@@ -65,9 +65,8 @@ class SagaResult:
 
     @property
     def status(self) -> SagaStatus | None:
-        """The execution's status, or None if it does not exist."""
-        execution = self.execution
-        return execution.status if execution else None
+        """The execution's status, or None if it does not exist (one field is read)."""
+        return self._backend.get_status(self.saga_id)
 
     @property
     def steps(self) -> list[dict[str, Any]] | None:

@@ -328,6 +328,13 @@ class MongoSagaBackend(SagaBackend):
         document = self.executions.find_one({"_id": saga_id})
         return None if document is None else execution_from_document(document)
 
+    def get_status(self, saga_id: str) -> SagaStatus | None:
+        saga_id = check_saga_id(saga_id)
+        self._prepare()
+        self.stats.add()
+        document = self.executions.find_one({"_id": saga_id}, {"status": 1})
+        return None if document is None else SagaStatus(document["status"])
+
     def find_by_idempotency_key(self, key: str) -> SagaExecution | None:
         key = check_text(key, "idempotency key")
         self._prepare()

@@ -344,6 +344,11 @@ class RedisSagaBackend(SagaBackend):
             self._remember(execution)
         return execution
 
+    def get_status(self, saga_id: str) -> SagaStatus | None:
+        self.stats.add()
+        raw = self.client.hget(self.keys.execution(saga_id), "h:status")
+        return None if raw is None else SagaStatus(json.loads(raw))
+
     def _remember(self, execution: SagaExecution) -> None:
         if not self.cluster:
             return

@@ -43,7 +43,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from celery_saga.backends.helpers import plain_value
+from celery_saga.backends.helpers import compact_json
 from celery_saga.ids import step_task_id
 from celery_saga.models import SagaExecution, StepKind, StepStatus
 
@@ -122,7 +122,7 @@ _NOT_FIELDS = frozenset({"saga_id", *OPTIONAL_HEADER_FIELDS})
 
 def dumps(value: Any) -> str:
     """Compact JSON text of a value (enum members as their values)."""
-    return json.dumps(plain_value(value), separators=(",", ":"))
+    return compact_json(value)
 
 
 def code(name: str) -> str:

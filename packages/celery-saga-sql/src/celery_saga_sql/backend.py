@@ -252,6 +252,11 @@ class SQLSagaBackend(SagaBackend):
         read = self.dialect.read_execution
         return self._run.autocommit(lambda conn: read(conn, saga_id))
 
+    def get_status(self, saga_id: str) -> SagaStatus | None:
+        self._prepare()
+        read = self.dialect.read_status
+        return self._run.autocommit(lambda conn: read(conn, saga_id))
+
     def find_by_idempotency_key(self, key: str) -> SagaExecution | None:
         self._prepare()
         stmt, decode = self.dialect.get_by_key, self.dialect.codec.decode

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from celery_saga.backends.base import StepWrite, plain_value
+from celery_saga.backends.helpers import compact_json
 from celery_saga.errors import CorruptRecordError
 from celery_saga.models import SagaExecution, SagaStatus, StepRecord, StepStatus
 from celery_saga_sql.schema import EXECUTION_JSON, STEP_JSON, Tables
@@ -29,7 +30,7 @@ def dumps(value: Any) -> str:
     character set of the database or connection, and stores strings that are
     valid JSON but not valid UTF-8 (lone surrogates) as well.
     """
-    return json.dumps(plain_value(value), separators=(",", ":"))
+    return compact_json(value)
 
 
 def step_values(changes: Mapping[str, Any]) -> dict[str, Any]:

@@ -279,6 +279,15 @@ class SagaBackend(abc.ABC):
     def get(self, saga_id: str) -> SagaExecution | None:
         """Read one execution with all its steps, or None if there is none."""
 
+    def get_status(self, saga_id: str) -> SagaStatus | None:
+        """The execution's status alone, or None if there is none.
+
+        What a caller polling for the end needs (`SagaResult.status`, a polling `wait`):
+        stores read the one field instead of every step. This default reads them all.
+        """
+        execution = self.get(saga_id)
+        return None if execution is None else execution.status
+
     @abc.abstractmethod
     def find_by_idempotency_key(self, key: str) -> SagaExecution | None:
         """The execution created with this idempotency key, if any."""
@@ -472,9 +481,10 @@ class SagaBackend(abc.ABC):
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = self.poll_interval
         while True:
-            execution = self.get(saga_id)
-            if execution is not None and execution.status in TERMINAL_STATUSES:
-                return execution
+            if self.get_status(saga_id) in TERMINAL_STATUSES:  # cheap polls, one full read
+                execution = self.get(saga_id)
+                if execution is not None and execution.status in TERMINAL_STATUSES:
+                    return execution
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,7 +35,7 @@ def payload_size(*values: Any) -> int:
         elif isinstance(value, str):
             total += len(value.encode())
         else:
-            total += len(json.dumps(plain_value(value), separators=(",", ":")).encode())
+            total += len(compact_json(value).encode())
     return total
 
 
@@ -56,6 +57,31 @@ def check_saga_changes(changes: Mapping[str, Any]) -> None:
             f"update_saga got fields it cannot set: {sorted(unknown)}; "
             f"settable fields are {sorted(SAGA_MUTABLE_FIELDS)}"
         )
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+_ASCII_STRING: Any = getattr(json.encoder, "c_encode_basestring_ascii", None) or (
+    json.encoder.py_encode_basestring_ascii
+)
+
+
+def compact_json(value: Any) -> str:
+    """``json.dumps(plain_value(value), separators=(",", ":"))``, the same text, faster.
+
+    Every store write encodes a dozen values: strings, numbers and None are written
+    directly, and the rest go through one encoder made once (``json.dumps`` with
+    `separators` makes a new encoder on every call).
+    """
+    kind = type(value)
+    if kind is str:
+        return str(_ASCII_STRING(value))
+    if value is None:
+        return "null"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return _COMPACT(plain_value(value))
 
 
 def plain_value(value: Any) -> Any:

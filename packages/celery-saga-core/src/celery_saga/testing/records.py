@@ -40,6 +40,21 @@ class RecordTests(SuiteBase):
         assert backend.get(str(uuid.uuid4())) is None
         assert backend.find_by_idempotency_key("no-such-key") is None
 
+    def test_get_status_reads_the_status_as_it_changes(self, backend: SagaBackend) -> None:
+        """`get_status` gives the stored status (None for an unknown id), following each
+        `update_saga`, and agrees with `get`; one round trip."""
+        assert backend.get_status(str(uuid.uuid4())) is None
+        execution = make_execution()
+        backend.create(execution)
+        backend.stats.reset()
+        assert backend.get_status(execution.saga_id) is SagaStatus.RUNNING
+        assert backend.stats.round_trips == 1
+        for status in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATED):
+            assert backend.update_saga(execution.saga_id, {"status": status})
+            assert backend.get_status(execution.saga_id) is status
+            got = backend.get(execution.saga_id)
+            assert got is not None and got.status is status
+
     def test_create_with_same_idempotency_key_returns_first(self, backend: SagaBackend) -> None:
         """A second `create` with a known idempotency key returns the first execution,
         ``created=False``; `find_by_idempotency_key` finds it."""

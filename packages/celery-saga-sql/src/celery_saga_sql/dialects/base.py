@@ -89,6 +89,7 @@ class SQLDialect:
         )
         self.get_by_id: Select[Any] = joined.where(e.c.saga_id == bindparam("saga_id"))
         self.get_by_key: Select[Any] = joined.where(e.c.idempotency_key == bindparam("key"))
+        self.get_status: Select[Any] = select(e.c.status).where(e.c.saga_id == bindparam("saga_id"))
         self.touch = (
             update(e)
             .where(e.c.saga_id == bindparam("sid", type_=e.c.saga_id.type))
@@ -98,6 +99,11 @@ class SQLDialect:
     def read_execution(self, conn: Connection, saga_id: str) -> SagaExecution | None:
         """The execution `saga_id` with its steps (one statement), or None."""
         return self.codec.decode(conn.execute(self.get_by_id, {"saga_id": saga_id}).all())
+
+    def read_status(self, conn: Connection, saga_id: str) -> SagaStatus | None:
+        """The status of execution `saga_id` alone (one statement), or None."""
+        status = conn.execute(self.get_status, {"saga_id": saga_id}).scalar()
+        return None if status is None else SagaStatus(status)
 
     def cached(self, key: Hashable, build: Callable[[], T]) -> T:
         """The statement of shape `key`, built by `build` the first time it is asked for."""
