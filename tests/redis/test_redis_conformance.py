@@ -24,6 +24,10 @@ class Notifies(Requirements):
         return True
 
     @property
+    def finishes_in_one_round_trip(self) -> bool:
+        return True
+
+    @property
     def expires_finished(self) -> bool:
         return True
 

@@ -28,6 +28,10 @@ class Notifies(Requirements):
     def renews_leases_in_one_round_trip(self) -> bool:
         return True
 
+    @property
+    def finishes_in_one_round_trip(self) -> bool:
+        return True
+
 
 class NotifiesAndExpires(Notifies):
     @property

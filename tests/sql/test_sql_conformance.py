@@ -29,6 +29,10 @@ class _PostgreSQL(_OneStatementRenewal):
         return True
 
     @property
+    def finishes_in_one_round_trip(self) -> bool:
+        return True
+
+    @property
     def notifies_completion_async(self) -> bool:
         return True
 

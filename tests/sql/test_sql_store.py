@@ -321,6 +321,67 @@ def test_postgresql_notifies_only_applied_terminal_changes(
     assert payloads == [finished.saga_id]  # notifications arrive in commit order
 
 
+def test_postgresql_last_step_notifies_only_when_it_ends_the_saga(
+    postgres_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    """`update_step_and_finish` sends its ``pg_notify`` from the step's statement, only
+    when the saga ended: not for a refused write, nor for a saga that was not RUNNING."""
+    import psycopg
+
+    store = make_store(postgres_url)
+    refused, turned, finished = (make_execution(steps=1) for _ in range(3))
+    for execution in (refused, turned, finished):
+        store.create(execution)
+    store.update_step(refused.saga_id, 0, {"status": StepStatus.FAILED})
+    store.update_saga(turned.saga_id, {"status": SagaStatus.COMPENSATING})
+    end = {"status": SagaStatus.COMPLETED, "output": {"ok": True}, "finished_at": time.time()}
+    done = {"status": StepStatus.SUCCESS, "output": {"ok": True}}
+    expect = StepExpect(status=_FORWARD)
+    cargs, cparams = store.engine.dialect.create_connect_args(store.engine.url)
+    cparams.pop("context", None)
+    with psycopg.connect(*cargs, **cparams, autocommit=True) as listener:
+        listener.execute(f'LISTEN "{store.tables.channel}"')
+        outcomes = [
+            store.update_step_and_finish(e.saga_id, 0, done, end, expect=expect)
+            for e in (refused, turned, finished)
+        ]
+        payloads = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
+    assert [(w.applied, ended) for w, ended in outcomes] == [
+        (False, False),
+        (True, False),
+        (True, True),
+    ]
+    assert payloads == [finished.saga_id]  # notifications arrive in commit order
+    assert store.get_status(turned.saga_id) is SagaStatus.COMPENSATING
+
+
+FINISH_TRIPS = {"postgresql": 1, "mysql": 2, "sqlite": 6}
+
+
+def test_last_step_and_saga_end_cost_one_write(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    """The last step's write and the saga's end are one transaction: one statement on
+    PostgreSQL, the locking read and one exchange on MySQL/MariaDB, one COMMIT on SQLite."""
+    store = make_store(database_url)
+    execution = make_execution(steps=1)
+    store.create(execution)
+    store.stats.reset()
+    write, ended = store.update_step_and_finish(
+        execution.saga_id,
+        0,
+        {"status": StepStatus.SUCCESS},
+        {"status": SagaStatus.COMPLETED, "finished_at": time.time()},
+        expect=StepExpect(status=_FORWARD),
+        count_in="stage:0",
+    )
+    assert write.applied and ended and write.count == 1
+    assert (
+        store.stats.round_trips
+        == FINISH_TRIPS[store.engine.dialect.name.replace("mariadb", "mysql")]
+    )
+
+
 def test_polling_stores_still_wait(
     sqlite_url: str, make_store: Callable[..., SQLSagaBackend]
 ) -> None:

@@ -214,6 +214,7 @@ class RedisSagaBackend(SagaBackend):
         self._create_indexed = redis_client.register_script(scripts.CREATE_INDEXED)
         self._update_step = redis_client.register_script(scripts.UPDATE_STEP)
         self._update_saga = redis_client.register_script(scripts.UPDATE_SAGA)
+        self._finish_step = redis_client.register_script(scripts.FINISH_STEP)
         self._tidied = redis_client.register_script(scripts.TIDIED)
         self._delete_finished = redis_client.register_script(scripts.DELETE_FINISHED)
         self._record_late = redis_client.register_script(scripts.RECORD_LATE)
@@ -505,41 +506,63 @@ class RedisSagaBackend(SagaBackend):
         """One script: compare-and-set the step; at `get_at`, start the next stage and read."""
         check_step_changes(changes)
         e = expect or StepExpect()
-        args: list[Any] = [
-            index,
-            _dumps(now()),
-            _statuses(e.status),
-            _opt(e.attempt),
-            _opt(e.attempt_at_most),
-            _statuses(e.saga_status),
-            _opt(e.comp_attempt),
-            _opt(e.comp_attempt_at_most),
-            count_in or "",
-            "" if get_at is None else f"{'' if read else '!'}{int(get_at)}",
-        ]
-        if start_next is None:
-            args += ["", ""]
-        else:
-            args += [" ".join(map(str, start_next.check)), " ".join(map(str, start_next.start))]
-        args.append(_lease_conditions(e))
+        args = _step_args(index, e, count_in, get_at, read, start_next)
         written = _step_changes(args, saga_id, index, changes)
         if start_next is not None:
             for i in start_next.start:
                 written += _step_changes(args, saga_id, i, start_next.changes.get(i, {}))
         self.stats.add(1, written)
-        try:
-            keys = [self.keys.execution(saga_id), self.keys.counters(saga_id)]
-            reply = self._update_step(keys=keys, args=args)
-        except redis.ResponseError as exc:
-            _raise_if_missing(exc, saga_id, index)
-            raise
-        reply = [*reply, None, None, None][:10]
+        reply = self._step_script(self._update_step, saga_id, index, args)
         write = _write(reply, changes, count=reply[7], started=reply[9])
         everything = reply[8]
         execution = self._decode(saga_id, everything) if everything else None
         if execution is not None:
             self._remember(execution)
         return write, execution
+
+    def update_step_and_finish(
+        self,
+        saga_id: str,
+        index: int,
+        changes: Mapping[str, Any],
+        saga_changes: Mapping[str, Any],
+        *,
+        expect: StepExpect | None = None,
+        count_in: str | None = None,
+    ) -> tuple[StepWrite, bool]:
+        """One script on a standalone server: the step's write, then the saga's end (the
+        update_saga script's work: indexes, expiry, announcement) if it applied."""
+        if self.cluster:  # the status change on a cluster touches several slots
+            return super().update_step_and_finish(
+                saga_id, index, changes, saga_changes, expect=expect, count_in=count_in
+            )
+        check_step_changes(changes)
+        check_saga_changes(saga_changes)
+        e = expect or StepExpect()
+        # Counted as a stage of this step alone: its count is 1, with no counter written.
+        start = StartNext(check=(index,), start=(), changes={}) if count_in else None
+        args = _step_args(index, e, count_in, 1 if count_in else None, False, start)
+        written = _step_changes(args, saga_id, index, changes)
+        pairs: list[Any] = []
+        for name, value in saga_changes.items():
+            pairs += [name, _dumps(value)]
+        lead = [_dumps(now()), _statuses(_RUNNING), self.ttl, self.keys.done_channel(saga_id)]
+        finish = [*lead, self.keys.prefix, "", *pairs]
+        args[_FINISH_SLOT] = len(finish)
+        args += finish
+        self.stats.add(1, written + payload_size(*pairs))
+        reply = self._step_script(self._finish_step, saga_id, index, args)
+        return _write(reply, changes, count=reply[7]), reply[10] == 1
+
+    def _step_script(self, script: Script, saga_id: str, index: int, args: list[Any]) -> list[Any]:
+        """Run a step script (UPDATE_STEP or FINISH_STEP): its reply, padded to 11 values."""
+        try:
+            keys = [self.keys.execution(saga_id), self.keys.counters(saga_id)]
+            reply = script(keys=keys, args=args)
+        except redis.ResponseError as exc:
+            _raise_if_missing(exc, saga_id, index)
+            raise
+        return [*reply, None, None, None, None][:11]
 
     # -- leases and late outcomes ----------------------------------------------------------
     def renew_leases(self, leases: Sequence[Lease], expires_at: float) -> list[Lease]:
@@ -906,6 +929,40 @@ class RedisSagaBackend(SagaBackend):
     def close(self) -> None:
         self._listener.close()
         self.client.close()
+
+
+#: The position in UPDATE_STEP's ARGV of how many trailing values end the saga.
+_FINISH_SLOT = 13
+_RUNNING = frozenset({SagaStatus.RUNNING})
+
+
+def _step_args(
+    index: int,
+    e: StepExpect,
+    count_in: str | None,
+    get_at: int | None,
+    read: bool,
+    start_next: StartNext | None,
+) -> list[Any]:
+    """UPDATE_STEP's ARGV up to the step's write (see scripts.py), ending the saga in none."""
+    args: list[Any] = [
+        index,
+        _dumps(now()),
+        _statuses(e.status),
+        _opt(e.attempt),
+        _opt(e.attempt_at_most),
+        _statuses(e.saga_status),
+        _opt(e.comp_attempt),
+        _opt(e.comp_attempt_at_most),
+        count_in or "",
+        "" if get_at is None else f"{'' if read else '!'}{int(get_at)}",
+    ]
+    if start_next is None:
+        args += ["", ""]
+    else:
+        args += [" ".join(map(str, start_next.check)), " ".join(map(str, start_next.start))]
+    args += [_lease_conditions(e), 0]
+    return args
 
 
 def _step_changes(args: list[Any], saga_id: str, index: int, changes: Mapping[str, Any]) -> int:

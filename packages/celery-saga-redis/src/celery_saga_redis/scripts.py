@@ -327,9 +327,9 @@ redis.call('SADD', ix .. 'names', ARGV[2])
 return 1
 """
 
-UPDATE_STEP = (
-    _ALLOWED
-    + _STRING
+# The step write (UPDATE_STEP's code after `_ALLOWED`), with a place for the saga's end.
+_STEP_WRITE = (
+    _STRING
     + _HEAD
     + _RARE
     + _STEP_STATE
@@ -345,7 +345,9 @@ UPDATE_STEP = (
 -- ARGV[12] steps to start (space separated, '' none): when the counter reaches
 -- ARGV[10] and the saga is running, every start step still pending at attempt 0 gets
 -- its changes (the next stage starts), ARGV[13] lease conditions ('' none; lease_ok),
--- ARGV[14..] the step's write (layout.StepChanges.args): new status, attempt and
+-- ARGV[14] n: the last n ARGV are UPDATE_SAGA's ARGV, the saga's end, applied by
+-- FINISH_STEP once the step's write applied (0 or '' none; only without steps to start),
+-- ARGV[15..] the step's write (layout.StepChanges.args): new status, attempt and
 -- comp_attempt ('' each: unchanged), n and n (hash field, JSON text) pairs of fields
 -- apart, fields apart deleted (space separated), members to append, the starts of
 -- those and of the members set to null, codes set to null; then the same for each
@@ -355,7 +357,7 @@ UPDATE_STEP = (
 -- read with this step.
 -- Returns {applied, step status, attempt, comp_attempt, saga status (names), lease
 -- owner, lease expiry (raw JSON or nil), as stored before the write, count, the
--- whole hash, started steps}.
+-- whole hash, started steps, 1 if the saga's end applied (FINISH_STEP) else 0}.
 local h, i = KEYS[1], ARGV[1]
 local p = 's:' .. i
 local counter = ARGV[9]
@@ -428,7 +430,7 @@ elseif counter ~= '' then
     if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
   end
 end
-local pos, now_status = write(i, object, status, attempt, comp, stop, 14, q)
+local pos, now_status = write(i, object, status, attempt, comp, stop, 15, q)
 local started = {}
 local reached = count and at ~= '' and count == tonumber(at)
 if reached and ARGV[12] ~= '' and saga == 'running' then
@@ -458,9 +460,11 @@ if reached and ARGV[12] ~= '' and saga == 'running' then
 end
 redis.call('HSET', h, unpack(sets))
 if #deleted > 0 then redis.call('HDEL', h, unpack(deleted)) end
+local finished = 0
+--FINISH--
 local all = false
 if reached and read then all = redis.call('HGETALL', h) end
-return {1, status, attempt, comp, saga, owner, expires, count, all, started}
+return {1, status, attempt, comp, saga, owner, expires, count, all, started, finished}
 """
 )
 
@@ -556,10 +560,9 @@ return lost
 """
 )
 
-UPDATE_SAGA = (
-    _ALLOWED
-    + _TERMINAL
-    + """
+# The execution update of UPDATE_SAGA, as a function of its KEYS (K) and ARGV (A): the
+# finishing step script (FINISH_STEP) ends the saga with it in the same call.
+_SAGA_UPDATE = """
 -- KEYS[1] execution hash, KEYS[2] its counters
 -- ARGV[1] now, ARGV[2] allowed statuses (space separated), ARGV[3] TTL seconds for a
 -- finished status (0: keep; leaving a finished status clears the expiry whatever
@@ -573,66 +576,86 @@ UPDATE_SAGA = (
 -- ARGV[7..] field, JSON value pairs
 -- A status that becomes finished deletes the counters.
 -- Returns {applied, status before, status after} (statuses as names).
-local h = KEYS[1]
-local stored = redis.call('HMGET', h, 'h:status', 'h:created_at', 'h')
-local old, created = stored[1], stored[2]
-if not old then return {0, false, false} end
-if ARGV[6] ~= '' and created ~= ARGV[6] then
-  return {-1, false, false}
-end
-if not allowed(ARGV[2], string.sub(old, 2, -2)) then
-  return {0, string.sub(old, 2, -2), string.sub(old, 2, -2)}
-end
-local sets = {'h:updated_at', ARGV[1]}
-local new = old
-for k = 7, #ARGV, 2 do
-  sets[#sets + 1] = 'h:' .. ARGV[k]
-  sets[#sets + 1] = ARGV[k + 1]
-  if ARGV[k] == 'status' then new = ARGV[k + 1] end
-end
-redis.call('HSET', h, unpack(sets))
-if new ~= old then
-  local ttl = tonumber(ARGV[3])
-  local follow = {}
-  if ARGV[5] ~= '' then
-    local ix = ARGV[5] .. 'idx:'
-    -- The header as JSON text: its saga name read off its start when the name has no
-    -- escape, and no idempotency key unless its member is there (else cjson decodes it).
-    local raw = stored[3]
-    local name = string.match(raw, '^{"saga_name":"([^"\\\\]*)"')
-    local idem_key = nil
-    if not name or string.find(raw, '"idempotency_key":', 1, true) then
-      local head = cjson.decode(raw)
-      name, idem_key = head.saga_name, head.idempotency_key
+local function update_saga(K, A)
+  local h = K[1]
+  local stored = redis.call('HMGET', h, 'h:status', 'h:created_at', 'h')
+  local old, created = stored[1], stored[2]
+  if not old then return {0, false, false} end
+  if A[6] ~= '' and created ~= A[6] then
+    return {-1, false, false}
+  end
+  if not allowed(A[2], string.sub(old, 2, -2)) then
+    return {0, string.sub(old, 2, -2), string.sub(old, 2, -2)}
+  end
+  local sets = {'h:updated_at', A[1]}
+  local new = old
+  for k = 7, #A, 2 do
+    sets[#sets + 1] = 'h:' .. A[k]
+    sets[#sets + 1] = A[k + 1]
+    if A[k] == 'status' then new = A[k + 1] end
+  end
+  redis.call('HSET', h, unpack(sets))
+  if new ~= old then
+    local ttl = tonumber(A[3])
+    local follow = {}
+    if A[5] ~= '' then
+      local ix = A[5] .. 'idx:'
+      -- The header as JSON text: its saga name read off its start when the name has no
+      -- escape, and no idempotency key unless its member is there (else cjson decodes it).
+      local raw = stored[3]
+      local name = string.match(raw, '^{"saga_name":"([^"\\\\]*)"')
+      local idem_key = nil
+      if not name or string.find(raw, '"idempotency_key":', 1, true) then
+        local head = cjson.decode(raw)
+        name, idem_key = head.saga_name, head.idempotency_key
+      end
+      local id = string.sub(h, #A[5] + 2, -2)
+      local before, after = string.sub(old, 2, -2), string.sub(new, 2, -2)
+      redis.call('ZREM', ix .. 'status:' .. before, id)
+      redis.call('ZREM', ix .. 'name:' .. name .. ':status:' .. before, id)
+      redis.call('ZADD', ix .. 'status:' .. after, created, id)
+      redis.call('ZADD', ix .. 'name:' .. name .. ':status:' .. after, created, id)
+      follow[#follow + 1] = ix .. 'parent:' .. id
+      if type(idem_key) == 'string' then
+        local idem = A[5] .. 'idem:' .. idem_key
+        if redis.call('GET', idem) == id then follow[#follow + 1] = idem end
+      end
     end
-    local id = string.sub(h, #ARGV[5] + 2, -2)
-    local before, after = string.sub(old, 2, -2), string.sub(new, 2, -2)
-    redis.call('ZREM', ix .. 'status:' .. before, id)
-    redis.call('ZREM', ix .. 'name:' .. name .. ':status:' .. before, id)
-    redis.call('ZADD', ix .. 'status:' .. after, created, id)
-    redis.call('ZADD', ix .. 'name:' .. name .. ':status:' .. after, created, id)
-    follow[#follow + 1] = ix .. 'parent:' .. id
-    if type(idem_key) == 'string' then
-      local idem = ARGV[5] .. 'idem:' .. idem_key
-      if redis.call('GET', idem) == id then follow[#follow + 1] = idem end
+    if TERMINAL[new] then
+      redis.call('DEL', K[2])
+      if ttl > 0 then
+        redis.call('EXPIRE', h, ttl)
+        for _, key in ipairs(follow) do redis.call('EXPIRE', key, ttl) end
+      end
+      if A[4] ~= '' then redis.call('PUBLISH', A[4], string.sub(new, 2, -2)) end
+    elseif TERMINAL[old] then
+      -- Back to an active status (an operator retry, a revert): never an expiry on an
+      -- unfinished execution, whatever TTL this caller was configured with.
+      redis.call('PERSIST', h)
+      for _, key in ipairs(follow) do redis.call('PERSIST', key) end
     end
   end
-  if TERMINAL[new] then
-    redis.call('DEL', KEYS[2])
-    if ttl > 0 then
-      redis.call('EXPIRE', h, ttl)
-      for _, key in ipairs(follow) do redis.call('EXPIRE', key, ttl) end
-    end
-    if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], string.sub(new, 2, -2)) end
-  elseif TERMINAL[old] then
-    -- Back to an active status (an operator retry, a revert): never an expiry on an
-    -- unfinished execution, whatever TTL this caller was configured with.
-    redis.call('PERSIST', h)
-    for _, key in ipairs(follow) do redis.call('PERSIST', key) end
-  end
+  return {1, string.sub(old, 2, -2), string.sub(new, 2, -2)}
 end
-return {1, string.sub(old, 2, -2), string.sub(new, 2, -2)}
 """
+
+UPDATE_SAGA = _ALLOWED + _TERMINAL + _SAGA_UPDATE + "return update_saga(KEYS, ARGV)\n"
+
+_FINISH = """
+local n = tonumber(ARGV[14]) or 0
+if n > 0 then
+  local ended = update_saga({h, KEYS[2]}, {unpack(ARGV, #ARGV - n + 1)})
+  if ended[1] == 1 then finished = 1 end
+end
+"""
+
+UPDATE_STEP = _ALLOWED + _STEP_WRITE.replace("--FINISH--\n", "")
+
+# A step write that ends the saga when it applies (the last step's success): UPDATE_STEP
+# then UPDATE_SAGA on the same hash, in one call. A step that does not finish the saga
+# runs UPDATE_STEP, which does not build the saga update's function on every call.
+FINISH_STEP = (
+    _ALLOWED + _TERMINAL + _SAGA_UPDATE + _STEP_WRITE.replace("--FINISH--\n", _FINISH.lstrip("\n"))
 )
 
 # Cluster status change, last step, once the indexes are tidy: announce a terminal

@@ -27,6 +27,7 @@ import os
 import threading
 import weakref
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from sqlalchemy.engine import URL
@@ -313,6 +314,26 @@ class SQLSagaBackend(SagaBackend):
         if read and write.applied and get_at is not None and write.count == get_at:
             return write, self.get(saga_id)
         return write, None
+
+    def update_step_and_finish(
+        self,
+        saga_id: str,
+        index: int,
+        changes: Mapping[str, Any],
+        saga_changes: Mapping[str, Any],
+        *,
+        expect: StepExpect | None = None,
+        count_in: str | None = None,
+    ) -> tuple[StepWrite, bool]:
+        """The step's write and the saga's end in one transaction (one statement with its
+        ``pg_notify`` on PostgreSQL, one COMMIT elsewhere)."""
+        check_step_changes(changes)
+        check_saga_changes(saga_changes)
+        self._prepare()
+        request = StepRequest.of(saga_id, index, changes, expect, count_in)
+        request = replace(request, finish=saga_values(saga_changes))
+        write = self.dialect.write_step(self._run, request)
+        return write, write.applied and write.saga_status is SagaStatus.RUNNING
 
     # -- leases and late outcomes ----------------------------------------------------------------
     def renew_leases(self, leases: Sequence[Lease], expires_at: float) -> list[Lease]:

@@ -46,6 +46,9 @@ class StepRequest:
     count_in: str | None = None
     get_at: int | None = None
     start: StartPlan | None = None
+    #: The execution's changes as column values (`saga_values`), written with the step if
+    #: its write applies and the saga is RUNNING: the saga's end (`update_step_and_finish`).
+    finish: Mapping[str, Any] | None = None
 
     @classmethod
     def of(
@@ -108,7 +111,13 @@ class StepRequest:
         if self.start is not None:
             for values in self.start.values.values():
                 size += payload_size(*values, *values.values())
+        if self.finish is not None:
+            size += payload_size(*self.finish, *self.finish.values())
         return size
+
+    def finishes(self, saga_status: str) -> bool:
+        """Whether the saga's end is written with the step: asked for, and the saga runs."""
+        return self.finish is not None and saga_status == _RUNNING
 
 
 def start_params(plan: StartPlan, started: Sequence[int]) -> dict[str, Any]:

@@ -364,6 +364,29 @@ class SagaBackend(abc.ABC):
                     started.append(i)
         return replace(write, started=tuple(started)), execution
 
+    def update_step_and_finish(
+        self,
+        saga_id: str,
+        index: int,
+        changes: Mapping[str, Any],
+        saga_changes: Mapping[str, Any],
+        *,
+        expect: StepExpect | None = None,
+        count_in: str | None = None,
+    ) -> tuple[StepWrite, bool]:
+        """`update_step`, and `saga_changes` on the execution in the same write if the
+        step's write applied and the execution was RUNNING; True as second value if so.
+
+        The runtime calls this for the success of a saga's last step: the step's outcome
+        and the saga's end are one write. This default makes two requests (`update_step`,
+        then `update_saga` expecting RUNNING); stores that can, override it with one.
+        """
+        check_saga_changes(saga_changes)
+        write = self.update_step(saga_id, index, changes, expect=expect, count_in=count_in)
+        if not write.applied:
+            return write, False
+        return write, self.update_saga(saga_id, saga_changes, expect_status=_RUNNING_ONLY)
+
     # -- leases and late outcomes -----------------------------------------------------
     def renew_leases(self, leases: Sequence[Lease], expires_at: float) -> list[Lease]:
         """Extend each lease to `expires_at`; return the leases that are lost.

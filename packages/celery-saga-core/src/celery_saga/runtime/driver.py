@@ -327,20 +327,26 @@ def complete(rt: Runtime, execution: SagaExecution) -> None:
     complete_with(rt, execution, output)
 
 
+def completion(output: Any) -> dict[str, Any]:
+    """The execution's changes that mark it COMPLETED with `output`."""
+    return {"status": SagaStatus.COMPLETED, "output": output, "finished_at": now()}
+
+
 def complete_with(rt: Runtime, execution: SagaExecution, output: Any) -> None:
     """Mark the saga COMPLETED with `output` (or, if it turned meanwhile, compensate)."""
-    if rt.backend.update_saga(
-        execution.saga_id,
-        {"status": SagaStatus.COMPLETED, "output": output, "finished_at": now()},
-        expect_status=RUNNING,
-    ):
-        log(logging.INFO, execution.saga_id, None, "saga %s completed", execution.saga_name)
-        signals.saga_completed.send(
-            sender=execution.saga_name, saga_id=execution.saga_id, output=output
-        )
-        hooks.ended(rt, execution, SagaStatus.COMPLETED, output)
+    if rt.backend.update_saga(execution.saga_id, completion(output), expect_status=RUNNING):
+        completed(rt, execution, output)
     else:  # cancelled or failed meanwhile
         compensate_next(rt, execution.saga_id)
+
+
+def completed(rt: Runtime, execution: SagaExecution, output: Any) -> None:
+    """What follows a saga's COMPLETED write: the log line, the signal, the hooks."""
+    log(logging.INFO, execution.saga_id, None, "saga %s completed", execution.saga_name)
+    signals.saga_completed.send(
+        sender=execution.saga_name, saga_id=execution.saga_id, output=output
+    )
+    hooks.ended(rt, execution, SagaStatus.COMPLETED, output)
 
 
 # -- backward -----------------------------------------------------------------------------------

@@ -265,14 +265,23 @@ def _hand_on(
 ) -> StepWrite | None:
     """Finish a single-step stage and start the next from its own input and output.
 
-    One write records the outcome and marks the next stage started; nothing is read
-    back. Returns the write, or None (having done nothing) when this shortcut does
-    not apply.
+    One write records the outcome and marks the next stage started (or, for the last
+    stage, ends the saga); nothing is read back. Returns the write, or None (having
+    done nothing) when this shortcut does not apply.
     """
     if not decide.can_hand_on(rt.definition, header.index, header.deadline_passed):
         return None
     spec = rt.definition.step(header.index)
     last = spec.stage + 1 >= len(rt.definition.stages)
+    context = {**inputs, **output}
+    if last and not header.child:
+        try:
+            final = with_final_transforms(rt.definition, context)
+            ensure_json(final, f"the output of saga {header.saga_name!r}", "saga output")
+        except (InputResolutionError, StepOutputError):
+            final = None  # the general path records it and explains
+        if final is not None:
+            return _finish(rt, header, changes, output, spec.stage, final)
     write, _ = rt.backend.update_step_and_get(
         header.saga_id,
         header.index,
@@ -288,29 +297,10 @@ def _hand_on(
     signals.step_succeeded.send(
         sender=rt.definition.name, saga_id=header.saga_id, step=header.index, output=output
     )
-    context = {**inputs, **output}
-    shell = SagaExecution(
-        saga_id=header.saga_id,
-        saga_name=header.saga_name,
-        queue=header.run_queue,
-        deadline_at=header.deadline_at,
-        status=SagaStatus.RUNNING,
-        # Only whether there is a parent matters to the next messages (their header).
-        parent_id=header.saga_id if header.child else None,
-        trace_context=header.trace,
-    )
-    if last and header.child:
-        driver.stage_finished(rt, header.saga_id, spec.stage)  # its end is told to its parent
+    if last:  # a child saga's end is told to its parent; a bad final output is explained
+        driver.stage_finished(rt, header.saga_id, spec.stage)
         return write
-    if last:
-        try:
-            context = with_final_transforms(rt.definition, context)
-            ensure_json(context, f"the output of saga {header.saga_name!r}", "saga output")
-        except (InputResolutionError, StepOutputError):
-            driver.stage_finished(rt, header.saga_id, spec.stage)  # the general path explains
-            return write
-        driver.complete_with(rt, shell, context)
-        return write
+    shell = _shell(header)
     nxt = rt.definition.stages[spec.stage + 1]
     if {s.index for s in nxt.steps} != set(write.started):
         driver.stage_finished(rt, header.saga_id, spec.stage)  # the saga stopped: read, decide
@@ -328,6 +318,49 @@ def _hand_on(
     started = [s.index for s in nxt.steps]
     messages.send_steps(rt, shell, [(i, 1) for i in started], kwargs, started=started)
     return write
+
+
+def _finish(
+    rt: Runtime,
+    header: SagaHeader,
+    changes: dict[str, Any],
+    output: dict[str, Any],
+    stage: int,
+    final: Any,
+) -> StepWrite:
+    """The last step's outcome and the saga's end (COMPLETED with `final`) in one write."""
+    write, finished = rt.backend.update_step_and_finish(
+        header.saga_id,
+        header.index,
+        changes,
+        driver.completion(final),
+        expect=StepExpect(status=FORWARD, attempt_at_most=header.attempt),
+        count_in=f"stage:{stage}",
+    )
+    if not write.applied:
+        return write  # a duplicate, or a late success: the caller tells which
+    signals.step_succeeded.send(
+        sender=rt.definition.name, saga_id=header.saga_id, step=header.index, output=output
+    )
+    if finished:
+        driver.completed(rt, _shell(header), final)
+    else:  # cancelled or failed meanwhile
+        driver.compensate_next(rt, header.saga_id)
+    return write
+
+
+def _shell(header: SagaHeader) -> SagaExecution:
+    """What the next messages and the end hooks need of the execution, from the header."""
+    return SagaExecution(
+        saga_id=header.saga_id,
+        saga_name=header.saga_name,
+        queue=header.run_queue,
+        deadline_at=header.deadline_at,
+        status=SagaStatus.RUNNING,
+        # Only whether there is a parent matters to the next messages (their header).
+        parent_id=header.saga_id if header.child else None,
+        trace_context=header.trace,
+    )
 
 
 def step_failed(

@@ -18,6 +18,7 @@ import pytest
 KIT_MODULES = (
     "celery_saga.testing.kit",
     "celery_saga.testing.records",
+    "celery_saga.testing.finishing",
     "celery_saga.testing.lease_tests",
     "celery_saga.testing.listing",
     "celery_saga.testing.composition",

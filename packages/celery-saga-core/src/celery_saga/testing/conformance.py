@@ -23,6 +23,7 @@ from typing import Any
 
 from celery_saga.testing.attempts import AttemptRecordTests
 from celery_saga.testing.composition import CompositionTests
+from celery_saga.testing.finishing import FinishingTests
 from celery_saga.testing.kit import Requirements, SuiteBase, make_execution
 from celery_saga.testing.lease_tests import LeaseTests
 from celery_saga.testing.listing import ListingTests
@@ -37,6 +38,7 @@ _SUITE_TESTS = {
     name: member
     for part in (
         RecordTests,
+        FinishingTests,
         LeaseTests,
         ListingTests,
         CompositionTests,
@@ -51,6 +53,7 @@ _SUITE_TESTS = {
 
 class BackendConformance(
     RecordTests,
+    FinishingTests,
     LeaseTests,
     ListingTests,
     CompositionTests,

@@ -105,6 +105,12 @@ class Requirements:
         return False
 
     @property
+    def finishes_in_one_round_trip(self) -> bool:
+        """`update_step_and_finish` writes the step and ends the saga in one request
+        (counted in `stats`) rather than the default's two."""
+        return False
+
+    @property
     def expires_finished(self) -> bool:
         """Finished executions can be set to expire after a retention period (a TTL).
 

@@ -237,6 +237,8 @@ class SQLDialect:
             count = int(found.counter or 0) + 1 if request.count_in is not None else None
             started = request.may_start(rows, count)
             self.apply(tx, request, count, started, stamp, touch=not self.touches_when_locking)
+            if request.finishes(found.saga_status):
+                tx.execute(*self.saga_end(request, stamp))
             return report(found, request.values, count, started)
 
         return run.write(write)
@@ -260,6 +262,15 @@ class SQLDialect:
         tx.execute(stmt, params, written=request.written(stamp, count))
         if touch:
             tx.execute(self.touch, {"sid": request.saga_id, "stamp": stamp})
+
+    def saga_end(self, request: StepRequest, stamp: float) -> tuple[Any, dict[str, Any]]:
+        """The ``UPDATE`` of the execution that ends the saga with its last step, and its
+        values (the row is locked, and the saga was seen RUNNING under that lock)."""
+        values = {**(request.finish or {}), "updated_at": stamp}
+        names = tuple(sorted(values))
+        params = {f"v_{name}": values[name] for name in names}
+        params["sid"] = request.saga_id
+        return self.saga_update(names, None), params
 
     def counter_set(self) -> Executable:
         """Insert or overwrite counter ``cname`` of ``sid`` with ``cvalue``."""

@@ -93,6 +93,9 @@ class MySQLDialect(SQLDialect):
         stmt, step_params = self.steps_write(request, count, started)
         step_params["stamp"] = stamp
         writes.append((self.compiled(stmt), step_params))
+        if request.finishes(found.saga_status):
+            end, end_params = self.saga_end(request, stamp)
+            writes.append((self.compiled(end), end_params))
         batch.commit_with(writes, written=request.written(stamp, count))
         return report(found, request.values, count, started)
 

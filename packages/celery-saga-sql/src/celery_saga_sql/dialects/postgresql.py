@@ -36,6 +36,7 @@ from sqlalchemy import (
     Integer,
     String,
     bindparam,
+    case,
     cast,
     column,
     exists,
@@ -173,12 +174,14 @@ class PostgreSQLDialect(SQLDialect):
             others = [i for i in plan.check if i != request.index]
             stored = request.index in plan.check and "status" not in request.values
             start_shape = (plan.fields, len(others), stored)
-        shape = (names, conditions.shape(request.expect), counted, start_shape)
+        finish = None if request.finish is None else tuple(sorted(request.finish))
+        shape = (names, conditions.shape(request.expect), counted, start_shape, finish)
         stmt = self.cached(
             ("step", shape), lambda: Compiled(self.engine, self._step_statement(*shape))
         )
         stamp = now()
         params = {f"v_{name}": value for name, value in request.values.items()}
+        params.update({f"f_{name}": value for name, value in (request.finish or {}).items()})
         params.update(conditions.params(request.expect))
         params.update(sid=request.saga_id, at=request.index, stamp=stamp)
         if counted:
@@ -207,10 +210,12 @@ class PostgreSQLDialect(SQLDialect):
         expected: conditions.Shape,
         counted: bool,
         start: tuple[tuple[tuple[str, ...], ...], int, bool] | None,
+        finish: tuple[str, ...] | None = None,
     ) -> Any:
         """The step write of one shape: `names` written, `expected` checked, counted or
-        not, and `start` (the started steps' fields, how many other steps the stage
-        waits for, whether the written step's stored status counts) or None."""
+        not, `start` (the started steps' fields, how many other steps the stage waits
+        for, whether the written step's stored status counts) or None, and `finish`: the
+        execution's fields that end the saga if it runs (then ``pg_notify``), or None."""
         e, s = self.tables.executions, self.tables.steps
         sid = bindparam("sid", type_=e.c.saga_id.type)
         idx = bindparam("at", type_=s.c.idx.type)
@@ -242,8 +247,18 @@ class PostgreSQLDialect(SQLDialect):
             step = update(s).where(s.c.saga_id == sid, s.c.idx == idx, holds()).values(row)
             ctes.append(step.returning(s.c.idx).cte("stepped"))
         stamp = bindparam("stamp", type_=e.c.updated_at.type)
-        touch = update(e).where(e.c.saga_id == sid, holds()).values({e.c.updated_at: stamp})
-        ctes.append(touch.returning(e.c.saga_id).cte("touched"))
+        touching: dict[Any, Any] = {e.c.updated_at: stamp}
+        running = select(cur.c.saga_status).scalar_subquery() == literal(_RUNNING)
+        for name in finish or ():  # the saga's end, only if it runs (one UPDATE of the row)
+            value = bindparam(f"f_{name}", type_=e.c[name].type)
+            touching[e.c[name]] = case((running, value), else_=e.c[name])
+        touch = update(e).where(e.c.saga_id == sid, holds()).values(touching)
+        touched = touch.returning(e.c.saga_id).cte("touched")
+        ctes.append(touched)
+        if finish is not None:  # announced when the end commits, as `update_saga` does
+            notify = func.pg_notify(self.tables.channel, touched.c.saga_id)
+            notified = select(func.count(notify)).select_from(touched).where(running)
+            columns.append(notified.scalar_subquery().label("notified"))
         if start is not None:
             started = self._start(cur, holds(), bumped, *start).cte("started")
             columns.append(select(func.array_agg(started.c.idx)).scalar_subquery().label("started"))
