@@ -97,6 +97,47 @@ def test_rediss_url_connects_over_tls_and_verifies_the_server(
         plain.close()
 
 
+#: Rounds of the close-while-reading test: each closes a store whose wait connection is
+#: being read, then connects anew at once (the race it guards against needs few).
+CLOSE_ROUNDS = 40
+
+
+def test_closing_a_store_while_its_wait_connection_is_read_disturbs_no_other_connection(
+    tls_redis: TlsRedis, unique: str
+) -> None:
+    """`close()` ends the listener's read before the connection's descriptor is freed.
+
+    A read left running in the listener's thread would read, through OpenSSL, whatever
+    socket the next connection got under that descriptor number: its TLS handshake then
+    fails with a wrong version number, or the server sees a bad record.
+    """
+    failures: list[str] = []
+    for _ in range(CLOSE_ROUNDS):
+        store = RedisSagaBackend.from_url(tls_redis.url(f"prefix=t-{unique}:"))
+        execution = make_execution()
+        store.create(execution)
+        assert store.wait(execution.saga_id, timeout=0.01) is None  # the listener reads now
+        store.close()
+        fresh = [
+            redis.Redis(
+                host="127.0.0.1", port=tls_redis.port, ssl=True,
+                ssl_ca_certs=str(tls_redis.ca), socket_timeout=5,
+            )
+            for _ in range(3)
+        ]  # fmt: skip
+        for client in fresh:
+            try:
+                assert client.ping()
+            except redis.ConnectionError as exc:
+                failures.append(repr(exc))
+            finally:
+                client.close()
+    cleanup = RedisSagaBackend.from_url(tls_redis.url(f"prefix=t-{unique}:"))
+    _drop(cleanup)
+    cleanup.close()
+    assert failures == []
+
+
 # -- ACL users ------------------------------------------------------------------------------
 
 

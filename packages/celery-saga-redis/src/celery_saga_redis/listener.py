@@ -14,6 +14,11 @@ it is in subscribed mode from the start to the end: redis-py then never reads fr
 outside `get_message`, which only the dispatcher calls. A lost connection wakes every
 waiter (each re-reads its execution, then subscribes again on a new connection).
 
+Only the dispatcher closes its connection: a read in progress holds the socket's
+descriptor number (OpenSSL's, over TLS), so a close from another thread could free the
+number to the next connection opened and let that read take its bytes. `close()` shuts
+the socket down instead (the read ends at once), then waits for the dispatcher to go.
+
 Fork-safe: a child process starts with no connection and no dispatcher (the parent's
 are left alone) and opens its own on its first wait.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -42,6 +48,8 @@ IDLE = 10.0
 CONFIRM_TIMEOUT = 10.0
 #: Seconds the dispatcher blocks in one read (it checks for idleness in between).
 _POLL = 1.0
+#: Longest wait in `close()` for the dispatcher to close its connection and end.
+CLOSE_TIMEOUT = 5.0
 
 
 class _Topic:
@@ -180,7 +188,15 @@ class DoneListener:
                 logger.debug("unsubscribing %s failed: %r", subscription.channel, exc)
 
     def _run(self, pubsub: Any, generation: int) -> None:
-        """The dispatcher: the only reader of the connection, until it goes or idles out."""
+        """The dispatcher: the only reader of the connection, and the one that closes it."""
+        try:
+            self._dispatch(pubsub, generation)
+        finally:
+            with contextlib.suppress(Exception):
+                pubsub.close()
+
+    def _dispatch(self, pubsub: Any, generation: int) -> None:
+        """Read until the connection goes, idles out, or is replaced (`generation`)."""
         idle_since: float | None = None
         while True:
             with self._lock:
@@ -225,8 +241,8 @@ class DoneListener:
                         del self._pending[str(channel)]
 
     def _drop(self) -> None:
-        """Close the connection; wake every waiter to read again (lock held)."""
-        pubsub, self._pubsub, self._thread = self._pubsub, None, None
+        """Give up the connection (its dispatcher closes it); wake every waiter (lock held)."""
+        self._pubsub, self._thread = None, None
         self.generation += 1
         for topic in self._topics.values():
             topic.confirmed.set()
@@ -237,17 +253,36 @@ class DoneListener:
                 confirmed.set()
         self._topics.clear()
         self._pending.clear()
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                pubsub.close()
 
     def close(self) -> None:
-        """Close the connection (waiters read again; a later wait opens a new one)."""
+        """Close the connection (waiters read again; a later wait opens a new one).
+
+        Returns once the dispatcher has closed it (at most `CLOSE_TIMEOUT` seconds).
+        """
         if self._pid != os.getpid():
             self._reset()
             return
         with self._lock:
+            pubsub, thread = self._pubsub, self._thread
             self._drop()
+        if thread is None or thread is threading.current_thread():
+            return
+        _shut_down(pubsub)
+        thread.join(CLOSE_TIMEOUT)
+        if thread.is_alive():
+            logger.warning("the connection for waits did not close in %ss", CLOSE_TIMEOUT)
+
+
+def _shut_down(pubsub: Any) -> None:
+    """End any read on the pub/sub's socket now, keeping its descriptor (no close).
+
+    redis-py keeps the socket in the connection's ``_sock``; without one, the
+    dispatcher's read ends within `_POLL` seconds anyway.
+    """
+    sock = getattr(getattr(pubsub, "connection", None), "_sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 #: Every listener of this process, to reset in a forked child.
