@@ -32,6 +32,12 @@ Row = tuple[str, ...]
 #: run.py's options that name this machine's files, left out of a table's command.
 LOCAL_OPTIONS = ("--orig-python", "--dbos-python", "--baseline-python", "--out")
 DOC = HERE.parent / "docs" / "performance.md"
+#: W1 and W3 run while CI runs (`CI_LOAD_COMMAND`): the figures that hold under that load.
+CI_LOAD = HERE / "results-ci-load.json"
+CI_LOAD_COMMAND = (
+    "`CI=true bash .ci/run` in one shell and meanwhile, in another, "
+    "`nox -s bench -- --workloads W1,W3 --reps 5 --out benchmarks/results-ci-load.json`"
+)
 
 HEADER = (
     "Workload",
@@ -759,8 +765,24 @@ def _extra_markdown(results: dict[str, Any]) -> list[str]:
     return parts
 
 
-def render_markdown(results: dict[str, Any]) -> str:
-    """docs/performance.md: the tables, the machine, how to reproduce, the method."""
+def ci_load_markdown(under_load: dict[str, Any] | None) -> list[str]:
+    """The section of W1 and W3 measured while CI ran (`CI_LOAD`), if there is one."""
+    if not under_load or not any(w in under_load for w in MAIN):
+        return []
+    return [
+        "## W1 and W3 under the load of a CI run",
+        "The same workloads as in the first table, run while this repository's CI ran on "
+        "the same machine (both streams of `.ci/run`: every test cell, lint, build and docs),"
+        " so the figures are those that hold when the machine is that busy. Commands: "
+        f"{CI_LOAD_COMMAND}.",
+        _notes([f"Run of {note}." for note in _main_notes(under_load)]),
+        _markdown_table(HEADER, rows(under_load)),
+    ]
+
+
+def render_markdown(results: dict[str, Any], under_load: dict[str, Any] | None = None) -> str:
+    """docs/performance.md: the tables, the machine, how to reproduce, the method, and
+    W1 and W3 under CI load (`under_load`, from `CI_LOAD`) when given."""
     config = results.get("config", {})
     main = [results[w] for w in MAIN if w in results and not (w == "W4" and _by_length(results[w]))]
     parts = [
@@ -783,6 +805,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             _markdown_table(HEADER, rows(results)),
         ]
     parts += _extra_markdown(results)
+    parts += ci_load_markdown(under_load)
     parts += [
         "## Workloads",
         "Redis broker and one prefork worker with 2 processes per contender (each on its own "
@@ -950,7 +973,10 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(Path(args.results).read_text())
     except OSError as exc:
         raise SystemExit(f"no results to report ({exc}); run `nox -s bench` first") from None
-    Path(args.out).write_text(render_markdown(results))
+    under_load = None
+    if Path(args.out) == DOC and CI_LOAD.exists():
+        under_load = json.loads(CI_LOAD.read_text())
+    Path(args.out).write_text(render_markdown(results, under_load))
     if args.print:
         print(render_text(results))
     print(f"wrote {args.out}")
