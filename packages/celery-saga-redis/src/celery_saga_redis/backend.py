@@ -35,7 +35,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -70,6 +70,7 @@ from celery_saga.models import (
 from celery_saga_redis import layout, scripts
 from celery_saga_redis.keys import Keys
 from celery_saga_redis.listener import DoneListener
+from celery_saga_redis.packed import PackedScript
 
 #: Query parameters of the URL that configure this store (the rest go to redis-py).
 URL_OPTIONS = ("prefix", "ttl", "cluster")
@@ -219,6 +220,12 @@ class RedisSagaBackend(SagaBackend):
         self._delete_finished = redis_client.register_script(scripts.DELETE_FINISHED)
         self._record_late = redis_client.register_script(scripts.RECORD_LATE)
         self._renew = redis_client.register_script(scripts.RENEW)
+        #: The calls of every step and every saga: packed in one go on a standalone
+        #: client (`packed`), redis-py's own on a cluster.
+        self._update_step_call = self._packed(self._update_step)
+        self._finish_step_call = self._packed(self._finish_step)
+        self._create_indexed_call = self._packed(self._create_indexed)
+        self._update_saga_call = self._packed(self._update_saga)
         #: Whether RENEW ran from this object (a cluster pipeline sends it by body until then).
         self._renew_sent = False
         self._lock = threading.Lock()
@@ -227,6 +234,10 @@ class RedisSagaBackend(SagaBackend):
         self._heads: dict[str, _Head] = {}
         #: The done-channel subscriptions of every `wait` on this object (made on first use).
         self._listener = DoneListener(lambda: self.client.pubsub(), self.keys.listener_channel)
+
+    def _packed(self, script: Script) -> Callable[..., Any]:
+        """How `script` is called: `PackedScript` on a standalone client."""
+        return script if self.cluster else PackedScript(self.client, script)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisSagaBackend:
@@ -258,7 +269,7 @@ class RedisSagaBackend(SagaBackend):
         gone_owner = ""
         for _ in range(10):
             self.stats.add(1, payload_size(*fields))
-            reply = self._create_indexed(
+            reply = self._create_indexed_call(
                 keys=keys,
                 args=[
                     self.keys.index_prefix,
@@ -398,7 +409,7 @@ class RedisSagaBackend(SagaBackend):
             self.stats.add(1, payload_size(*pairs))
             prefix = "" if self.cluster else self.keys.prefix
             keys = [key, self.keys.counters(saga_id)]
-            applied, _, _ = self._update_saga(keys=keys, args=[*lead, prefix, "", *pairs])
+            applied, _, _ = self._update_saga_call(keys=keys, args=[*lead, prefix, "", *pairs])
             return bool(applied == 1)
         return self._update_status_on_cluster(saga_id, plain_value(changes["status"]), lead, pairs)
 
@@ -512,7 +523,7 @@ class RedisSagaBackend(SagaBackend):
             for i in start_next.start:
                 written += _step_changes(args, saga_id, i, start_next.changes.get(i, {}))
         self.stats.add(1, written)
-        reply = self._step_script(self._update_step, saga_id, index, args)
+        reply = self._step_script(self._update_step_call, saga_id, index, args)
         write = _write(reply, changes, count=reply[7], started=reply[9])
         everything = reply[8]
         execution = self._decode(saga_id, everything) if everything else None
@@ -551,14 +562,16 @@ class RedisSagaBackend(SagaBackend):
         args[_FINISH_SLOT] = len(finish)
         args += finish
         self.stats.add(1, written + payload_size(*pairs))
-        reply = self._step_script(self._finish_step, saga_id, index, args)
+        reply = self._step_script(self._finish_step_call, saga_id, index, args)
         return _write(reply, changes, count=reply[7]), reply[10] == 1
 
-    def _step_script(self, script: Script, saga_id: str, index: int, args: list[Any]) -> list[Any]:
+    def _step_script(
+        self, call: Callable[..., Any], saga_id: str, index: int, args: list[Any]
+    ) -> list[Any]:
         """Run a step script (UPDATE_STEP or FINISH_STEP): its reply, padded to 11 values."""
         try:
             keys = [self.keys.execution(saga_id), self.keys.counters(saga_id)]
-            reply = script(keys=keys, args=args)
+            reply = call(keys=keys, args=args)
         except redis.ResponseError as exc:
             _raise_if_missing(exc, saga_id, index)
             raise

@@ -46,7 +46,7 @@ class Compiled:
     """A statement compiled once for `engine`'s dialect: its SQL text and the values of
     the parameters the statement itself fixes (literals)."""
 
-    __slots__ = ("defaults", "dialect", "sql")
+    __slots__ = ("defaults", "dialect", "names", "sql")
 
     def __init__(self, engine: Engine, statement: ClauseElement) -> None:
         compiled = cast(SQLCompiler, statement.compile(dialect=engine.dialect))
@@ -59,6 +59,9 @@ class Compiled:
             for name, bind in compiled.binds.items()
             if bind.value is not None and not bind.required
         }
+        #: The result's column names, read off the first run's cursor (the same SQL text
+        #: always has the same columns; building them from the cursor costs every run).
+        self.names: tuple[str, ...] | None = None
 
     def values(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The parameters of one run: `params` and the statement's own literals."""
@@ -66,13 +69,29 @@ class Compiled:
 
     def one_or_none(self, conn: Connection, params: Mapping[str, Any]) -> Row | None:
         """Run on `conn`'s driver connection; the first row, or None."""
-        found: Row | None = self._run(conn, params, fetch=_first)
+        found: Row | None = self._run(conn, params, fetch=self._first)
         return found
 
     def all(self, conn: Connection, params: Mapping[str, Any]) -> list[Row]:
         """Run on `conn`'s driver connection; every row."""
-        rows: list[Row] = self._run(conn, params, fetch=_rows)
+        rows: list[Row] = self._run(conn, params, fetch=self._rows)
         return rows
+
+    def _names(self, cursor: Any) -> tuple[str, ...]:
+        names = self.names
+        if names is None:
+            names = self.names = tuple(d[0] for d in cursor.description or ())
+        return names
+
+    def _first(self, cursor: Any) -> Row | None:
+        found = cursor.fetchone()
+        if found is None:
+            return None
+        return Row(self._names(cursor), tuple(_text(v) for v in found))
+
+    def _rows(self, cursor: Any) -> list[Row]:
+        names = self._names(cursor)
+        return [Row(names, tuple(_text(v) for v in found)) for found in cursor.fetchall()]
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> None:
         """Run on `conn`'s driver connection a statement that returns no rows."""
@@ -105,13 +124,6 @@ def _wrapped(dialect: Any, sql: str, values: Any, exc: Exception, lost: bool) ->
 def _text(value: Any) -> Any:
     # The store's only binary columns hold UTF-8 text (`schema.ExactString` on MySQL).
     return bytes(value).decode() if isinstance(value, bytes | bytearray) else value
-
-
-def _first(cursor: Any) -> Row | None:
-    found = cursor.fetchone()
-    if found is None:
-        return None
-    return Row(tuple(d[0] for d in cursor.description), tuple(_text(v) for v in found))
 
 
 def _rows(cursor: Any) -> list[Row]:
