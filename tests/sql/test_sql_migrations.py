@@ -54,8 +54,8 @@ def test_fresh_database_goes_through_every_version(
     store = make_store(database_url, create_tables=False)
     assert migrations.current_version(store.engine, table_prefix) == 0
     result = migrations.upgrade(store.engine, table_prefix)
-    assert (result.before, result.after, result.applied) == (0, 5, (1, 2, 3, 4, 5))
-    assert migrations.current_version(store.engine, table_prefix) == migrations.LATEST == 5
+    assert (result.before, result.after, result.applied) == (0, 6, (1, 2, 3, 4, 5, 6))
+    assert migrations.current_version(store.engine, table_prefix) == migrations.LATEST == 6
     assert set(_shape(store.engine, table_prefix)) == {
         f"{table_prefix}{name}" for name in ("executions", "steps", "counters", "schema_version")
     }
@@ -72,7 +72,7 @@ def test_upgrading_twice_changes_nothing(
     store.create(execution)  # first use creates the tables
     before = _shape(store.engine, table_prefix)
     again = migrations.upgrade(store.engine, table_prefix)
-    assert (again.before, again.after, again.applied) == (5, 5, ())
+    assert (again.before, again.after, again.applied) == (6, 6, ())
     assert _shape(store.engine, table_prefix) == before
     assert store.get(execution.saga_id) is not None
 
@@ -85,8 +85,8 @@ def test_concurrent_upgrades_apply_each_migration_once(
     stores = [make_store(database_url, create_tables=False) for _ in range(6)]
     with ThreadPoolExecutor(max_workers=len(stores)) as pool:
         results = list(pool.map(lambda s: migrations.upgrade(s.engine, table_prefix), stores))
-    assert sorted(r.applied for r in results) == [()] * 5 + [(1, 2, 3, 4, 5)]
-    assert all(r.after == 5 for r in results)
+    assert sorted(r.applied for r in results) == [()] * 5 + [(1, 2, 3, 4, 5, 6)]
+    assert all(r.after == 6 for r in results)
 
 
 def test_newer_schema_is_refused_with_both_versions_named(
@@ -95,7 +95,7 @@ def test_newer_schema_is_refused_with_both_versions_named(
     store = make_store(database_url)
     store.upgrade_schema()
     _set_version(store, 99)
-    with pytest.raises(SchemaVersionError, match=r"schema version 99.*up to 5") as caught:
+    with pytest.raises(SchemaVersionError, match=r"schema version 99.*up to 6") as caught:
         migrations.upgrade(store.engine, table_prefix)
     assert "upgrade celery-saga-sql" in str(caught.value)
     assert migrations.current_version(store.engine, table_prefix) == 99  # left untouched
@@ -133,19 +133,20 @@ def test_upgrade_command_prints_versions_before_and_after(
     assert "applied 3:" in first.output
     assert "applied 4:" in first.output
     assert "applied 5:" in first.output
-    assert "schema version after: 5" in first.output
+    assert "applied 6:" in first.output
+    assert "schema version after: 6" in first.output
     second = runner.invoke(cli, args)
     assert second.exit_code == 0, second.output
-    assert "schema version before: 5" in second.output
+    assert "schema version before: 6" in second.output
     assert "applied" not in second.output
-    assert "schema version after: 5" in second.output
+    assert "schema version after: 6" in second.output
     shown = runner.invoke(cli, ["version", database_url, "--table-prefix", table_prefix])
-    assert "schema version: 5" in shown.output
+    assert "schema version: 6" in shown.output
     _set_version(store, 7)
     refused = runner.invoke(cli, args)
     assert refused.exit_code != 0
     assert "schema version 7" in refused.output
-    assert "up to 5" in refused.output
+    assert "up to 6" in refused.output
 
 
 def test_upgrade_command_runs_as_a_module(tmp_path: Path) -> None:
@@ -162,7 +163,7 @@ def test_upgrade_command_runs_as_a_module(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "table prefix: 'cli_'" in done.stdout
     assert "schema version before: 0" in done.stdout
-    assert "schema version after: 5" in done.stdout
+    assert "schema version after: 6" in done.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "celery_saga_sql", "upgrade", "sqlite://"],
         capture_output=True,
@@ -191,8 +192,8 @@ ADDED: dict[int, tuple[tuple[str, tuple[str, ...]], ...]] = {
         ("steps", migrations.V5_STEP_COLUMNS),
     ),
 }
-OLD_VERSIONS = (1, 2, 3, 4)
-LATEST = 5
+OLD_VERSIONS = (1, 2, 3, 4, 5)
+LATEST = 6
 
 
 def _columns(engine: Engine, prefix: str, table: str) -> set[str]:
@@ -226,8 +227,10 @@ def _assert_columns_up_to(engine: Engine, prefix: str, version: int) -> None:
             else:
                 assert not set(names) & present, (added, present)
     parent_index = f"{prefix}ix_executions_parent_created"
+    updated_index = migrations.V6_DROPPED_INDEX.format(prefix=prefix)
     indexes = {i["name"] for i in inspect(engine).get_indexes(f"{prefix}executions")}
     assert (parent_index in indexes) is (version >= 4), indexes
+    assert (updated_index in indexes) is (version < 6), indexes
 
 
 #: An execution as an older writer stored it, column by column.
@@ -378,10 +381,12 @@ def test_old_tables_are_upgraded_by_the_command_keeping_their_rows(
             "parent_id index to the executions table, and the kind and child_id columns to the "
             "steps table" in result.output
         )
-    assert (
-        "applied 5: add the trace_context column to the executions table, and the worker, "
-        "comp_worker and history columns to the steps table" in result.output
-    )
+    if old < 5:
+        assert (
+            "applied 5: add the trace_context column to the executions table, and the worker, "
+            "comp_worker and history columns to the steps table" in result.output
+        )
+    assert "applied 6: drop the updated_at index of the executions table" in result.output
     assert f"schema version after: {LATEST}" in result.output
     assert migrations.current_version(store.engine, table_prefix) == LATEST
     _assert_columns_up_to(store.engine, table_prefix, LATEST)
@@ -462,7 +467,7 @@ def test_old_tables_are_upgraded_by_the_command_keeping_their_rows(
     # Upgraded tables are the tables a fresh database gets, name for name and type for type.
     fresh_prefix = f"f{table_prefix[1:]}"
     fresh = make_store(database_url, table_prefix=fresh_prefix)
-    assert fresh.upgrade_schema().applied == (1, 2, 3, 4, 5)
+    assert fresh.upgrade_schema().applied == (1, 2, 3, 4, 5, 6)
     assert _normalized(_shape(fresh.engine, fresh_prefix), fresh_prefix) == _normalized(
         _shape(store.engine, table_prefix), table_prefix
     )
@@ -491,7 +496,8 @@ def test_upgrade_from_an_old_version_by_the_module_command(
     assert ("applied 2:" in done.stdout) is (old < 2)
     assert ("applied 3:" in done.stdout) is (old < 3)
     assert ("applied 4:" in done.stdout) is (old < 4)
-    assert "applied 5:" in done.stdout
+    assert ("applied 5:" in done.stdout) is (old < 5)
+    assert "applied 6:" in done.stdout
     assert f"schema version after: {LATEST}" in done.stdout
     _check_old_row(store, saga_id, old)
 

@@ -233,6 +233,27 @@ def _v5_attempts_and_traces(conn: Connection, tables: Tables) -> None:
     _add_columns(conn, tables.steps, V5_STEP_COLUMNS)
 
 
+#: The index version 6 drops (named with the table prefix).
+V6_DROPPED_INDEX = "{prefix}ix_executions_updated"
+
+
+def _v6_drop_updated_index(conn: Connection, tables: Tables) -> None:
+    # No query reads the index on updated_at (recovery lists by status, retention by
+    # status and finished_at), and every step write paid for it: the write moves the
+    # execution's updated_at, so the index changed with each step, and on PostgreSQL
+    # the row's update could not be a HOT one. Skipped when gone already (an
+    # interrupted upgrade: MySQL commits each statement).
+    name = V6_DROPPED_INDEX.format(prefix=tables.prefix)
+    present = {i["name"] for i in inspect(conn).get_indexes(tables.executions.name)}
+    if name not in present:
+        return
+    quote = conn.dialect.identifier_preparer
+    statement = f"DROP INDEX {quote.quote(name)}"
+    if conn.dialect.name in ("mysql", "mariadb"):
+        statement += f" ON {quote.format_table(tables.executions)}"
+    conn.execute(text(statement))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the executions, steps and counters tables", _v1_create_tables),
     Migration(
@@ -257,6 +278,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "and history columns to the steps table",
         _v5_attempts_and_traces,
     ),
+    Migration(6, "drop the updated_at index of the executions table", _v6_drop_updated_index),
 )
 #: The schema version this package writes.
 LATEST = MIGRATIONS[-1].version

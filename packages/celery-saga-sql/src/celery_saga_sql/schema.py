@@ -163,7 +163,6 @@ def build_tables(prefix: str) -> Tables:
         Index(f"{prefix}ix_executions_status_created", "status", "created_at", "saga_id"),
         Index(f"{prefix}ix_executions_name_created", "saga_name", "created_at", "saga_id"),
         Index(f"{prefix}ix_executions_created", "created_at", "saga_id"),
-        Index(f"{prefix}ix_executions_updated", "updated_at"),
         Index(PARENT_INDEX.format(prefix=prefix), "parent_id", "created_at", "saga_id"),
         **MYSQL_TABLE_OPTIONS,
     )
