@@ -49,10 +49,10 @@ def test_a_packed_call_is_the_bytes_redis_py_would_send(
 
 
 def test_a_bool_argument_is_refused_as_redis_py_refuses_it() -> None:
-    from celery_saga_redis.packed import _encode
-
-    with pytest.raises(redis.DataError, match="convert it to a str, bytes or number"):
-        _encode(True, "utf-8", "strict")
+    client = redis.Redis()  # never connects: packing only
+    packed = PackedScript(client, client.register_script("return 1"))
+    with pytest.raises(redis.DataError, match="Invalid input of type: 'bool'"):
+        packed.command(["k"], [True])
 
 
 @pytest.fixture

@@ -17,25 +17,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.commands.core import Script
+from redis.connection import Encoder  # type: ignore[attr-defined]  # redis-py's own encoder
 
 __all__ = ["PackedScript", "pack"]
-
-
-def _encode(value: Any, encoding: str, errors: str) -> bytes:
-    """One argument as redis-py's encoder sends it (no bools, numbers as their repr)."""
-    if isinstance(value, str):
-        return value.encode(encoding, errors)
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return repr(value).encode()
-    raise redis.DataError(
-        f"invalid input of type {type(value).__name__!r}: convert it to a str, bytes or number"
-    )
 
 
 def pack(parts: Sequence[bytes]) -> bytes:
@@ -52,8 +40,11 @@ class PackedScript:
         self.script = script
         pool = client.connection_pool
         kwargs = pool.connection_kwargs
-        self._encoding = kwargs.get("encoding", "utf-8")
-        self._errors = kwargs.get("encoding_errors", "strict")
+        #: redis-py's own encoder, as its connections make it (what every argument goes through).
+        self._encoder: Any = cast(Any, Encoder)(
+            kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict"), False
+        )
+        self._utf8 = self._encoder.encoding == "utf-8" and self._encoder.encoding_errors == "strict"
         # redis-py before 5.3 wants the command's name (later ones warn when given it).
         first = next(iter(inspect.signature(pool.get_connection).parameters.values()), None)
         self._name_args: tuple[str, ...] = (
@@ -63,13 +54,12 @@ class PackedScript:
 
     def command(self, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
         """The EVALSHA of `keys` and `args` as it goes on the wire."""
-        encoding, errors = self._encoding, self._errors
+        encode = self._encoder.encode
         parts = [*self._head, b"%d" % len(keys)]
-        if encoding == "utf-8" and errors == "strict":  # most arguments are str: no call
-            parts += [v.encode() if type(v) is str else _encode(v, encoding, errors) for v in keys]
-            parts += [v.encode() if type(v) is str else _encode(v, encoding, errors) for v in args]
+        if self._utf8:  # most arguments are str: encoded here, without a call per argument
+            parts += [v.encode() if type(v) is str else encode(v) for v in (*keys, *args)]
         else:
-            parts += [_encode(v, encoding, errors) for v in (*keys, *args)]
+            parts += [encode(v) for v in (*keys, *args)]
         return pack(parts)
 
     def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
