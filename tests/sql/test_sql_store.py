@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select, text, update
 
-from celery_saga.backends import Lease, StepExpect
+from celery_saga.backends import Lease, StartNext, StepExpect
 from celery_saga.errors import CorruptRecordError
 from celery_saga.models import SagaStatus, StepStatus
 from celery_saga.testing import make_execution
@@ -355,7 +355,9 @@ def test_postgresql_last_step_notifies_only_when_it_ends_the_saga(
     assert store.get_status(turned.saga_id) is SagaStatus.COMPENSATING
 
 
-FINISH_TRIPS = {"postgresql": 1, "mysql": 2, "sqlite": 6}
+#: SQLite's are statements: BEGIN IMMEDIATE, the touch that reads, the step, the
+#: execution's end, COMMIT (the stage of one step writes no counter row).
+FINISH_TRIPS = {"postgresql": 1, "mysql": 2, "sqlite": 5}
 
 
 def test_last_step_and_saga_end_cost_one_write(
@@ -440,7 +442,7 @@ def test_connections_opening_a_new_sqlite_file_at_once_all_get_wal(tmp_path: Pat
 
 _CHILD = """
 import sys
-from celery_saga.backends import Lease, StepExpect
+from celery_saga.backends import Lease, StartNext, StepExpect
 from celery_saga.errors import CorruptRecordError
 from celery_saga.models import StepStatus
 from celery_saga_sql import SQLSagaBackend
@@ -548,6 +550,53 @@ def test_purge_in_batches_and_delete_remove_steps_and_counters(
     store.update_saga(keep.saga_id, {"status": SagaStatus.FAILED})
     assert store.delete(keep.saga_id)
     assert _count_rows(store) == (0, 0, 0)
+
+
+def test_a_stage_of_one_step_is_counted_without_a_counter_row(
+    database_url: str, make_store: Callable[..., SQLSagaBackend]
+) -> None:
+    """The write completing a stage of one step (``check`` that step, ``get_at`` 1) counts 1
+    and starts the next stage with no counter row, as does the last step's write with the
+    saga's end; a stage of two steps still counts in its row (1, then 2)."""
+    store = make_store(database_url)
+    execution = make_execution(stages=[0, 1, 2, 2, 3])
+    store.create(execution)
+    sid, done = execution.saga_id, {"status": StepStatus.SUCCESS}
+    running = {"status": StepStatus.RUNNING, "attempt": 1}
+    forward = StepExpect(status=frozenset({StepStatus.PENDING, StepStatus.RUNNING}))
+
+    def hand_on(index: int, stage: int, check: tuple[int, ...], start: tuple[int, ...]) -> Any:
+        nxt = StartNext(check=check, start=start, changes=dict.fromkeys(start, running))
+        write, _ = store.update_step_and_get(
+            sid,
+            index,
+            done,
+            expect=forward,
+            count_in=f"stage:{stage}",
+            get_at=len(check),
+            start_next=nxt,
+            read=False,
+        )
+        return write
+
+    first = hand_on(0, 0, (0,), (1,))
+    assert (first.applied, first.count, first.started) == (True, 1, (1,))
+    assert hand_on(0, 0, (0,), (1,)).applied is False  # a duplicate: refused, not counted
+    second = hand_on(1, 1, (1,), (2, 3))
+    assert (second.count, second.started) == (1, (2, 3))
+    assert _count_rows(store)[2] == 0  # no counter row for stages of one step
+    assert (hand_on(2, 2, (2, 3), (4,)).count, hand_on(3, 2, (2, 3), (4,)).count) == (1, 2)
+    assert _count_rows(store)[2] == 1  # the stage of two counts in its row
+    store.update_step(sid, 4, running)
+    end = {"status": SagaStatus.COMPLETED, "finished_at": time.time()}
+    last, finished = store.update_step_and_finish(
+        sid, 4, done, end, expect=forward, count_in="stage:3"
+    )
+    assert (last.applied, last.count, finished) == (True, 1, True)
+    got = store.get(sid)
+    assert got is not None and got.status is SagaStatus.COMPLETED
+    assert [step.seq for step in got.steps] == [1, 1, 1, 2, 1]
+    assert _count_rows(store)[2] == 1
 
 
 def test_table_prefixes_keep_stores_apart(

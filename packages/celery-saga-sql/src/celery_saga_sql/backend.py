@@ -27,7 +27,6 @@ import os
 import threading
 import weakref
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import replace
 from typing import Any, ClassVar
 
 from sqlalchemy.engine import URL
@@ -330,8 +329,8 @@ class SQLSagaBackend(SagaBackend):
         check_step_changes(changes)
         check_saga_changes(saga_changes)
         self._prepare()
-        request = StepRequest.of(saga_id, index, changes, expect, count_in)
-        request = replace(request, finish=saga_values(saga_changes))
+        finish = saga_values(saga_changes)
+        request = StepRequest.finishing(saga_id, index, changes, expect, count_in, finish)
         write = self.dialect.write_step(self._run, request)
         return write, write.applied and write.saga_status is SagaStatus.RUNNING
 

@@ -4,12 +4,18 @@ The runtime's `update_step` / `update_step_and_get` arguments, encoded once as c
 values, with the decisions every dialect shares: which step rows the write needs, and
 whether the next stage may start given their locked state (`StepRequest.may_start`, the
 same rule as `SagaBackend.update_step_and_get`'s default).
+
+A stage of one step is counted without its counter row (`StepRequest.alone`): the write
+that completes it says so (``StartNext.check`` is that step alone and ``get_at`` is 1),
+and it is that stage's only write that counts (the others the step could get are
+refused once it has left PENDING and RUNNING), so its count is 1: a sequential saga's
+step writes no counter row, as on the Redis store.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from celery_saga.backends.base import StartNext, StepExpect, payload_size
@@ -49,6 +55,8 @@ class StepRequest:
     #: The execution's changes as column values (`saga_values`), written with the step if
     #: its write applies and the saga is RUNNING: the saga's end (`update_step_and_finish`).
     finish: Mapping[str, Any] | None = None
+    #: The write completes a stage of this step alone: counted 1, with no counter row.
+    alone: bool = False
 
     @classmethod
     def of(
@@ -63,6 +71,14 @@ class StepRequest:
     ) -> StepRequest:
         """The request for `changes` (checked), with the start it can lead to, if any."""
         values = step_values(changes)
+        alone = (
+            count_in is not None
+            and get_at == 1
+            and start_next is not None
+            and tuple(start_next.check) == (index,)
+        )
+        if alone:
+            values["seq"] = 1  # the count a counter row would give
         plan = None
         start = () if start_next is None else tuple(i for i in start_next.start if i != index)
         if start_next is not None and start and count_in is not None and get_at is not None:
@@ -73,7 +89,34 @@ class StepRequest:
                     start,
                     {i: step_values(start_next.changes[i]) for i in start},
                 )
-        return cls(saga_id, index, values, expect, count_in, get_at, plan)
+        return cls(saga_id, index, values, expect, count_in, get_at, plan, alone=alone)
+
+    @classmethod
+    def finishing(
+        cls,
+        saga_id: str,
+        index: int,
+        changes: Mapping[str, Any],
+        expect: StepExpect | None,
+        count_in: str | None,
+        finish: Mapping[str, Any],
+    ) -> StepRequest:
+        """The last step's write with the saga's end: its stage is that step alone (the
+        runtime ends a saga with its last step only then), so a count is 1."""
+        alone = None if count_in is None else StartNext(check=(index,), start=(), changes={})
+        request = cls.of(saga_id, index, changes, expect, count_in, 1, alone)
+        return replace(request, finish=finish)
+
+    @property
+    def counter(self) -> str | None:
+        """The counter row the write bumps: `count_in`, except for a stage of one step."""
+        return None if self.alone else self.count_in
+
+    def count_after(self, stored: Any) -> int | None:
+        """The write's count given the counter's `stored` value (None: no row yet)."""
+        if self.count_in is None:
+            return None
+        return 1 if self.alone else int(stored or 0) + 1
 
     @property
     def indexes(self) -> tuple[int, ...]:
@@ -106,8 +149,8 @@ class StepRequest:
     def written(self, stamp: float, count: int | None) -> int:
         """The payload bytes the write sends (for `StoreStats`)."""
         size = payload_size(*self.values, *self.values.values(), "updated_at", stamp)
-        if count is not None:
-            size += payload_size(self.saga_id, self.count_in, 1)
+        if count is not None and self.counter is not None:
+            size += payload_size(self.saga_id, self.counter, 1)
         if self.start is not None:
             for values in self.start.values.values():
                 size += payload_size(*values, *values.values())

@@ -10,7 +10,8 @@ with bound parameters, so a step write builds no SQLAlchemy construct. Its step 
    stage's steps), and reads their state and the counter's value;
 2. the expectations are checked in Python with `StepExpect.refusal`, and whether the
    next stage starts is decided from the same state (`StepRequest.may_start`);
-3. the dialect's `apply` writes the counter, the step rows (the step and the started
+3. the dialect's `apply` writes the counter (none for a stage of one step:
+   `StepRequest.alone`), the step rows (the step and the started
    ones in one ``UPDATE``) and the execution's ``updated_at``.
 
 MySQL/MariaDB write the step rows and the execution in one multi-table ``UPDATE``;
@@ -206,11 +207,11 @@ class SQLDialect:
         needs (by index), each with the saga's status and the counter's value. `stamp`
         is the ``updated_at`` of a dialect that writes it here (`touches_when_locking`)."""
         indexes = request.indexes
-        counted = request.count_in is not None
+        counted = request.counter is not None
         params: dict[str, Any] = {f"i{j}": i for j, i in enumerate(indexes)}
         params["sid"] = request.saga_id
         if counted:
-            params["cname"] = request.count_in
+            params["cname"] = request.counter
         rows = tx.execute(self.locking(len(indexes), counted), params).all()
         return {int(row.idx): row for row in rows}
 
@@ -234,7 +235,7 @@ class SQLDialect:
             ):
                 tx.rollback_only = self.touches_when_locking  # undo the touch
                 return report(found)
-            count = int(found.counter or 0) + 1 if request.count_in is not None else None
+            count = request.count_after(found.counter if request.counter is not None else None)
             started = request.may_start(rows, count)
             self.apply(tx, request, count, started, stamp, touch=not self.touches_when_locking)
             if request.finishes(found.saga_status):
@@ -255,8 +256,8 @@ class SQLDialect:
     ) -> None:
         """Write what `write_step` decided (rows locked): the counter, the step rows in one
         ``UPDATE``, and (with `touch`) the execution's ``updated_at``."""
-        if count is not None:
-            counter = {"sid": request.saga_id, "cname": request.count_in, "cvalue": count}
+        if count is not None and request.counter is not None:
+            counter = {"sid": request.saga_id, "cname": request.counter, "cvalue": count}
             tx.execute(self.counter_set(), counter)
         stmt, params = self.steps_write(request, count, started)
         tx.execute(stmt, params, written=request.written(stamp, count))

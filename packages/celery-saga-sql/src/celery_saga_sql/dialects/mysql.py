@@ -4,9 +4,10 @@ under row locks, then writes.
 A step write locks and reads, decides, then writes: ``SELECT STRAIGHT_JOIN ... FOR
 UPDATE`` (the execution row first, as every writer locks it; PyMySQL starts the
 transaction with it, no BEGIN exchange), then the counter's upsert when the write
-counts, one multi-table ``UPDATE`` of the step rows and the execution's
-``updated_at``, and COMMIT, sent together in one exchange (`direct.Batch`): two round
-trips for any step write, two for a refused one (its COMMIT releases the locks).
+counts (not for a stage of one step), one multi-table ``UPDATE`` of the step rows and
+the execution's ``updated_at``, and COMMIT, sent together in one exchange
+(`direct.Batch`): two round trips for any step write, two for a refused one (its
+COMMIT releases the locks).
 With another driver than PyMySQL the writes go one by one (`SQLDialect.write_step`).
 Lease renewals are one ``UPDATE`` joined to a derived table; the rows it matched tell
 whether every lease was renewed.
@@ -60,11 +61,11 @@ class MySQLDialect(SQLDialect):
     def _write_batched(self, batch: Batch, request: StepRequest) -> StepWrite:
         stamp = now()
         indexes = request.indexes
-        counted = request.count_in is not None
+        counted = request.counter is not None
         params: dict[str, Any] = {f"i{j}": i for j, i in enumerate(indexes)}
         params["sid"] = request.saga_id
         if counted:
-            params["cname"] = request.count_in
+            params["cname"] = request.counter
         lock = self.compiled(self.locking(len(indexes), counted))
         rows = {int(row.idx): row for row in batch.query(lock, params)}
         found = rows.get(request.index)
@@ -84,11 +85,11 @@ class MySQLDialect(SQLDialect):
             if found is None:
                 raise KeyError(f"no step {request.index} in saga {request.saga_id}")
             return report(found)
-        count = int(found.counter or 0) + 1 if counted else None
+        count = request.count_after(found.counter if counted else None)
         started = request.may_start(rows, count)
         writes: list[tuple[Compiled, dict[str, Any]]] = []
-        if count is not None:
-            counter = {"sid": request.saga_id, "cname": request.count_in, "cvalue": count}
+        if count is not None and counted:
+            counter = {"sid": request.saga_id, "cname": request.counter, "cvalue": count}
             writes.append((self.compiled(self.counter_set()), counter))
         stmt, step_params = self.steps_write(request, count, started)
         step_params["stamp"] = stamp
@@ -114,8 +115,8 @@ class MySQLDialect(SQLDialect):
         touch: bool = True,
     ) -> None:
         """The counter's upsert, then one multi-table ``UPDATE`` of steps and execution."""
-        if count is not None:
-            counter = {"sid": request.saga_id, "cname": request.count_in, "cvalue": count}
+        if count is not None and request.counter is not None:
+            counter = {"sid": request.saga_id, "cname": request.counter, "cvalue": count}
             tx.execute(self.counter_set(), counter)
         stmt, params = self.steps_write(request, count, started)
         params["stamp"] = stamp

@@ -4,9 +4,10 @@
   ``cur`` locks the execution row and the step row (``SELECT ... FOR UPDATE``: after
   waiting for another writer it returns the rows as that writer committed them); the
   expectations are evaluated on ``cur`` by the server (`celery_saga_sql.conditions`);
-  ``bumped`` upserts the counter, ``stepped`` updates the step row (its ``seq`` the
-  counter's new value), ``touched`` the execution's ``updated_at``, and ``started``
-  marks the next stage's steps started when the counter reached ``get_at``, the saga
+  ``bumped`` upserts the counter (a stage of one step has none: its count is 1,
+  `StepRequest.alone`), ``stepped`` updates the step row (its ``seq`` the count),
+  ``touched`` the execution's ``updated_at``, and ``started`` marks the next stage's
+  steps started when the counter reached ``get_at``, the saga
   runs and every step the stage waits for succeeded (the other members' rows locked by
   ``checked``, so their latest versions are seen). The statement commits as a whole or
   not at all, and reports the locked state, the counter and the steps it started.
@@ -166,7 +167,7 @@ class PostgreSQLDialect(SQLDialect):
     def write_step(self, run: Runner, request: StepRequest) -> StepWrite:
         """The whole step write in one statement (see the module's docstring)."""
         names = tuple(sorted(request.values))
-        counted = request.count_in is not None
+        counted = request.counter is not None
         plan = request.start
         start_shape = None
         others: list[int] = []
@@ -185,21 +186,22 @@ class PostgreSQLDialect(SQLDialect):
         params.update(conditions.params(request.expect))
         params.update(sid=request.saga_id, at=request.index, stamp=stamp)
         if counted:
-            params["cname"] = request.count_in
+            params["cname"] = request.counter
         if plan is not None:
             params.update(start_params(plan, plan.start))
             params.update({f"c{k}": i for k, i in enumerate(others)})
-            params["get_at"] = request.get_at
+            if counted:
+                params["get_at"] = request.get_at
         found = run.autocommit(
             lambda conn: stmt.one_or_none(conn, params),
-            written=request.written(stamp, 1 if counted else None),
+            written=request.written(stamp, request.count_after(0)),
             idempotent=False,
         )
         if found is None:
             raise KeyError(f"no step {request.index} in saga {request.saga_id}")
         if not found.applied:
             return report(found)
-        count = int(found.bumped_to) if counted else None
+        count = int(found.bumped_to) if counted else request.count_after(None)
         began = set(found.started or ()) if plan is not None else set()
         started = tuple(i for i in plan.start if i in began) if plan is not None else ()
         return report(found, request.values, count, started)
@@ -294,9 +296,11 @@ class PostgreSQLDialect(SQLDialect):
         sid = bindparam("sid", type_=s.c.saga_id.type)
         ready: list[ColumnElement[bool]] = [
             holds,
-            select(bumped.c.value).scalar_subquery() == bindparam("get_at", type_=Integer()),
             select(cur.c.saga_status).scalar_subquery() == literal(_RUNNING),
         ]
+        if bumped is not None:  # else a stage of one step: its count 1 is `get_at`
+            bumped_to = select(bumped.c.value).scalar_subquery()
+            ready.append(bumped_to == bindparam("get_at", type_=Integer()))
         if stored:  # the written step keeps its status: it must have succeeded already
             ready.append(select(cur.c.status).scalar_subquery() == literal(_SUCCESS))
         if others:

@@ -38,14 +38,14 @@ class SQLiteDialect(SQLDialect):
     def lock_step(self, tx: Tx, request: StepRequest, stamp: float) -> dict[int, Any]:
         """One ``UPDATE executions ... RETURNING``: the touch, and the state to decide on."""
         indexes = request.indexes
-        counted = request.count_in is not None
+        counted = request.counter is not None
         stmt = self.cached(
             ("touch-read", len(indexes), counted), lambda: self._touch_read(len(indexes), counted)
         )
         params: dict[str, Any] = {f"i{j}": i for j, i in enumerate(indexes)}
         params.update(sid=request.saga_id, stamp=stamp)
         if counted:
-            params["cname"] = request.count_in
+            params["cname"] = request.counter
         found = tx.execute(stmt, params).one_or_none()
         if found is None:
             return {}
