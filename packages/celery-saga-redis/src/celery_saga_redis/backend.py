@@ -64,10 +64,9 @@ from celery_saga.models import (
     SagaExecution,
     SagaStatus,
     SagaSummary,
-    StepStatus,
     now,
 )
-from celery_saga_redis import layout, scripts
+from celery_saga_redis import layout, scripts, stepcalls
 from celery_saga_redis.keys import Keys
 from celery_saga_redis.listener import DoneListener
 from celery_saga_redis.packed import PackedScript
@@ -97,14 +96,6 @@ _Head = tuple[str, float, str | None]
 _dumps = layout.dumps
 
 
-def _statuses(values: Collection[Any] | None) -> str:
-    return "" if values is None else " ".join(sorted(plain_value(v) for v in values))
-
-
-def _opt(value: int | None) -> str:
-    return "" if value is None else str(int(value))
-
-
 def _ttl(value: Any) -> int:
     """Seconds of the `ttl` option (None: the default; 0, ``none``: no expiry)."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -114,57 +105,6 @@ def _ttl(value: Any) -> int:
     seconds = parse_seconds("ttl", value)
     assert seconds is not None
     return math.ceil(seconds)
-
-
-def _lease_conditions(expect: StepExpect) -> str:
-    """ARGV of the lease conditions for UPDATE_STEP ('' when there are none)."""
-    if expect.lease_free_at is None and expect.lease_owners is None:
-        return ""
-    owners = None if expect.lease_owners is None else list(expect.lease_owners)
-    return _dumps([expect.lease_free_at, expect.lease_holder, owners])
-
-
-def _loads(raw: str | None) -> Any:
-    return None if raw is None else json.loads(raw)
-
-
-def _write(
-    reply: list[Any],
-    changes: Mapping[str, Any] | None = None,
-    count: Any = None,
-    started: Any = None,
-) -> StepWrite:
-    """The StepWrite of a step script's reply (its first seven values: the stored state).
-
-    An applied write reports the state after it: `changes` over what was stored.
-    """
-    applied, status, attempt, comp_attempt, saga_status, owner, expires = reply[:7]
-    state: dict[str, Any] = {
-        "status": status,
-        "attempt": int(attempt),
-        "comp_attempt": int(comp_attempt),
-        "lease_owner": _loads(owner),
-        "lease_expires_at": _loads(expires),
-    }
-    if applied and changes:
-        state.update((k, plain_value(changes[k])) for k in state.keys() & changes.keys())
-    return StepWrite(
-        applied=bool(applied),
-        status=StepStatus(state["status"]),
-        attempt=int(state["attempt"]),
-        saga_status=SagaStatus(saga_status),
-        count=int(count) if count is not None else None,
-        comp_attempt=int(state["comp_attempt"]),
-        started=tuple(int(i) for i in started or ()),
-        lease_owner=state["lease_owner"],
-        lease_expires_at=state["lease_expires_at"],
-    )
-
-
-def _raise_if_missing(exc: redis.ResponseError, saga_id: str, index: int) -> None:
-    """A step script's NOSAGA/NOSTEP error as the KeyError of the contract."""
-    if "NOSAGA" in str(exc) or "NOSTEP" in str(exc):
-        raise KeyError(f"no step {index} in saga {saga_id}") from None
 
 
 class RedisSagaBackend(SagaBackend):
@@ -404,7 +344,7 @@ class RedisSagaBackend(SagaBackend):
         for name, value in changes.items():
             pairs += [name, _dumps(value)]
         key = self.keys.execution(saga_id)
-        lead = [_dumps(now()), _statuses(expect_status), self.ttl, self.keys.done_channel(saga_id)]
+        lead = self._saga_update_lead(saga_id, expect_status)
         if not self.cluster or "status" not in changes:
             self.stats.add(1, payload_size(*pairs))
             prefix = "" if self.cluster else self.keys.prefix
@@ -412,6 +352,11 @@ class RedisSagaBackend(SagaBackend):
             applied, _, _ = self._update_saga_call(keys=keys, args=[*lead, prefix, "", *pairs])
             return bool(applied == 1)
         return self._update_status_on_cluster(saga_id, plain_value(changes["status"]), lead, pairs)
+
+    def _saga_update_lead(self, saga_id: str, allowed: Collection[Any] | None) -> list[Any]:
+        """UPDATE_SAGA's first ARGV: now, the allowed statuses, the TTL, the done channel."""
+        channel = self.keys.done_channel(saga_id)
+        return [_dumps(now()), stepcalls.statuses(allowed), self.ttl, channel]
 
     def _update_status_on_cluster(
         self, saga_id: str, new_status: str, lead: list[Any], pairs: list[Any]
@@ -517,14 +462,14 @@ class RedisSagaBackend(SagaBackend):
         """One script: compare-and-set the step; at `get_at`, start the next stage and read."""
         check_step_changes(changes)
         e = expect or StepExpect()
-        args = _step_args(index, e, count_in, get_at, read, start_next)
-        written = _step_changes(args, saga_id, index, changes)
+        args = stepcalls.step_args(index, e, count_in, get_at, read, start_next)
+        written = stepcalls.step_changes(args, saga_id, index, changes)
         if start_next is not None:
             for i in start_next.start:
-                written += _step_changes(args, saga_id, i, start_next.changes.get(i, {}))
+                written += stepcalls.step_changes(args, saga_id, i, start_next.changes.get(i, {}))
         self.stats.add(1, written)
         reply = self._step_script(self._update_step_call, saga_id, index, args)
-        write = _write(reply, changes, count=reply[7], started=reply[9])
+        write = stepcalls.step_write(reply, changes, count=reply[7], started=reply[9])
         everything = reply[8]
         execution = self._decode(saga_id, everything) if everything else None
         if execution is not None:
@@ -552,18 +497,18 @@ class RedisSagaBackend(SagaBackend):
         e = expect or StepExpect()
         # Counted as a stage of this step alone: its count is 1, with no counter written.
         start = StartNext(check=(index,), start=(), changes={}) if count_in else None
-        args = _step_args(index, e, count_in, 1 if count_in else None, False, start)
-        written = _step_changes(args, saga_id, index, changes)
+        args = stepcalls.step_args(index, e, count_in, 1 if count_in else None, False, start)
+        written = stepcalls.step_changes(args, saga_id, index, changes)
         pairs: list[Any] = []
         for name, value in saga_changes.items():
             pairs += [name, _dumps(value)]
-        lead = [_dumps(now()), _statuses(_RUNNING), self.ttl, self.keys.done_channel(saga_id)]
+        lead = self._saga_update_lead(saga_id, _RUNNING)
         finish = [*lead, self.keys.prefix, "", *pairs]
-        args[_FINISH_SLOT] = len(finish)
+        args[stepcalls.FINISH_SLOT] = len(finish)
         args += finish
         self.stats.add(1, written + payload_size(*pairs))
         reply = self._step_script(self._finish_step_call, saga_id, index, args)
-        return _write(reply, changes, count=reply[7]), reply[10] == 1
+        return stepcalls.step_write(reply, changes, count=reply[7]), reply[10] == 1
 
     def _step_script(
         self, call: Callable[..., Any], saga_id: str, index: int, args: list[Any]
@@ -573,7 +518,7 @@ class RedisSagaBackend(SagaBackend):
             keys = [self.keys.execution(saga_id), self.keys.counters(saga_id)]
             reply = call(keys=keys, args=args)
         except redis.ResponseError as exc:
-            _raise_if_missing(exc, saga_id, index)
+            stepcalls.raise_if_missing(exc, saga_id, index)
             raise
         return [*reply, None, None, None, None][:11]
 
@@ -678,9 +623,9 @@ class RedisSagaBackend(SagaBackend):
         try:
             reply = self._record_late(keys=[self.keys.execution(saga_id)], args=args)
         except redis.ResponseError as exc:
-            _raise_if_missing(exc, saga_id, index)
+            stepcalls.raise_if_missing(exc, saga_id, index)
             raise
-        return _write([*reply, None, None][:7])
+        return stepcalls.step_write([*reply, None, None][:7])
 
     # -- indexes -----------------------------------------------------------------------------
     def _reindex(self, execution: SagaExecution) -> None:
@@ -944,45 +889,7 @@ class RedisSagaBackend(SagaBackend):
         self.client.close()
 
 
-#: The position in UPDATE_STEP's ARGV of how many trailing values end the saga.
-_FINISH_SLOT = 13
 _RUNNING = frozenset({SagaStatus.RUNNING})
-
-
-def _step_args(
-    index: int,
-    e: StepExpect,
-    count_in: str | None,
-    get_at: int | None,
-    read: bool,
-    start_next: StartNext | None,
-) -> list[Any]:
-    """UPDATE_STEP's ARGV up to the step's write (see scripts.py), ending the saga in none."""
-    args: list[Any] = [
-        index,
-        _dumps(now()),
-        _statuses(e.status),
-        _opt(e.attempt),
-        _opt(e.attempt_at_most),
-        _statuses(e.saga_status),
-        _opt(e.comp_attempt),
-        _opt(e.comp_attempt_at_most),
-        count_in or "",
-        "" if get_at is None else f"{'' if read else '!'}{int(get_at)}",
-    ]
-    if start_next is None:
-        args += ["", ""]
-    else:
-        args += [" ".join(map(str, start_next.check)), " ".join(map(str, start_next.start))]
-    args += [_lease_conditions(e), 0]
-    return args
-
-
-def _step_changes(args: list[Any], saga_id: str, index: int, changes: Mapping[str, Any]) -> int:
-    """Append one step's write to UPDATE_STEP's ARGV (see layout.StepChanges); its size."""
-    block = layout.StepChanges(saga_id, index, changes).args()
-    args += block
-    return sum(len(str(part)) for part in block)
 
 
 def _finished(status: str) -> bool:
