@@ -6,7 +6,8 @@ command, so no transactions are needed:
 
 - a step write is one ``findAndModify`` whose filter encodes the `StepExpect`
   conditions and whose update ``$set``\\ s only ``steps.<i>.<field>`` (O(that step));
-  lease conditions are matched with ``$elemMatch`` on the step (see `_step_query`);
+  lease conditions are matched with ``$elemMatch`` on the step (see
+  `stepwrites.step_query`);
 - a step write that bumps a counter (``count_in``) is one ``findAndModify`` with an
   update pipeline: the first stage increments ``counters.<name>``, the second
   copies the new value into that step's ``seq``, so the two cannot be separated;
@@ -73,6 +74,7 @@ from celery_saga.models import (
     StepStatus,
     now,
 )
+from celery_saga_mongo import stepwrites
 from celery_saga_mongo.documents import (
     LATE_STATE,
     SUMMARY_PROJECTION,
@@ -119,8 +121,6 @@ _SPAN_SLACK = 1.5
 _MIN_SPAN = 0.001
 #: Listings (status, name, parent) whose span is remembered.
 _SPANS_KEPT = 1024
-#: Field of a step write's reply that carries the whole document (see `_step_projection`).
-_WHOLE = "execution"
 #: Server error code of an update that cannot create a field inside a non-document
 #: (``$set`` of ``late.<attempt>`` while ``late`` is null).
 _PATH_NOT_VIABLE = 28
@@ -424,23 +424,25 @@ class MongoSagaBackend(SagaBackend):
         check_step_changes(changes)
         values = {name: encode_step_value(name, value) for name, value in changes.items()}
         counter = None if count_in is None else counter_field(count_in)
-        query = _step_query(saga_id, index, expect)
+        query = stepwrites.step_query(saga_id, index, expect)
         if get_at is not None and (isinstance(get_at, bool) or not isinstance(get_at, int)):
             raise TypeError(f"get_at must be an int, got {get_at!r}")
-        projection = _step_projection(index, counter if get_at is not None else None, get_at)
+        projection = stepwrites.step_projection(
+            index, counter if get_at is not None else None, get_at
+        )
         written = payload_size(*values, *values.values())
         self._prepare()
         state: dict[str, Any] = {}
         for _ in range(_CAS_TRIES):
-            update = _step_update(index, values, counter, now())
+            update = stepwrites.step_update(index, values, counter, now())
             self.stats.add(1, written)
             document = self.executions.find_one_and_update(
                 query, update, projection=projection, return_document=ReturnDocument.AFTER
             )
             if document is not None:
-                state = _read_state(document, index, saga_id)
-                write = _step_write(True, state, state.get("seq") if counter else None)
-                whole = document.get(_WHOLE)
+                state = stepwrites.read_state(document, index, saga_id)
+                write = stepwrites.step_write(True, state, state.get("seq") if counter else None)
+                whole = document.get(stepwrites.WHOLE)
                 return write, None if whole is None else execution_from_document(whole)
             # Refused: read why. The conditions are checked again in Python with the
             # contract's own `refusal`; if they hold now, the refusal raced with a write
@@ -449,7 +451,7 @@ class MongoSagaBackend(SagaBackend):
             current = self.executions.find_one({"_id": saga_id}, projection=projection)
             if current is None:
                 raise KeyError(f"no step {index} in saga {saga_id}")
-            state = _read_state(current, index, saga_id)
+            state = stepwrites.read_state(current, index, saga_id)
             if expect is None:
                 continue
             reason = expect.refusal(
@@ -461,8 +463,8 @@ class MongoSagaBackend(SagaBackend):
                 state["lease_expires_at"],
             )
             if reason is not None:
-                return _step_write(False, state, None), None
-        return _step_write(False, state, None), None
+                return stepwrites.step_write(False, state, None), None
+        return stepwrites.step_write(False, state, None), None
 
     # -- leases and late outcomes --------------------------------------------------------------
     def renew_leases(self, leases: Sequence[Lease], expires_at: float) -> builtins.list[Lease]:
@@ -484,10 +486,10 @@ class MongoSagaBackend(SagaBackend):
         for lease in leases:
             saga_id = check_saga_id(lease.saga_id)
             index = check_step_index(lease.index)
-            owner = _check_owner(lease.owner, "lease owner")
+            owner = stepwrites.check_owner(lease.owner, "lease owner")
             operations.append(
                 UpdateOne(
-                    _step_query(saga_id, index, lease.expect()),
+                    stepwrites.step_query(saga_id, index, lease.expect()),
                     {
                         "$set": {
                             f"steps.{index}.lease_owner": owner,
@@ -513,7 +515,7 @@ class MongoSagaBackend(SagaBackend):
         """Which of `leases` their owners no longer hold (one ``find``)."""
         projection: dict[str, Any] = {"status": 1}
         for index in sorted({lease.index for lease in leases}):
-            projection[f"s{index}"] = _step_fields(index)
+            projection[f"s{index}"] = stepwrites.step_fields(index)
         saga_ids = sorted({lease.saga_id for lease in leases})
         self.stats.add()
         found = {
@@ -523,7 +525,7 @@ class MongoSagaBackend(SagaBackend):
                 {"_id": {"$in": saga_ids}}, projection=projection, batch_size=len(saga_ids)
             )
         }
-        return [lease for lease in leases if not _holds(lease, found.get(lease.saga_id))]
+        return [lease for lease in leases if not stepwrites.holds(lease, found.get(lease.saga_id))]
 
     def record_late(
         self,
@@ -560,7 +562,7 @@ class MongoSagaBackend(SagaBackend):
             element[f"late.{key}.{LATE_STATE}"] = {"$eq": expect_state}
             values = {f"{path}.{name}": value for name, value in entry.items()}
         query = {"_id": saga_id, "steps": {"$elemMatch": element}}
-        projection = _step_projection(index)
+        projection = stepwrites.step_projection(index)
         written = payload_size(*entry, *entry.values())
         self._prepare()
         for _ in range(_CAS_TRIES):
@@ -586,14 +588,16 @@ class MongoSagaBackend(SagaBackend):
                 if document is None:
                     continue  # someone else made it an object meanwhile: try the first way
             if document is not None:
-                return _step_write(True, _read_state(document, index, saga_id), None)
+                return stepwrites.step_write(
+                    True, stepwrites.read_state(document, index, saga_id), None
+                )
             break
         # Refused: read the state to report (or find out that there is no such step).
         self.stats.add()
         current = self.executions.find_one({"_id": saga_id}, projection=projection)
         if current is None:
             raise KeyError(f"no step {index} in saga {saga_id}")
-        return _step_write(False, _read_state(current, index, saga_id), None)
+        return stepwrites.step_write(False, stepwrites.read_state(current, index, saga_id), None)
 
     # -- listing and housekeeping --------------------------------------------------------------
     def list(
@@ -798,187 +802,3 @@ class MongoSagaBackend(SagaBackend):
 
 
 # -- building commands -------------------------------------------------------------------------
-
-
-def _step_query(saga_id: str, index: int, expect: StepExpect | None) -> dict[str, Any]:
-    """The filter of a step write: the step exists, and every expectation holds.
-
-    Statuses and attempts are matched on ``steps.<i>.<field>``. The lease conditions
-    are matched inside ``$elemMatch`` on the element whose ``index`` is `index`: they
-    test for null, and a null test on ``steps.<i>.lease_owner`` would also match when
-    any other step lacks a field named ``<i>`` (a numeric path component is both an
-    array position and a field name), which every step does. They say exactly what
-    `StepExpect.refusal` says: with `lease_free_at`, no owner (null or absent), the
-    owner `lease_holder`, or an expiry at or before `lease_free_at` (a null expiry
-    never is); with `lease_owners`, the owner is one of them (None: null or absent).
-    """
-    prefix = f"steps.{index}"
-    query: dict[str, Any] = {"_id": saga_id, f"{prefix}.index": index}
-    if expect is None:
-        return query
-    if expect.status is not None:
-        query[f"{prefix}.status"] = {"$in": sorted(s.value for s in expect.status)}
-    for field, equal, at_most in (
-        ("attempt", expect.attempt, expect.attempt_at_most),
-        ("comp_attempt", expect.comp_attempt, expect.comp_attempt_at_most),
-    ):
-        condition: dict[str, int] = {}
-        if equal is not None:
-            condition["$eq"] = int(equal)
-        if at_most is not None:
-            condition["$lte"] = int(at_most)
-        if condition:
-            query[f"{prefix}.{field}"] = condition
-    if expect.saga_status is not None:
-        query["status"] = {"$in": sorted(s.value for s in expect.saga_status)}
-    lease: list[dict[str, Any]] = []
-    if expect.lease_free_at is not None:
-        free: list[dict[str, Any]] = [
-            {"lease_owner": None},
-            {"lease_expires_at": {"$lte": check_number(expect.lease_free_at, "lease_free_at")}},
-        ]
-        if expect.lease_holder is not None:
-            free.append({"lease_owner": {"$eq": _check_owner(expect.lease_holder, "lease_holder")}})
-        lease.append({"$or": free})
-    if expect.lease_owners is not None:
-        owners = [
-            None if owner is None else _check_owner(owner, "lease owner")
-            for owner in expect.lease_owners
-        ]
-        lease.append({"lease_owner": {"$in": owners}})
-    if lease:
-        query["steps"] = {"$elemMatch": {"index": index, "$and": lease}}
-    return query
-
-
-def _check_owner(value: object, what: str) -> str:
-    """A lease owner is compared as a value, so it must be a plain string."""
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a string (host/pid/task-id), got {value!r}")
-    return value
-
-
-def _holds(lease: Lease, document: Mapping[str, Any] | None) -> bool:
-    """Whether `lease`'s owner holds it in `document` (read by `_lost_leases`)."""
-    if document is None:
-        return False  # the execution no longer exists
-    step = document.get(f"s{lease.index}")
-    if not step or step.get("index") != lease.index or step.get("status") is None:
-        return False
-    return (
-        step.get("lease_owner") == lease.owner
-        and lease.expect().refusal(
-            StepStatus(step["status"]),
-            int(step.get("attempt") or 0),
-            int(step.get("comp_attempt") or 0),
-            SagaStatus(document["status"]),
-            step.get("lease_owner"),
-            step.get("lease_expires_at"),
-        )
-        is None
-    )
-
-
-def _step_update(
-    index: int, values: Mapping[str, Any], counter: str | None, stamp: float
-) -> dict[str, Any] | list[dict[str, Any]]:
-    """The update of a step write.
-
-    Without a counter: ``$set`` of ``steps.<i>.<field>`` and ``updated_at`` only.
-    With one: a two-stage update pipeline. Stage one adds 1 to the counter; stage
-    two merges the changes and the counter's new value (``seq``) into step `index`
-    and leaves every other element as it is. Values are wrapped in ``$literal`` so
-    a string such as ``"$status"`` is stored, never evaluated.
-    """
-    if counter is None:
-        fields = {f"steps.{index}.{name}": value for name, value in values.items()}
-        return {"$set": {**fields, "updated_at": stamp}}
-    merged: dict[str, Any] = {name: {"$literal": value} for name, value in values.items()}
-    merged["seq"] = f"${counter}"
-    return [
-        {
-            "$set": {
-                counter: {"$add": [{"$ifNull": [f"${counter}", 0]}, 1]},
-                "updated_at": {"$literal": stamp},
-            }
-        },
-        {
-            "$set": {
-                "steps": {
-                    "$map": {
-                        "input": "$steps",
-                        "as": "step",
-                        "in": {
-                            "$cond": [
-                                {"$eq": ["$$step.index", index]},
-                                {"$mergeObjects": ["$$step", merged]},
-                                "$$step",
-                            ]
-                        },
-                    }
-                }
-            }
-        },
-    ]
-
-
-def _step_projection(
-    index: int, counter: str | None = None, get_at: int | None = None
-) -> dict[str, Any]:
-    """Only what a `StepWrite` reports: the saga status and a few fields of step `index`.
-
-    With `counter` and `get_at`, also the whole document (as ``_WHOLE``) when the
-    counter's value is `get_at`, and nothing more otherwise.
-    """
-    projection: dict[str, Any] = {"_id": 0, "status": 1, "step": _step_fields(index)}
-    if counter is not None and get_at is not None:
-        projection[_WHOLE] = {
-            "$cond": [{"$eq": [f"${counter}", {"$literal": int(get_at)}]}, "$$ROOT", "$$REMOVE"]
-        }
-    return projection
-
-
-def _step_fields(index: int) -> dict[str, Any]:
-    """A projection expression: the fields of step `index` a `StepWrite` reports."""
-    return {
-        "$let": {
-            "vars": {"s": {"$arrayElemAt": ["$steps", index]}},
-            "in": {
-                "index": "$$s.index",
-                "status": "$$s.status",
-                "attempt": "$$s.attempt",
-                "comp_attempt": "$$s.comp_attempt",
-                "seq": "$$s.seq",
-                "lease_owner": "$$s.lease_owner",
-                "lease_expires_at": "$$s.lease_expires_at",
-            },
-        }
-    }
-
-
-def _read_state(document: Mapping[str, Any], index: int, saga_id: str) -> dict[str, Any]:
-    step = document.get("step") or {}
-    if step.get("index") != index or step.get("status") is None:
-        raise KeyError(f"no step {index} in saga {saga_id}")
-    return {
-        "status": step["status"],
-        "attempt": step.get("attempt") or 0,
-        "comp_attempt": step.get("comp_attempt") or 0,
-        "seq": step.get("seq"),
-        "lease_owner": step.get("lease_owner"),
-        "lease_expires_at": step.get("lease_expires_at"),
-        "saga_status": document["status"],
-    }
-
-
-def _step_write(applied: bool, state: Mapping[str, Any], count: Any) -> StepWrite:
-    return StepWrite(
-        applied=applied,
-        status=StepStatus(state["status"]),
-        attempt=int(state["attempt"]),
-        saga_status=SagaStatus(state["saga_status"]),
-        count=None if count is None else int(count),
-        comp_attempt=int(state["comp_attempt"]),
-        lease_owner=state["lease_owner"],
-        lease_expires_at=state["lease_expires_at"],
-    )
