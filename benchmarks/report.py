@@ -949,7 +949,16 @@ def render_markdown(results: dict[str, Any], under_load: dict[str, Any] | None =
                 "share of every other command's time that clients sent outside scripts, "
                 "that share measured once per version, before the repetitions, in an "
                 "untimed pass with the slowlog recording every command. Server CPU is the "
-                "difference of `used_cpu_user + used_cpu_sys`.",
+                "difference of `used_cpu_user + used_cpu_sys`. Where that time goes "
+                "(instructions counted by valgrind's callgrind in a `redis-server` that "
+                "replays this version's W11 calls, so the split does not depend on the "
+                "machine's load): about half in the step scripts' own Lua code, a fifth "
+                "in passing their arguments and replies, a quarter in the commands they "
+                "call, most of it ZADD into the status and name indexes: while an index "
+                "holds at most 128 entries Redis keeps it as a listpack, and each insert "
+                "at its end parses every stored score (a creation time of 17 significant "
+                "digits) with strtod, about 14% of all the scripts' instructions in W11, "
+                "whose store starts empty each repetition.",
                 "- The counting rows come from a separate pass with counting workers "
                 "(not timed): broker messages and state-store round trips per step.",
                 *_mongo_note(results.get("machine", {})),
