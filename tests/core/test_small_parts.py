@@ -14,7 +14,13 @@ from celery_saga import (
     StepResponse,
     set_default_backend,
 )
-from celery_saga.backends import MemorySagaBackend, backend_class, installed_schemes, register
+from celery_saga.backends import (
+    MemorySagaBackend,
+    StartNext,
+    backend_class,
+    installed_schemes,
+    register,
+)
 from celery_saga.backends.registry import backend_from_url
 from celery_saga.config import backend_for, get_default_backend
 from celery_saga.errors import InvalidSagaId, SchemaVersionError
@@ -203,3 +209,23 @@ def test_a_bad_saga_deadline_says_what_it_takes(deadline: object) -> None:
 
     with pytest.raises(SagaDefinitionError, match="positive number of seconds"):
         Saga("bad_deadline", deadline=deadline)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("check", "index", "get_at", "alone"),
+    [
+        ((2,), 2, 1, True),  # a stage of this step alone, completed at count 1
+        ((2,), 2, None, False),  # no count asked for
+        ((2,), 2, 2, False),  # a count other than 1
+        ((1, 2), 2, 1, False),  # a parallel stage counts in its counter
+        ((3,), 2, 1, False),  # another step's stage
+    ],
+)
+def test_a_write_counts_alone_only_for_a_stage_of_that_step(
+    check: tuple[int, ...], index: int, get_at: int | None, alone: bool
+) -> None:
+    """`StartNext.counts_alone`: the rule the Redis and SQL stores count without a counter by."""
+    start = StartNext(check=check, start=(9,), changes={9: {}})
+    assert start.counts_alone(index, get_at) is alone
+    assert StartNext.alone(index).counts_alone(index, 1)
+    assert StartNext.alone(index).start == ()

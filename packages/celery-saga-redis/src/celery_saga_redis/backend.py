@@ -496,7 +496,7 @@ class RedisSagaBackend(SagaBackend):
         check_saga_changes(saga_changes)
         e = expect or StepExpect()
         # Counted as a stage of this step alone: its count is 1, with no counter written.
-        start = StartNext(check=(index,), start=(), changes={}) if count_in else None
+        start = StartNext.alone(index) if count_in else None
         args = stepcalls.step_args(index, e, count_in, 1 if count_in else None, False, start)
         written = stepcalls.step_changes(args, saga_id, index, changes)
         pairs: list[Any] = []

@@ -73,9 +73,8 @@ class StepRequest:
         values = step_values(changes)
         alone = (
             count_in is not None
-            and get_at == 1
             and start_next is not None
-            and tuple(start_next.check) == (index,)
+            and start_next.counts_alone(index, get_at)
         )
         if alone:
             values["seq"] = 1  # the count a counter row would give
@@ -103,7 +102,7 @@ class StepRequest:
     ) -> StepRequest:
         """The last step's write with the saga's end: its stage is that step alone (the
         runtime ends a saga with its last step only then), so a count is 1."""
-        alone = None if count_in is None else StartNext(check=(index,), start=(), changes={})
+        alone = None if count_in is None else StartNext.alone(index)
         request = cls.of(saga_id, index, changes, expect, count_in, 1, alone)
         return replace(request, finish=finish)
 

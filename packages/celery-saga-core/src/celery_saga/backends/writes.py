@@ -161,6 +161,17 @@ class StartNext:
     start: tuple[int, ...]
     changes: Mapping[int, Mapping[str, Any]]
 
+    @classmethod
+    def alone(cls, index: int) -> StartNext:
+        """The stage of step `index` alone, starting nothing: how a store counts the write
+        that ends a saga with its last step (`SagaBackend.update_step_and_finish`)."""
+        return cls(check=(index,), start=(), changes={})
+
+    def counts_alone(self, index: int, get_at: int | None) -> bool:
+        """Whether step `index`'s write completing this stage at `get_at` may count 1
+        without a counter: the stage is that step alone (see the store specification)."""
+        return get_at == 1 and tuple(self.check) == (index,)
+
     def ready(self, execution: SagaExecution) -> bool:
         """Whether `execution` (read after the write) lets the next stage start."""
         return execution.status is SagaStatus.RUNNING and all(
