@@ -8,8 +8,6 @@ survives a lost connection, closes when idle, and a forked child opens its own.
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +15,13 @@ from typing import Any
 
 import pytest
 from support import wait_until
+from waiting_checks import (
+    check_a_forked_child_waits_on_a_connection_of_its_own,
+    check_an_idle_connection_closes_and_the_next_wait_opens_one,
+    finish,
+)
 
-from celery_saga.models import SagaExecution, SagaStatus
+from celery_saga.models import SagaStatus
 from celery_saga.testing.conformance import make_execution
 from celery_saga_redis import RedisSagaBackend
 
@@ -42,11 +45,6 @@ def subscribers(store: RedisSagaBackend, name: str) -> list[dict[str, Any]]:
     if isinstance(listed, dict):  # a cluster: node -> its clients
         listed = [c for clients in listed.values() for c in clients]
     return [c for c in listed if c["name"] == name and "P" in c["flags"]]
-
-
-def finish(store: RedisSagaBackend, executions: list[SagaExecution]) -> None:
-    for execution in executions:
-        assert store.update_saga(execution.saga_id, {"status": SagaStatus.COMPLETED})
 
 
 def test_fifty_waits_from_threads_share_one_connection_and_all_return(
@@ -102,49 +100,18 @@ def test_an_idle_connection_closes_and_the_next_wait_opens_one(
     named: tuple[RedisSagaBackend, str],
 ) -> None:
     store, name = named
-    store._listener.idle = 0.2
-    done = make_execution()
-    store.create(done)
-    finish(store, [done])
-    assert store.wait(done.saga_id, 5) is not None
-    wait_until(lambda: not subscribers(store, name), 30, "the idle connection to close")
-    pending = make_execution()
-    store.create(pending)
-    timer = threading.Timer(0.5, finish, (store, [pending]))
-    timer.start()
-    try:
-        got = store.wait(pending.saga_id, 30)
-    finally:
-        timer.join()
-    assert got is not None and got.status is SagaStatus.COMPLETED
+    check_an_idle_connection_closes_and_the_next_wait_opens_one(
+        store, store._listener, lambda: len(subscribers(store, name))
+    )
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_waits_on_a_connection_of_its_own(redis_store_url: str, unique: str) -> None:
     name = f"fork-{unique}"
     store = RedisSagaBackend.from_url(f"{redis_store_url}&client_name={name}")
-    parents, childs = make_execution(), make_execution()
     try:
-        for execution in (parents, childs):
-            store.create(execution)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            waiting = pool.submit(store.wait, parents.saga_id, 60)
-            wait_until(lambda: len(subscribers(store, name)) == 1, 30, "the parent's wait")
-            pid = os.fork()
-            if pid == 0:  # the child: wait with the store object the parent shares
-                code = 1
-                try:
-                    got = store.wait(childs.saga_id, 30)
-                    code = 0 if got is not None and got.status is SagaStatus.COMPLETED else 2
-                finally:
-                    os._exit(code)
-            wait_until(lambda: len(subscribers(store, name)) == 2, 30, "the child's own wait")
-            finish(store, [childs])
-            _, status = os.waitpid(pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0
-            # The parent's connection was left alone: its wait is still woken.
-            finish(store, [parents])
-            got = waiting.result(timeout=30)
-        assert got is not None and got.status is SagaStatus.COMPLETED
+        check_a_forked_child_waits_on_a_connection_of_its_own(
+            store, lambda: len(subscribers(store, name))
+        )
     finally:
         store.close()

@@ -58,6 +58,7 @@ from celery_saga.backends.base import (
     payload_size,
     plain_value,
 )
+from celery_saga.backends.listening import wait_woken
 from celery_saga.backends.urls import parse_flag, parse_seconds, split_options
 from celery_saga.models import (
     TERMINAL_STATUSES,
@@ -862,17 +863,8 @@ class RedisSagaBackend(SagaBackend):
         execution is read again every few seconds anyway, as a safety net. On a
         cluster the connection goes to one node: a PUBLISH reaches every node.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._listener.subscribe(self.keys.done_channel(saga_id), timeout) as subscription:
-            while True:
-                subscription.woken.clear()
-                execution = self.get(saga_id)
-                if _terminal(execution):
-                    return execution
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return None
-                subscription.wait(5.0 if left is None else min(left, 5.0))
+        channel = self.keys.done_channel(saga_id)
+        return wait_woken(lambda: self.get(saga_id), self._listener, channel, timeout, 5.0)
 
     async def async_wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
         """`wait` for asyncio, by redis.asyncio pub/sub on the same done channel.

@@ -2,7 +2,8 @@
 
 A status change into a terminal status sends ``pg_notify(<prefix>finished, <saga
 id>)`` from the same statement (see `SQLSagaBackend.update_saga`); the synchronous
-`SQLSagaBackend.wait` LISTENs on a connection of its own for one call. From
+`SQLSagaBackend.wait` LISTENs on one connection per store object for all its waits
+(`celery_saga_sql.listener`). From
 asyncio, `PostgresNotifications` LISTENs once per event loop and table prefix on a
 psycopg `AsyncConnection` (psycopg 3.2 or later, the driver the store already uses:
 no extra to install) and wakes the waiters of each notified saga id. psycopg is

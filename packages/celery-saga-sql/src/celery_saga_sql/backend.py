@@ -61,12 +61,18 @@ from celery_saga_sql.dialects import SQLDialect, dialect_for
 from celery_saga_sql.engines import make_engines
 from celery_saga_sql.housekeeping import delete_finished, purge_finished
 from celery_saga_sql.leases import order as lease_order
+from celery_saga_sql.listener import NotifyListener
 from celery_saga_sql.listing import listing_query
 from celery_saga_sql.schema import Tables, build_tables
 from celery_saga_sql.stepwrites import StepRequest
 from celery_saga_sql.transactions import Runner
 from celery_saga_sql.urls import DEFAULT_TABLE_PREFIX, parse_store_url, validate_table_prefix
-from celery_saga_sql.waiting import listen_args, psycopg_notifies_with_timeout, wait_listening
+from celery_saga_sql.waiting import (
+    listen_args,
+    listening_connection,
+    psycopg_notifies_with_timeout,
+    wait_listening,
+)
 
 
 def _pick(name: str, explicit: Any, from_url: Any, default: Any) -> Any:
@@ -148,6 +154,7 @@ class SQLSagaBackend(SagaBackend):
         )
         self._prepared = False
         self._prepare_lock = threading.Lock()
+        self._listener: NotifyListener | None = None
         _live_stores.add(self)
 
     @classmethod
@@ -209,8 +216,10 @@ class SQLSagaBackend(SagaBackend):
         self.read_engine.dispose(close=False)
 
     def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection, and the connection waits share."""
         _live_stores.discard(self)
+        if self._listener is not None:
+            self._listener.close()
         self.engine.dispose()
         self.read_engine.dispose()
 
@@ -419,14 +428,22 @@ class SQLSagaBackend(SagaBackend):
     def wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
         """Block until the execution is terminal; None on timeout.
 
-        On PostgreSQL (psycopg 3.2 or later) this LISTENs on the store's channel on a
-        connection of its own (`celery_saga_sql.waiting`): no polling. Elsewhere it
-        polls (`SagaBackend.wait`).
+        On PostgreSQL (psycopg 3.2 or later) this waits for a notification on the
+        store's channel: every wait of this store object shares one LISTEN connection
+        (`listener`): no polling. Elsewhere it polls (`SagaBackend.wait`).
         """
         if not self._notifies:
             return super().wait(saga_id, timeout)
         self._prepare()
         return wait_listening(self, saga_id, timeout)
+
+    def listener(self) -> NotifyListener:
+        """The LISTEN connection every `wait` of this store object shares (PostgreSQL),
+        made on first use (`celery_saga_sql.listener`)."""
+        with self._prepare_lock:
+            if self._listener is None:
+                self._listener = NotifyListener(lambda: listening_connection(self, self.stats))
+            return self._listener
 
     def listen_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Arguments of ``psycopg.connect`` (or ``AsyncConnection.connect``) for a listener.

@@ -1,21 +1,23 @@
-"""Waiting for a terminal status on PostgreSQL: LISTEN on a connection of its own.
+"""Waiting for a terminal status on PostgreSQL: LISTEN, shared by every waiter.
 
 A status change into a terminal status sends ``pg_notify(<prefix>finished, <saga
 id>)`` from the statement that makes it (`celery_saga_sql.dialects.postgresql`), so
-the notification is committed with the change or not at all. `wait_listening` LISTENs,
-reads the execution, then sleeps until a notification names it: no polling. The
-asyncio counterpart is `celery_saga_sql.aio`.
+the notification is committed with the change or not at all. `wait_listening` joins
+the store object's listener (`celery_saga_sql.listener`: one LISTEN connection for
+all its waits), reads the execution, then sleeps until a notification names it: no
+polling. The asyncio counterpart is `celery_saga_sql.aio`.
 """
 
 from __future__ import annotations
 
-import time
+import functools
 from typing import Any
 
 from sqlalchemy import Engine
 
 from celery_saga.backends.base import StoreStats
-from celery_saga.models import TERMINAL_STATUSES, SagaExecution
+from celery_saga.backends.listening import wait_woken
+from celery_saga.models import SagaExecution
 
 #: A `SQLSagaBackend` (not imported here: its backend module imports this one).
 Store = Any
@@ -43,7 +45,7 @@ def listen_args(
     return tuple(cargs), dict(cparams)
 
 
-def _listener(store: Store, stats: StoreStats) -> Any:
+def listening_connection(store: Store, stats: StoreStats) -> Any:
     """A new autocommit psycopg connection that LISTENs on the store's channel."""
     import psycopg
     from psycopg import sql
@@ -59,34 +61,12 @@ def _listener(store: Store, stats: StoreStats) -> Any:
     return conn
 
 
-def _await_notice(conn: Any, saga_id: str, deadline: float | None, recheck_after: float) -> bool:
-    """Sleep until a notification names `saga_id` (True) or time is up (False)."""
-    recheck = time.monotonic() + recheck_after
-    while True:
-        limit = recheck if deadline is None else min(recheck, deadline)
-        left = limit - time.monotonic()
-        if left <= 0:
-            return False
-        for notice in conn.notifies(timeout=left, stop_after=1):
-            if notice.payload == saga_id:
-                return True
-
-
 def wait_listening(store: Store, saga_id: str, timeout: float | None) -> SagaExecution | None:
     """`SQLSagaBackend.wait` on PostgreSQL: the terminal execution, or None on timeout.
 
-    The execution is read again every `notify_recheck` seconds anyway: a safety net
-    for a notification sent by a writer that does not send them.
+    Waits on the store object's shared LISTEN connection (`NotifyListener`). The
+    execution is read again every `notify_recheck` seconds anyway: a safety net for a
+    notification sent by a writer that does not send them.
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    conn = _listener(store, store.stats)
-    try:
-        while True:
-            execution: SagaExecution | None = store.get(saga_id)
-            if execution is not None and execution.status in TERMINAL_STATUSES:
-                return execution
-            woken = _await_notice(conn, saga_id, deadline, store.notify_recheck)
-            if not woken and deadline is not None and time.monotonic() >= deadline:
-                return None
-    finally:
-        conn.close()
+    read = functools.partial(store.get, saga_id)
+    return wait_woken(read, store.listener(), saga_id, timeout, store.notify_recheck)

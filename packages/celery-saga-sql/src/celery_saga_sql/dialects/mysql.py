@@ -1,13 +1,14 @@
 """MySQL and MariaDB: no ``UPDATE ... RETURNING``, so a step write reads what it needs
 under row locks, then writes.
 
-A step write locks and reads, decides, then writes: ``SELECT STRAIGHT_JOIN ... FOR
-UPDATE`` (the execution row first, as every writer locks it; PyMySQL starts the
-transaction with it, no BEGIN exchange), then the counter's upsert when the write
-counts (not for a stage of one step), one multi-table ``UPDATE`` of the step rows and
-the execution's ``updated_at``, and COMMIT, sent together in one exchange
-(`direct.Batch`): two round trips for any step write, two for a refused one (its
-COMMIT releases the locks).
+Creating an execution sends its ``INSERT``s (the steps in one multi-row ``INSERT``) and
+COMMIT in one exchange (`direct.Batch`). A step write locks and reads, decides, then
+writes: ``SELECT STRAIGHT_JOIN ... FOR UPDATE`` (the execution row first, as every writer
+locks it; PyMySQL starts the transaction with it, no BEGIN exchange), then the counter's
+upsert when the write counts (not for a stage of one step), one multi-table ``UPDATE``
+of the step rows and the execution's ``updated_at``, and COMMIT, sent together in one
+exchange: two round trips for any step write, two for a refused one (its COMMIT releases
+the locks).
 With another driver than PyMySQL the writes go one by one (`SQLDialect.write_step`).
 Lease renewals are one ``UPDATE`` joined to a derived table; the rows it matched tell
 whether every lease was renewed.
@@ -17,7 +18,17 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import Executable, Select, bindparam, literal, select, tuple_, union_all, update
+from sqlalchemy import (
+    Executable,
+    Select,
+    bindparam,
+    insert,
+    literal,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 
 from celery_saga.backends.base import Lease, StepWrite, payload_size
@@ -51,6 +62,33 @@ class MySQLDialect(SQLDialect):
             return stmt.on_duplicate_key_update(value=value)
 
         return self.cached("counter", build)
+
+    def create(self, run: Runner, row: dict[str, Any], step_rows: list[dict[str, Any]]) -> None:
+        """The execution's and the steps' ``INSERT``s and COMMIT in one exchange."""
+        if self.engine.driver != "pymysql":
+            super().create(run, row, step_rows)
+            return
+        writes: list[tuple[Compiled, dict[str, Any]]] = [(self._insert(tuple(row), 0), row)]
+        if step_rows:
+            names = tuple(step_rows[0])
+            values = {f"{k}_m{i}": v for i, r in enumerate(step_rows) for k, v in r.items()}
+            writes.append((self._insert(names, len(step_rows)), values))
+        written = payload_size(row) + payload_size(step_rows)
+        run.batched(lambda batch: batch.commit_with(writes, written=written))
+
+    def _insert(self, names: tuple[str, ...], steps: int) -> Compiled:
+        """The execution's ``INSERT`` of columns `names` (`steps` 0), or one ``INSERT`` of
+        `steps` step rows (values bound as ``<column>_m<i>``), compiled once per shape."""
+
+        def build() -> Compiled:
+            if steps == 0:
+                e = self.tables.executions
+                return Compiled(self.engine, insert(e).values({n: _bind(e, n) for n in names}))
+            s = self.tables.steps
+            rows = [{n: _bind(s, n, f"{n}_m{i}") for n in names} for i in range(steps)]
+            return Compiled(self.engine, insert(s).values(rows))
+
+        return self.cached(("insert", names, steps), build)
 
     def write_step(self, run: Runner, request: StepRequest) -> StepWrite:
         """Lock and read, decide, then the writes and COMMIT in one exchange."""
@@ -167,3 +205,8 @@ class MySQLDialect(SQLDialect):
             for target in targets
         ]
         return (rows[0] if len(rows) == 1 else union_all(*rows)).subquery("v")
+
+
+def _bind(table: Any, name: str, key: str | None = None) -> Any:
+    """A bound parameter for `table`'s column `name` (named `key`, or the column's name)."""
+    return bindparam(key or name, type_=table.c[name].type)
