@@ -242,7 +242,7 @@ def test_listing_is_right_while_a_create_is_interrupted(store: RedisSagaBackend)
     assert store._begin_create(
         keys=[store.keys.execution(sid), store.keys.creating(sid)], args=[60]
     )
-    store._reindex(pending)
+    store._indexes.add(pending)
     truth = {done.saga_id: SagaStatus.RUNNING}
     check_listing(store, name, truth)
     assert store.get(sid) is None
@@ -259,7 +259,7 @@ def test_listing_is_right_while_a_create_is_interrupted(store: RedisSagaBackend)
 
     # An entry whose execution is gone, with no create under way, is removed by readers.
     ghost = make_execution(name=name)
-    store._reindex(ghost)
+    store._indexes.add(ghost)
     check_listing(store, name, truth)
     assert store.client.zscore(store.keys.index_name(name), ghost.saga_id) is None
 

@@ -35,7 +35,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -53,7 +53,6 @@ from celery_saga.backends.base import (
     check_saga_changes,
     check_step_changes,
     decode_cursor,
-    encode_cursor,
     normalize_status,
     payload_size,
     plain_value,
@@ -64,10 +63,10 @@ from celery_saga.models import (
     TERMINAL_STATUSES,
     SagaExecution,
     SagaStatus,
-    SagaSummary,
     now,
 )
 from celery_saga_redis import layout, scripts, stepcalls
+from celery_saga_redis.indexes import Indexes
 from celery_saga_redis.keys import Keys
 from celery_saga_redis.listener import DoneListener
 from celery_saga_redis.packed import PackedScript
@@ -86,12 +85,8 @@ _CREATING_TTL = 3600
 #: (name, created_at, idempotency key) of this many executions are remembered for
 #: cluster status changes.
 _HEADS_CACHED = 4096
-#: Index entries read per round trip when `purge` sweeps out those of expired executions.
-_SWEEP_CHUNK = 500
 
 # Module-level aliases: inside the class, `list` names the listing method.
-_Ids = list[str]
-_Summaries = list[SagaSummary]
 _Head = tuple[str, float, str | None]
 
 _dumps = layout.dumps
@@ -173,6 +168,8 @@ class RedisSagaBackend(SagaBackend):
         #: saga id -> (saga name, created_at, idempotency key): immutable, read before a
         #: cluster status change.
         self._heads: dict[str, _Head] = {}
+        #: The sorted sets that list executions (`indexes`).
+        self._indexes = Indexes(redis_client, self.keys, self.cluster, self.stats)
         #: The done-channel subscriptions of every `wait` on this object (made on first use).
         self._listener = DoneListener(lambda: self.client.pubsub(), self.keys.listener_channel)
 
@@ -250,7 +247,7 @@ class RedisSagaBackend(SagaBackend):
                 self.stats.add()
                 self.client.delete(creating)
                 return existing, False
-        self._reindex(execution)
+        self._indexes.add(execution)
         self._write_created(execution, fields)
         return execution, True
 
@@ -628,40 +625,7 @@ class RedisSagaBackend(SagaBackend):
             raise
         return stepcalls.step_write([*reply, None, None][:7])
 
-    # -- indexes -----------------------------------------------------------------------------
-    def _reindex(self, execution: SagaExecution) -> None:
-        """Write a new execution's index entries (a cluster create, before the write)."""
-        name, status = execution.saga_name, execution.status.value
-        indexes = [
-            self.keys.index_all(),
-            self.keys.index_name(name),
-            *self.keys.indexes_for(name, status),
-        ]
-        if execution.parent_id is not None:
-            indexes.append(self.keys.index_parent(execution.parent_id))
-        self.stats.add()
-        pipe = self.client.pipeline(transaction=False)
-        for index in indexes:
-            pipe.zadd(index, {execution.saga_id: execution.created_at})
-        pipe.sadd(self.keys.index_names(), name)
-        pipe.execute()
-
-    def _index_for(self, status: SagaStatus | None, name: str | None, parent_id: str | None) -> str:
-        """The index a listing reads; filters it does not cover are checked per entry.
-
-        The children of one execution are few, so their index serves every listing
-        by parent, the status and name filters applied to what it holds.
-        """
-        if parent_id is not None:
-            return self.keys.index_parent(parent_id)
-        if status is not None and name is not None:
-            return self.keys.index_name_status(name, status.value)
-        if status is not None:
-            return self.keys.index_status(status.value)
-        if name is not None:
-            return self.keys.index_name(name)
-        return self.keys.index_all()
-
+    # -- listing and housekeeping -------------------------------------------------------------
     def list(
         self,
         *,
@@ -675,84 +639,10 @@ class RedisSagaBackend(SagaBackend):
     ) -> Page:
         wanted = normalize_status(status)
         check_limit(limit)
-        index = self._index_for(wanted, name, parent_id)
         position = decode_cursor(cursor) if cursor else None
-        high: Any = "+inf" if created_before is None else f"({created_before!r}"
-        if position is not None and (created_before is None or position[0] < created_before):
-            high = repr(position[0])  # inclusive: ties on the score are split by id below
-        low: Any = "-inf" if created_after is None else f"({created_after!r}"
-        items: list[SagaSummary] = []
-        gone: list[str] = []
-        offset, chunk = 0, limit + 1
-        while len(items) <= limit:
-            rows = self.client.zrevrangebyscore(
-                index, high, low, start=offset, num=chunk, withscores=True
-            )
-            offset += len(rows)
-            if position is not None:
-                rows_after = [(sid, score) for sid, score in rows if (score, sid) < position]
-            else:
-                rows_after = rows
-            found, missing = self._summaries(rows_after, wanted, name, parent_id)
-            items.extend(found)
-            gone.extend(missing)
-            if len(rows) < chunk:
-                break
-            chunk = min(chunk * 2, 1000)
-        if gone:
-            self.client.zrem(index, *gone)  # expired or purged executions
-        page = items[:limit]
-        next_cursor = None
-        if len(items) > limit:
-            last = page[-1]
-            next_cursor = encode_cursor(last.created_at, last.saga_id)
-        return Page(page, next_cursor)
-
-    _SUMMARY_FIELDS = ("h", "h:status", "h:created_at", "h:updated_at", "h:finished_at", "h:error")
-
-    def _summaries(
-        self,
-        rows: Iterable[tuple[str, float]],
-        status: SagaStatus | None,
-        name: str | None,
-        parent_id: str | None = None,
-    ) -> tuple[_Summaries, _Ids]:
-        rows = list(rows)
-        if not rows:
-            return [], []
-        pipe = self.client.pipeline(transaction=False)
-        for saga_id, _ in rows:
-            pipe.hmget(self.keys.execution(saga_id), *self._SUMMARY_FIELDS)
-        found: list[SagaSummary] = []
-        missing: list[str] = []
-        for (saga_id, _), values in zip(rows, pipe.execute(), strict=True):
-            if values[0] is None:
-                missing.append(saga_id)
-                continue
-            data = json.loads(values[0])
-            data["saga_id"] = saga_id
-            for field, value in zip(self._SUMMARY_FIELDS[1:], values[1:], strict=True):
-                data[field[2:]] = None if value is None else json.loads(value)
-            summary = SagaSummary.from_dict(data)
-            if status is not None and summary.status is not status:
-                continue  # an entry left by a status change in flight: readers verify
-            if name is not None and summary.saga_name != name:
-                continue
-            if parent_id is not None and summary.parent_id != parent_id:
-                continue  # the id now names another execution
-            found.append(summary)
-        return found, self._gone(missing)
-
-    def _gone(self, saga_ids: _Ids) -> _Ids:
-        """Of executions found missing, those that are gone rather than being created."""
-        if not self.cluster or not saga_ids:
-            return saga_ids  # a standalone create writes the execution with its entries
-        pipe = self.client.pipeline(transaction=False)
-        for saga_id in saga_ids:
-            # One command on one slot: the marker is cleared by the write that
-            # creates the execution, so "neither exists" cannot race a create.
-            pipe.exists(self.keys.creating(saga_id), self.keys.execution(saga_id))
-        return [saga_id for saga_id, n in zip(saga_ids, pipe.execute(), strict=True) if not n]
+        return self._indexes.page(
+            wanted, name, parent_id, created_before, created_after, limit, position
+        )
 
     def delete(self, saga_id: str) -> bool:
         execution = self.get(saga_id)
@@ -769,20 +659,10 @@ class RedisSagaBackend(SagaBackend):
         return bool(result)
 
     def _forget(self, execution: SagaExecution) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        saga_id, name = execution.saga_id, execution.saga_name
-        pipe.zrem(self.keys.index_all(), saga_id)
-        pipe.zrem(self.keys.index_name(name), saga_id)
-        for status in SagaStatus:
-            for index in self.keys.indexes_for(name, status.value):
-                pipe.zrem(index, saga_id)
-        if execution.parent_id is not None:
-            pipe.zrem(self.keys.index_parent(execution.parent_id), saga_id)
-        if execution.idempotency_key:
-            pipe.delete(self.keys.idempotency(execution.idempotency_key))
-        pipe.execute()
+        """Remove a deleted execution's index entries and idempotency key, and its head."""
+        self._indexes.remove(execution)
         with self._lock:
-            self._heads.pop(saga_id, None)
+            self._heads.pop(execution.saga_id, None)
 
     def purge(self, finished_before: float) -> int:
         """Delete what finished before the cutoff; sweep out index entries of expired ones.
@@ -805,7 +685,7 @@ class RedisSagaBackend(SagaBackend):
                 for saga_id in ids:
                     execution = self.get(saga_id)
                     if execution is None:
-                        if self._gone([saga_id]):
+                        if self._indexes.gone([saga_id]):
                             self.client.zrem(index, saga_id)
                         else:
                             kept += 1  # still being created
@@ -821,37 +701,8 @@ class RedisSagaBackend(SagaBackend):
                         kept += 1
                 start += kept
         # An execution created less than `ttl` ago has not expired: it finished after that.
-        self._sweep(max(finished_before, now() - self.ttl) if self.ttl else finished_before)
+        self._indexes.sweep(max(finished_before, now() - self.ttl) if self.ttl else finished_before)
         return removed
-
-    def _sweep(self, created_before: float) -> None:
-        """Remove the index entries, created before the cutoff, of executions that are gone.
-
-        Expired executions leave their entries behind (a sorted set member cannot
-        expire): the listings that meet one remove it, and this removes the rest from
-        the indexes of every execution and of every saga name (`Keys.index_names`).
-        """
-        names = sorted(self.client.smembers(self.keys.index_names()))
-        indexes = [self.keys.index_all()]
-        for name in names:
-            indexes.append(self.keys.index_name(name))
-            indexes += [self.keys.index_name_status(name, s.value) for s in TERMINAL_STATUSES]
-        for index in indexes:
-            start = 0
-            while True:
-                ids = self.client.zrangebyscore(
-                    index, "-inf", created_before, start=start, num=_SWEEP_CHUNK
-                )
-                if not ids:
-                    break
-                pipe = self.client.pipeline(transaction=False)
-                for saga_id in ids:
-                    pipe.exists(self.keys.execution(saga_id))
-                missing = [sid for sid, n in zip(ids, pipe.execute(), strict=True) if not n]
-                gone = self._gone(missing)
-                if gone:
-                    self.client.zrem(index, *gone)
-                start += len(ids) - len(gone)
 
     # -- waiting -----------------------------------------------------------------------------------
     def wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:

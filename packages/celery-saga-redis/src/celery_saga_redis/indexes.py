@@ -1,0 +1,205 @@
+"""The sorted sets that list executions: `Indexes` writes, reads and sweeps them.
+
+Every execution has an entry, scored by its creation time, in the index of every
+execution, of its saga name, of its status and of its name and status together (and
+in its parent's, for a child saga); the saga names are kept in a set of their own.
+A standalone create and status change move the entries in their own scripts; on a
+cluster the store writes them around its one-slot scripts (`backend`'s rules), so a
+reader checks every entry against the execution: a status or name that does not match
+is skipped, and an entry is removed only when neither the execution nor its
+``creating`` marker exists. Entries of expired executions are removed by the listings
+that meet them and by `sweep`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from celery_saga.backends.base import Page, StoreStats, encode_cursor
+from celery_saga.models import TERMINAL_STATUSES, SagaExecution, SagaStatus, SagaSummary
+from celery_saga_redis.keys import Keys
+
+#: The execution hash fields a listing reads for each summary.
+SUMMARY_FIELDS = ("h", "h:status", "h:created_at", "h:updated_at", "h:finished_at", "h:error")
+#: Index entries read per round trip when `sweep` looks for those of expired executions.
+SWEEP_CHUNK = 500
+
+
+class Indexes:
+    """The listing indexes of one store (`client`, `keys`; `cluster`: a Redis Cluster,
+    where an execution found missing may be one being created)."""
+
+    def __init__(self, client: Any, keys: Keys, cluster: bool, stats: StoreStats) -> None:
+        self.client = client
+        self.keys = keys
+        self.cluster = cluster
+        self.stats = stats
+
+    def add(self, execution: SagaExecution) -> None:
+        """Write a new execution's index entries (a cluster create, before the write)."""
+        name, status = execution.saga_name, execution.status.value
+        indexes = [
+            self.keys.index_all(),
+            self.keys.index_name(name),
+            *self.keys.indexes_for(name, status),
+        ]
+        if execution.parent_id is not None:
+            indexes.append(self.keys.index_parent(execution.parent_id))
+        self.stats.add()
+        pipe = self.client.pipeline(transaction=False)
+        for index in indexes:
+            pipe.zadd(index, {execution.saga_id: execution.created_at})
+        pipe.sadd(self.keys.index_names(), name)
+        pipe.execute()
+
+    def remove(self, execution: SagaExecution) -> None:
+        """Remove a deleted execution's entries from every index, and its idempotency key."""
+        pipe = self.client.pipeline(transaction=False)
+        saga_id, name = execution.saga_id, execution.saga_name
+        pipe.zrem(self.keys.index_all(), saga_id)
+        pipe.zrem(self.keys.index_name(name), saga_id)
+        for status in SagaStatus:
+            for index in self.keys.indexes_for(name, status.value):
+                pipe.zrem(index, saga_id)
+        if execution.parent_id is not None:
+            pipe.zrem(self.keys.index_parent(execution.parent_id), saga_id)
+        if execution.idempotency_key:
+            pipe.delete(self.keys.idempotency(execution.idempotency_key))
+        pipe.execute()
+
+    def index_for(self, status: SagaStatus | None, name: str | None, parent_id: str | None) -> str:
+        """The index a listing reads; filters it does not cover are checked per entry.
+
+        The children of one execution are few, so their index serves every listing
+        by parent, the status and name filters applied to what it holds.
+        """
+        if parent_id is not None:
+            return self.keys.index_parent(parent_id)
+        if status is not None and name is not None:
+            return self.keys.index_name_status(name, status.value)
+        if status is not None:
+            return self.keys.index_status(status.value)
+        if name is not None:
+            return self.keys.index_name(name)
+        return self.keys.index_all()
+
+    def page(
+        self,
+        status: SagaStatus | None,
+        name: str | None,
+        parent_id: str | None,
+        created_before: float | None,
+        created_after: float | None,
+        limit: int,
+        position: tuple[float, str] | None,
+    ) -> Page:
+        """One page of `SagaBackend.list`, newest first, after `position` (a cursor's
+        (created_at, saga id)) if given."""
+        index = self.index_for(status, name, parent_id)
+        high: Any = "+inf" if created_before is None else f"({created_before!r}"
+        if position is not None and (created_before is None or position[0] < created_before):
+            high = repr(position[0])  # inclusive: ties on the score are split by id below
+        low: Any = "-inf" if created_after is None else f"({created_after!r}"
+        items: list[SagaSummary] = []
+        gone: list[str] = []
+        offset, chunk = 0, limit + 1
+        while len(items) <= limit:
+            rows = self.client.zrevrangebyscore(
+                index, high, low, start=offset, num=chunk, withscores=True
+            )
+            offset += len(rows)
+            if position is not None:
+                rows_after = [(sid, score) for sid, score in rows if (score, sid) < position]
+            else:
+                rows_after = rows
+            found, missing = self.summaries(rows_after, status, name, parent_id)
+            items.extend(found)
+            gone.extend(missing)
+            if len(rows) < chunk:
+                break
+            chunk = min(chunk * 2, 1000)
+        if gone:
+            self.client.zrem(index, *gone)  # expired or purged executions
+        page = items[:limit]
+        next_cursor = None
+        if len(items) > limit:
+            last = page[-1]
+            next_cursor = encode_cursor(last.created_at, last.saga_id)
+        return Page(page, next_cursor)
+
+    def summaries(
+        self,
+        rows: Iterable[tuple[str, float]],
+        status: SagaStatus | None,
+        name: str | None,
+        parent_id: str | None = None,
+    ) -> tuple[list[SagaSummary], list[str]]:
+        """The summaries of the executions of index `rows` that match the filters, and
+        the ids of those that are gone."""
+        rows = list(rows)
+        if not rows:
+            return [], []
+        pipe = self.client.pipeline(transaction=False)
+        for saga_id, _ in rows:
+            pipe.hmget(self.keys.execution(saga_id), *SUMMARY_FIELDS)
+        found: list[SagaSummary] = []
+        missing: list[str] = []
+        for (saga_id, _), values in zip(rows, pipe.execute(), strict=True):
+            if values[0] is None:
+                missing.append(saga_id)
+                continue
+            data = json.loads(values[0])
+            data["saga_id"] = saga_id
+            for field, value in zip(SUMMARY_FIELDS[1:], values[1:], strict=True):
+                data[field[2:]] = None if value is None else json.loads(value)
+            summary = SagaSummary.from_dict(data)
+            if status is not None and summary.status is not status:
+                continue  # an entry left by a status change in flight: readers verify
+            if name is not None and summary.saga_name != name:
+                continue
+            if parent_id is not None and summary.parent_id != parent_id:
+                continue  # the id now names another execution
+            found.append(summary)
+        return found, self.gone(missing)
+
+    def gone(self, saga_ids: list[str]) -> list[str]:
+        """Of executions found missing, those that are gone rather than being created."""
+        if not self.cluster or not saga_ids:
+            return saga_ids  # a standalone create writes the execution with its entries
+        pipe = self.client.pipeline(transaction=False)
+        for saga_id in saga_ids:
+            # One command on one slot: the marker is cleared by the write that
+            # creates the execution, so "neither exists" cannot race a create.
+            pipe.exists(self.keys.creating(saga_id), self.keys.execution(saga_id))
+        return [saga_id for saga_id, n in zip(saga_ids, pipe.execute(), strict=True) if not n]
+
+    def sweep(self, created_before: float) -> None:
+        """Remove the index entries, created before the cutoff, of executions that are gone.
+
+        Expired executions leave their entries behind (a sorted set member cannot
+        expire): the listings that meet one remove it, and this removes the rest from
+        the indexes of every execution and of every saga name (`Keys.index_names`).
+        """
+        names = sorted(self.client.smembers(self.keys.index_names()))
+        indexes = [self.keys.index_all()]
+        for name in names:
+            indexes.append(self.keys.index_name(name))
+            indexes += [self.keys.index_name_status(name, s.value) for s in TERMINAL_STATUSES]
+        for index in indexes:
+            start = 0
+            while True:
+                ids = self.client.zrangebyscore(
+                    index, "-inf", created_before, start=start, num=SWEEP_CHUNK
+                )
+                if not ids:
+                    break
+                pipe = self.client.pipeline(transaction=False)
+                for saga_id in ids:
+                    pipe.exists(self.keys.execution(saga_id))
+                missing = [sid for sid, n in zip(ids, pipe.execute(), strict=True) if not n]
+                gone = self.gone(missing)
+                if gone:
+                    self.client.zrem(index, *gone)
+                start += len(ids) - len(gone)
