@@ -11,6 +11,7 @@ from celery_saga import (
     Saga,
     SagaDefinitionError,
     parallelize,
+    registry,
     saga,
     saga_step,
     saga_task,
@@ -148,6 +149,21 @@ def test_same_name_on_another_app_is_allowed() -> None:
     other = Celery("defs-other", broker="memory://", set_as_current=False)
     keep = Saga("defs.multi").add_step(charge)  # noqa: F841
     Saga("defs.multi", app=other).add_step("x.y")
+
+
+def test_a_name_on_two_apps_is_looked_up_without_walking_either_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    other = Celery("defs-other2", broker="memory://", set_as_current=False)
+    mine = Saga("defs.multi2").add_step(charge).add_step(notify)
+    theirs = Saga("defs.multi2", app=other).add_step("x.y")
+    walked: list[str] = []
+    real = Saga.outline
+    monkeypatch.setattr(Saga, "outline", lambda self: walked.append(self.name) or real(self))
+    # Every step's message is looked up by name: one saga per app, nothing to compare.
+    assert registry.lookup("defs.multi2", other) is theirs
+    assert registry.lookup("defs.multi2", mine.app) is mine
+    assert walked == []
 
 
 def test_saga_task_combines_task_and_step_metadata() -> None:

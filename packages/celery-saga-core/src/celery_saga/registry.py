@@ -149,10 +149,14 @@ def lookup(name: str, app: Celery | None = None) -> Saga:
             f"from the module given to -A). Registered here: {', '.join(known) or 'none'}"
         )
     newest = live[-1]
-    outline: list[Any] = newest.outline()
-    for other in live[:-1]:
-        if other.app is newest.app and other.outline() != outline:
-            raise _conflict(name, other, newest)
+    # Only sagas of the same app can disagree; each outline walks the whole plan, so a
+    # name registered on several apps (one saga each) is found without walking any.
+    others = [other for other in live[:-1] if other.app is newest.app]
+    if others:
+        outline: list[Any] = newest.outline()
+        for other in others:
+            if other.outline() != outline:
+                raise _conflict(name, other, newest)
     return newest
 
 
