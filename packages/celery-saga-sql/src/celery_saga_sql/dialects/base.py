@@ -312,20 +312,20 @@ class SQLDialect:
         ``CASE idx`` per column choosing each row's value (or keeping its own)."""
         s = self.tables.steps
         if not started:
-            return {s.c[name]: _bind(f"v_{name}", s.c[name]) for name in names}
+            return {s.c[name]: bound(f"v_{name}", s.c[name]) for name in names}
         if not names and len(started) == 1:  # one row: no CASE needed
-            return {s.c[name]: _bind(f"n0_{name}", s.c[name]) for name in started[0]}
+            return {s.c[name]: bound(f"n0_{name}", s.c[name]) for name in started[0]}
         columns = dict.fromkeys([*names, *(name for fields in started for name in fields)])
         assignments: dict[Any, Any] = {}
         for name in columns:
             column = s.c[name]
             whens: list[tuple[ColumnElement[bool], Any]] = []
             if name in names:
-                whens.append((s.c.idx == _bind("at", s.c.idx), _bind(f"v_{name}", column)))
+                whens.append((s.c.idx == bound("at", s.c.idx), bound(f"v_{name}", column)))
             for j, fields in enumerate(started):
                 if name in fields:
                     whens.append(
-                        (s.c.idx == _bind(f"s{j}", s.c.idx), _bind(f"n{j}_{name}", column))
+                        (s.c.idx == bound(f"s{j}", s.c.idx), bound(f"n{j}_{name}", column))
                     )
             assignments[column] = case(*whens, else_=column)
         return assignments
@@ -367,5 +367,6 @@ class SQLDialect:
         raise NotImplementedError
 
 
-def _bind(name: str, column: Any) -> BindParameter[Any]:
+def bound(name: str, column: Any) -> BindParameter[Any]:
+    """A bound parameter `name` of `column`'s type (statements built once, run many times)."""
     return bindparam(name, type_=column.type)

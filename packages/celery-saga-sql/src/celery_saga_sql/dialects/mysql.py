@@ -35,7 +35,7 @@ from celery_saga.backends.base import Lease, StepWrite, payload_size
 from celery_saga.models import SagaStatus, StepStatus, now
 from celery_saga_sql import leases as lease_sql
 from celery_saga_sql.codec import report
-from celery_saga_sql.dialects.base import SQLDialect, key_in
+from celery_saga_sql.dialects.base import SQLDialect, bound, key_in
 from celery_saga_sql.direct import Batch, Compiled
 from celery_saga_sql.stepwrites import StepRequest
 from celery_saga_sql.transactions import Runner, Tx
@@ -83,9 +83,9 @@ class MySQLDialect(SQLDialect):
         def build() -> Compiled:
             if steps == 0:
                 e = self.tables.executions
-                return Compiled(self.engine, insert(e).values({n: _bind(e, n) for n in names}))
+                return Compiled(self.engine, insert(e).values({n: bound(n, e.c[n]) for n in names}))
             s = self.tables.steps
-            rows = [{n: _bind(s, n, f"{n}_m{i}") for n in names} for i in range(steps)]
+            rows = [{n: bound(f"{n}_m{i}", s.c[n]) for n in names} for i in range(steps)]
             return Compiled(self.engine, insert(s).values(rows))
 
         return self.cached(("insert", names, steps), build)
@@ -205,8 +205,3 @@ class MySQLDialect(SQLDialect):
             for target in targets
         ]
         return (rows[0] if len(rows) == 1 else union_all(*rows)).subquery("v")
-
-
-def _bind(table: Any, name: str, key: str | None = None) -> Any:
-    """A bound parameter for `table`'s column `name` (named `key`, or the column's name)."""
-    return bindparam(key or name, type_=table.c[name].type)
