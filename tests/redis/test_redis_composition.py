@@ -16,7 +16,7 @@ from redis_support import previous_layout
 
 from celery_saga.models import SagaStatus, StepKind, StepStatus
 from celery_saga.testing.conformance import make_execution
-from celery_saga_redis import RedisSagaBackend
+from celery_saga_redis import RedisSagaBackend, scores
 
 
 def test_children_index_is_a_sorted_set_per_parent_that_leaves_with_them(
@@ -32,7 +32,7 @@ def test_children_index_is_a_sorted_set_per_parent_that_leaves_with_them(
         store.create(child)
     index = store.keys.index_parent(parent.saga_id)
     assert store.client.zrange(index, 0, -1, withscores=True) == [
-        (c.saga_id, c.created_at) for c in children
+        (c.saga_id, scores.score(c.created_at)) for c in children
     ]
     assert not store.client.exists(store.keys.index_parent(children[0].saga_id))
     for child in children[:2]:

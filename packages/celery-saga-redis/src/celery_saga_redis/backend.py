@@ -65,7 +65,7 @@ from celery_saga.models import (
     SagaStatus,
     now,
 )
-from celery_saga_redis import layout, scripts, stepcalls
+from celery_saga_redis import layout, scores, scripts, stepcalls
 from celery_saga_redis.indexes import Indexes
 from celery_saga_redis.keys import Keys
 from celery_saga_redis.listener import DoneListener
@@ -213,7 +213,7 @@ class RedisSagaBackend(SagaBackend):
                     self.keys.index_prefix,
                     execution.saga_name,
                     execution.status.value,
-                    repr(execution.created_at),
+                    scores.score(execution.created_at),
                     execution.saga_id,
                     gone_owner,
                     execution.parent_id or "",
@@ -368,10 +368,11 @@ class RedisSagaBackend(SagaBackend):
             if head is None:
                 return False
             name, created_at, idempotency_key = head
+            score = scores.score(created_at)
             self.stats.add()
             pipe = self.client.pipeline(transaction=False)
             for index in self.keys.indexes_for(name, new_status):
-                pipe.zadd(index, {saga_id: created_at})
+                pipe.zadd(index, {saga_id: score})
             pipe.execute()
             self.stats.add(1, payload_size(*pairs))
             applied, old, new = self._update_saga(
@@ -389,7 +390,7 @@ class RedisSagaBackend(SagaBackend):
             self.stats.add()
             pipe = self.client.pipeline(transaction=False)
             for index in self.keys.indexes_for(name, new):
-                pipe.zadd(index, {saga_id: created_at})  # a racing tidy-up may have removed it
+                pipe.zadd(index, {saga_id: score})  # a racing tidy-up may have removed it
             for index in self.keys.indexes_for(name, old):
                 pipe.zrem(index, saga_id)
             if finished != _finished(old):
@@ -402,7 +403,7 @@ class RedisSagaBackend(SagaBackend):
                 self.stats.add()
                 pipe = self.client.pipeline(transaction=False)
                 for index in self.keys.indexes_for(name, old):
-                    pipe.zadd(index, {saga_id: created_at})
+                    pipe.zadd(index, {saga_id: score})
                 pipe.execute()
             if now_status is not None and _finished(now_status) != finished:
                 # A change the other way raced this one's expiry: follow the status now.
@@ -672,12 +673,12 @@ class RedisSagaBackend(SagaBackend):
         """
         removed = 0
         for status in TERMINAL_STATUSES:
-            index = self.keys.index_status(status.value)
+            index = self._indexes.scaled(self.keys.index_status(status.value))
             # finished_at >= created_at, so nothing created after the cutoff qualifies.
             start = 0
             while True:
                 ids = self.client.zrangebyscore(
-                    index, "-inf", finished_before, start=start, num=500
+                    index, "-inf", scores.score(finished_before), start=start, num=500
                 )
                 if not ids:
                     break

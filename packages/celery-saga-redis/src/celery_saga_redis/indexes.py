@@ -1,6 +1,6 @@
 """The sorted sets that list executions: `Indexes` writes, reads and sweeps them.
 
-Every execution has an entry, scored by its creation time, in the index of every
+Every execution has an entry, scored by its creation time (`scores`), in the index of every
 execution, of its saga name, of its status and of its name and status together (and
 in its parent's, for a child saga); the saga names are kept in a set of their own.
 A standalone create and status change move the entries in their own scripts; on a
@@ -8,7 +8,8 @@ cluster the store writes them around its one-slot scripts (`backend`'s rules), s
 reader checks every entry against the execution: a status or name that does not match
 is skipped, and an entry is removed only when neither the execution nor its
 ``creating`` marker exists. Entries of expired executions are removed by the listings
-that meet them and by `sweep`.
+that meet them and by `sweep`. Entries scored by the layout before this one (seconds)
+are rescored before an index is read (`scaled`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from typing import Any
 
 from celery_saga.backends.base import Page, StoreStats, encode_cursor
 from celery_saga.models import TERMINAL_STATUSES, SagaExecution, SagaStatus, SagaSummary
+from celery_saga_redis import scores, scripts
 from celery_saga_redis.keys import Keys
 
 #: The execution hash fields a listing reads for each summary.
 SUMMARY_FIELDS = ("h", "h:status", "h:created_at", "h:updated_at", "h:finished_at", "h:error")
 #: Index entries read per round trip when `sweep` looks for those of expired executions.
 SWEEP_CHUNK = 500
+#: Entries of the layout before this one rescored per call (`scripts.RESCORE`).
+RESCORE_CHUNK = 1000
 
 
 class Indexes:
@@ -36,6 +40,16 @@ class Indexes:
         self.keys = keys
         self.cluster = cluster
         self.stats = stats
+        self._rescore = client.register_script(scripts.RESCORE)
+
+    def scaled(self, index: str) -> str:
+        """`index`, once no entry of it is scored in seconds (the layout before this one:
+        a worker of an earlier version may still be adding such entries)."""
+        lowest = self.client.zrange(index, 0, 0, withscores=True)
+        if lowest and lowest[0][1] < scores.FLOOR:
+            while self._rescore(keys=[index], args=[RESCORE_CHUNK, scores.FLOOR]) == RESCORE_CHUNK:
+                pass
+        return index
 
     def add(self, execution: SagaExecution) -> None:
         """Write a new execution's index entries (a cluster create, before the write)."""
@@ -50,7 +64,7 @@ class Indexes:
         self.stats.add()
         pipe = self.client.pipeline(transaction=False)
         for index in indexes:
-            pipe.zadd(index, {execution.saga_id: execution.created_at})
+            pipe.zadd(index, {execution.saga_id: scores.score(execution.created_at)})
         pipe.sadd(self.keys.index_names(), name)
         pipe.execute()
 
@@ -97,11 +111,13 @@ class Indexes:
     ) -> Page:
         """One page of `SagaBackend.list`, newest first, after `position` (a cursor's
         (created_at, saga id)) if given."""
-        index = self.index_for(status, name, parent_id)
-        high: Any = "+inf" if created_before is None else f"({created_before!r}"
+        index = self.scaled(self.index_for(status, name, parent_id))
+        # Bounds to the microsecond, inclusive; the exact ones are checked per summary.
+        high: Any = "+inf" if created_before is None else scores.score(created_before)
         if position is not None and (created_before is None or position[0] < created_before):
-            high = repr(position[0])  # inclusive: ties on the score are split by id below
-        low: Any = "-inf" if created_after is None else f"({created_after!r}"
+            high = scores.score(position[0])  # ties on the score are split by id below
+        low: Any = "-inf" if created_after is None else scores.score(created_after)
+        after = None if position is None else (scores.score(position[0]), position[1])
         items: list[SagaSummary] = []
         gone: list[str] = []
         offset, chunk = 0, limit + 1
@@ -110,14 +126,13 @@ class Indexes:
                 index, high, low, start=offset, num=chunk, withscores=True
             )
             offset += len(rows)
-            if position is not None:
-                rows_after = [(sid, score) for sid, score in rows if (score, sid) < position]
-            else:
-                rows_after = rows
-            found, missing = self.summaries(rows_after, status, name, parent_id)
-            items.extend(found)
+            full = len(rows) == chunk
+            if after is not None:
+                rows = [(sid, score) for sid, score in rows if (score, sid) < after]
+            found, missing = self.summaries(rows, status, name, parent_id)
+            items.extend(s for s in found if _within(s.created_at, created_before, created_after))
             gone.extend(missing)
-            if len(rows) < chunk:
+            if not full:
                 break
             chunk = min(chunk * 2, 1000)
         if gone:
@@ -187,12 +202,12 @@ class Indexes:
         for name in names:
             indexes.append(self.keys.index_name(name))
             indexes += [self.keys.index_name_status(name, s.value) for s in TERMINAL_STATUSES]
+        cutoff = scores.score(created_before)
         for index in indexes:
             start = 0
+            self.scaled(index)
             while True:
-                ids = self.client.zrangebyscore(
-                    index, "-inf", created_before, start=start, num=SWEEP_CHUNK
-                )
+                ids = self.client.zrangebyscore(index, "-inf", cutoff, start=start, num=SWEEP_CHUNK)
                 if not ids:
                     break
                 pipe = self.client.pipeline(transaction=False)
@@ -203,3 +218,8 @@ class Indexes:
                 if gone:
                     self.client.zrem(index, *gone)
                 start += len(ids) - len(gone)
+
+
+def _within(created_at: float, before: float | None, after: float | None) -> bool:
+    """Whether a creation time is inside a listing's exclusive bounds."""
+    return (before is None or created_at < before) and (after is None or created_at > after)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 
 from celery_saga.models import TERMINAL_STATUSES
-from celery_saga_redis import layout
+from celery_saga_redis import layout, scores
 
 
 def _lua_string(text: str) -> str:
@@ -304,7 +304,7 @@ return redis.call('PERSIST', KEYS[1])
 CREATE_INDEXED = """
 -- KEYS[1] execution hash, KEYS[2] idempotency key (absent when none: an empty key
 -- name would fall outside an ACL user's key patterns)
--- ARGV[1] index prefix, ARGV[2] saga name, ARGV[3] status, ARGV[4] created_at,
+-- ARGV[1] index prefix, ARGV[2] saga name, ARGV[3] status, ARGV[4] index score,
 -- ARGV[5] saga id, ARGV[6] an owner of the idempotency key known to be gone (''),
 -- ARGV[7] the parent execution's id ('' for none: then no children index entry),
 -- ARGV[8..] field, value pairs. Returns 1 (created), 0 (the id exists) or the owner.
@@ -613,8 +613,11 @@ local function update_saga(K, A)
       local before, after = string.sub(old, 2, -2), string.sub(new, 2, -2)
       redis.call('ZREM', ix .. 'status:' .. before, id)
       redis.call('ZREM', ix .. 'name:' .. name .. ':status:' .. before, id)
-      redis.call('ZADD', ix .. 'status:' .. after, created, id)
-      redis.call('ZADD', ix .. 'name:' .. name .. ':status:' .. after, created, id)
+      -- The score: created_at in whole microseconds (`indexes.score`'s rule).
+      local score = math.max(math.floor(tonumber(created) * 1000000 + 0.5), SCORE_FLOOR)
+      score = string.format('%d', score)
+      redis.call('ZADD', ix .. 'status:' .. after, score, id)
+      redis.call('ZADD', ix .. 'name:' .. name .. ':status:' .. after, score, id)
       follow[#follow + 1] = ix .. 'parent:' .. id
       if type(idem_key) == 'string' then
         local idem = A[5] .. 'idem:' .. idem_key
@@ -637,7 +640,7 @@ local function update_saga(K, A)
   end
   return {1, string.sub(old, 2, -2), string.sub(new, 2, -2)}
 end
-"""
+""".replace("SCORE_FLOOR", str(scores.FLOOR))
 
 UPDATE_SAGA = _ALLOWED + _TERMINAL + _SAGA_UPDATE + "return update_saga(KEYS, ARGV)\n"
 
@@ -657,6 +660,21 @@ UPDATE_STEP = _ALLOWED + _STEP_WRITE.replace("--FINISH--\n", "")
 FINISH_STEP = (
     _ALLOWED + _TERMINAL + _SAGA_UPDATE + _STEP_WRITE.replace("--FINISH--\n", _FINISH.lstrip("\n"))
 )
+
+# Index entries scored by the layout before this one (created_at in seconds, a float:
+# see `indexes.score`) rescored in whole microseconds, a chunk at a time. XX: an entry
+# removed meanwhile (a status change moved it) is not put back.
+RESCORE = """
+-- KEYS[1] index; ARGV[1] entries per call, ARGV[2] scores below this are in seconds
+-- Returns the number of entries rescored (fewer than ARGV[1]: none is left).
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'WITHSCORES',
+                        'LIMIT', 0, tonumber(ARGV[1]))
+for k = 1, #rows, 2 do
+  local score = math.max(math.floor(tonumber(rows[k + 1]) * 1000000 + 0.5), tonumber(ARGV[2]))
+  redis.call('ZADD', KEYS[1], 'XX', string.format('%d', score), rows[k])
+end
+return #rows / 2
+"""
 
 # Cluster status change, last step, once the indexes are tidy: announce a terminal
 # status, and return the status now (one that came back meanwhile gets its entries
