@@ -44,6 +44,13 @@ _TERMINAL = (
     + "\n"
 )
 
+# The globals the hot scripts use, as locals of their chunk: a global is a table lookup
+# at every use, a local (or its upvalue in a function) is not.
+_LOCALS = (
+    "local KEYS, ARGV, redis, string, tonumber, unpack = "
+    "KEYS, ARGV, redis, string, tonumber, unpack\n"
+)
+
 # Whether a status name is one of a space-separated list of names ('': any).
 _ALLOWED = """
 local function allowed(list, name)
@@ -642,7 +649,7 @@ local function update_saga(K, A)
 end
 """.replace("SCORE_FLOOR", str(scores.FLOOR))
 
-UPDATE_SAGA = _ALLOWED + _TERMINAL + _SAGA_UPDATE + "return update_saga(KEYS, ARGV)\n"
+UPDATE_SAGA = _LOCALS + _ALLOWED + _TERMINAL + _SAGA_UPDATE + "return update_saga(KEYS, ARGV)\n"
 
 _FINISH = """
 local n = tonumber(ARGV[14]) or 0
@@ -652,13 +659,17 @@ if n > 0 then
 end
 """
 
-UPDATE_STEP = _ALLOWED + _STEP_WRITE.replace("--FINISH--\n", "")
+UPDATE_STEP = _LOCALS + _ALLOWED + _STEP_WRITE.replace("--FINISH--\n", "")
 
 # A step write that ends the saga when it applies (the last step's success): UPDATE_STEP
 # then UPDATE_SAGA on the same hash, in one call. A step that does not finish the saga
 # runs UPDATE_STEP, which does not build the saga update's function on every call.
 FINISH_STEP = (
-    _ALLOWED + _TERMINAL + _SAGA_UPDATE + _STEP_WRITE.replace("--FINISH--\n", _FINISH.lstrip("\n"))
+    _LOCALS
+    + _ALLOWED
+    + _TERMINAL
+    + _SAGA_UPDATE
+    + _STEP_WRITE.replace("--FINISH--\n", _FINISH.lstrip("\n"))
 )
 
 # Index entries scored by the layout before this one (created_at in seconds, a float:
