@@ -851,6 +851,9 @@ def render_markdown(results: dict[str, Any], under_load: dict[str, Any] | None =
         "nox -s bench -- --workloads W9 --w9-reseed   # ... made again\n"
         "nox -s bench -- --workloads W10     # W1 with the tracing on and off\n"
         "nox -s bench -- --workloads W11     # Redis server time per step against 0.4.0\n"
+        "# W11's scripts' instructions (valgrind), after a bench run made the venvs:\n"
+        "PYTHONPATH=benchmarks .nox/bench/bin/python benchmarks/script_instructions.py \\\n"
+        "    --baseline-python .nox/bench/tmp/celery-saga-redis-0.4.0/bin/python\n"
         "```",
         "A run with `--workloads` replaces the tables of those workloads and keeps the "
         "others; only a run of every workload (no `--workloads`) also runs the state-store "
@@ -958,14 +961,20 @@ def render_markdown(results: dict[str, Any], under_load: dict[str, Any] | None =
                 "untimed pass with the slowlog recording every command. Server CPU is the "
                 "difference of `used_cpu_user + used_cpu_sys`. Where that time goes "
                 "(instructions counted by valgrind's callgrind in a `redis-server` that "
-                "replays this version's W11 calls, so the split does not depend on the "
-                "machine's load): about half in the step scripts' own Lua code, a fifth "
-                "in passing their arguments and replies, a quarter in the commands they "
-                "call, most of it ZADD into the status and name indexes: while an index "
-                "holds at most 128 entries Redis keeps it as a listpack, and each insert "
-                "at its end parses every stored score (a creation time of 17 significant "
-                "digits) with strtod, about 14% of all the scripts' instructions in W11, "
-                "whose store starts empty each repetition.",
+                "replays each version's W11 calls, recorded with MONITOR, so the split does "
+                "not depend on the machine's load: `benchmarks/script_instructions.py`): "
+                "this version's scripts take 0.58 times 0.4.0's instructions per step "
+                "(209k against 358k for 400 sagas); 57% of them in the scripts' Lua code "
+                "(cutting and rewriting step objects' text, conditions, key names), 18% in "
+                "passing arguments and replies, 20% in the commands they call (ZADD into "
+                "the listing indexes 7%: six entries per saga). Since the indexes are scored "
+                "in whole microseconds, an insert into a small index (a listpack, up to 128 "
+                "entries) compares integers; scored in seconds, it parsed every stored score "
+                "with strtod, 12% of 0.4.0's instructions. The time ratio above is higher "
+                "than the instructions' (0.63-0.69 in a replay alone on the machine, on "
+                "these figures): the store's time per call also holds what instructions do "
+                "not count, such as memory stalls and, while the workers run, waiting for a "
+                "CPU.",
                 "- The counting rows come from a separate pass with counting workers "
                 "(not timed): broker messages and state-store round trips per step.",
                 *_mongo_note(results.get("machine", {})),
