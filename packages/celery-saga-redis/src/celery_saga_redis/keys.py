@@ -2,7 +2,7 @@
 
 Every key of one execution carries the hash tag ``{<saga id>}``, so each atomic
 script touches a single cluster slot. Listing indexes are sorted sets of their
-own (scored by creation time); they are updated around status changes without
+own (scored by creation time, `scores`); they are updated around status changes without
 cross-slot transactions, and readers verify what they list. The idempotency key
 is named after the caller's key, so it lives in a slot of its own and is only
 ever touched by single-key commands on a cluster.
@@ -62,7 +62,7 @@ class Keys:
         return f"{self.prefix}idx:"
 
     def index_all(self) -> str:
-        """Every execution, scored by creation time."""
+        """Every execution, scored by creation time (`scores.score`)."""
         return f"{self.prefix}idx:all"
 
     def index_status(self, status: str) -> str:
