@@ -80,10 +80,18 @@ def parse_monitor(lines: list[bytes]) -> list[list[bytes]]:
 
 
 def scripts_of(python: str) -> dict[str, str]:
-    """The Lua scripts of the celery_saga_redis that `python` imports, by name."""
+    """The Lua scripts of the celery_saga_redis that `python` imports (its `scripts` and,
+    from 0.5.0 on, `step_scripts`), by name."""
     code = (
-        "import json, celery_saga_redis.scripts as s; print(json.dumps({k: v for k, v in "
-        "vars(s).items() if isinstance(v, str) and 'redis.call' in v and k.isupper()}))"
+        "import importlib, json\nfound = {}\n"
+        "for name in ('scripts', 'step_scripts'):\n"
+        "    try:\n"
+        "        m = importlib.import_module('celery_saga_redis.' + name)\n"
+        "    except ImportError:\n"
+        "        continue\n"
+        "    found.update((k, v) for k, v in vars(m).items() if isinstance(v, str) "
+        "and 'redis.call' in v and k.isupper())\n"
+        "print(json.dumps(found))"
     )
     out = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True)
     scripts: dict[str, str] = json.loads(out.stdout)

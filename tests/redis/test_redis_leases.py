@@ -19,7 +19,7 @@ import pytest
 from celery_saga.backends import Lease, StartNext, StepExpect
 from celery_saga.models import SagaStatus, StepRecord, StepStatus
 from celery_saga.testing.conformance import make_execution
-from celery_saga_redis import RedisSagaBackend, scripts
+from celery_saga_redis import RedisSagaBackend, step_scripts
 
 #: Seconds since the epoch with 17 significant digits: cjson would round them.
 EXACT = 1_717_171_717.1234567
@@ -148,7 +148,7 @@ def test_renew_leases_is_one_exchange_for_executions_on_every_node(
     # Later heartbeats go by SHA; a node that lost the script gets it by body, at the
     # cost of one more exchange (here: every node, a script none of them has seen).
     monkeypatch.setattr(
-        store, "_renew", store.client.register_script(scripts.RENEW + f"-- {uuid.uuid4()}\n")
+        store, "_renew", store.client.register_script(step_scripts.RENEW + f"-- {uuid.uuid4()}\n")
     )
     store.stats.reset()
     assert store.renew_leases(leases[:-2], t + 90) == []

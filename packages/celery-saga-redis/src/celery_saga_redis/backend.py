@@ -65,7 +65,7 @@ from celery_saga.models import (
     SagaStatus,
     now,
 )
-from celery_saga_redis import layout, scores, scripts, stepcalls
+from celery_saga_redis import layout, scores, scripts, step_scripts, stepcalls
 from celery_saga_redis.indexes import Indexes
 from celery_saga_redis.keys import Keys
 from celery_saga_redis.listener import DoneListener
@@ -149,13 +149,13 @@ class RedisSagaBackend(SagaBackend):
         self._create = redis_client.register_script(scripts.CREATE)
         self._claim = redis_client.register_script(scripts.CLAIM)
         self._create_indexed = redis_client.register_script(scripts.CREATE_INDEXED)
-        self._update_step = redis_client.register_script(scripts.UPDATE_STEP)
+        self._update_step = redis_client.register_script(step_scripts.UPDATE_STEP)
         self._update_saga = redis_client.register_script(scripts.UPDATE_SAGA)
-        self._finish_step = redis_client.register_script(scripts.FINISH_STEP)
+        self._finish_step = redis_client.register_script(step_scripts.FINISH_STEP)
         self._tidied = redis_client.register_script(scripts.TIDIED)
         self._delete_finished = redis_client.register_script(scripts.DELETE_FINISHED)
-        self._record_late = redis_client.register_script(scripts.RECORD_LATE)
-        self._renew = redis_client.register_script(scripts.RENEW)
+        self._record_late = redis_client.register_script(step_scripts.RECORD_LATE)
+        self._renew = redis_client.register_script(step_scripts.RENEW)
         #: The calls of every step and every saga: packed in one go on a standalone
         #: client (`packed`), redis-py's own on a cluster.
         self._update_step_call = self._packed(self._update_step)
@@ -607,7 +607,7 @@ class RedisSagaBackend(SagaBackend):
         *,
         expect_state: str | None = None,
     ) -> StepWrite:
-        """One script: check the entry's state and merge `changes` into it (see scripts.py)."""
+        """One script: check the entry's state and merge `changes` into it (RECORD_LATE)."""
         pairs: list[Any] = []
         for name, value in changes.items():
             pairs += [str(name), _dumps(value)]

@@ -1,7 +1,7 @@
 """The step scripts' calls: their ARGV, built from a step write's arguments, and their
 replies as the `StepWrite` of the store contract.
 
-UPDATE_STEP and FINISH_STEP (scripts.py) take the write's conditions, counter and next
+UPDATE_STEP and FINISH_STEP (step_scripts.py) take the write's conditions, counter and next
 stage first (`step_args`), then one block per step written (`step_changes`, the layout's
 `StepChanges`); their reply begins with the step's stored state (`step_write`).
 """
@@ -92,7 +92,7 @@ def step_args(
     read: bool,
     start_next: StartNext | None,
 ) -> list[Any]:
-    """UPDATE_STEP's ARGV up to the step's write (see scripts.py), ending the saga in none."""
+    """UPDATE_STEP's ARGV up to the step's write (see step_scripts.py), ending the saga in none."""
     args: list[Any] = [
         index,
         _dumps(now()),
