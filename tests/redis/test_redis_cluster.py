@@ -17,7 +17,7 @@ from celery_saga.backends import SagaBackend, StepExpect
 from celery_saga.models import SagaStatus, SagaSummary, StepStatus, now
 from celery_saga.testing import BackendConformance, Requirements
 from celery_saga.testing.conformance import make_execution
-from celery_saga_redis import RedisSagaBackend
+from celery_saga_redis import RedisSagaBackend, scores
 
 
 class Notifies(Requirements):
@@ -203,7 +203,7 @@ def test_listing_is_right_while_a_status_change_is_interrupted(store: RedisSagaB
 
     # 2. The compare-and-set happened, the old entries were never removed.
     for index in store.keys.indexes_for(name, SagaStatus.COMPENSATING.value):
-        store.client.zadd(index, {b.saga_id: b.created_at})
+        store.client.zadd(index, {b.saga_id: scores.score(b.created_at)})
     applied, old, new = store._update_saga(
         keys=[store.keys.execution(b.saga_id)],
         args=[
@@ -239,7 +239,7 @@ def test_listing_is_right_while_a_create_is_interrupted(store: RedisSagaBackend)
     pending = make_execution(name=name, parent_id=done.saga_id, parent_step=0)
     sid = pending.saga_id
     # The create has marked the execution and indexed it, but not written it yet.
-    assert store._begin_create(
+    assert store._cluster._begin_create(
         keys=[store.keys.execution(sid), store.keys.creating(sid)], args=[60]
     )
     store._indexes.add(pending)
@@ -251,7 +251,7 @@ def test_listing_is_right_while_a_create_is_interrupted(store: RedisSagaBackend)
     assert store.client.zscore(store.keys.index_status("running"), sid) is not None
     assert listed(store, parent_id=done.saga_id) == []
     assert store.client.zscore(store.keys.index_parent(done.saga_id), sid) is not None
-    store._write_created(pending, store._fields(pending))
+    store._cluster._write_created(pending, store._fields(pending))
     truth[sid] = SagaStatus.RUNNING
     check_listing(store, name, truth)
     assert not store.client.exists(store.keys.creating(sid))
@@ -276,7 +276,7 @@ def test_a_status_that_comes_back_while_a_change_tidies_up_stays_listed(
     execution = make_execution(name=name)
     store.create(execution)
     other = RedisSagaBackend.from_url(redis_cluster_store_url)
-    real = store._update_saga
+    real = store._cluster._update_saga
     interleaved: list[bool] = []
 
     def cas_then_other_writer(*args: Any, **kwargs: Any) -> Any:
@@ -285,7 +285,7 @@ def test_a_status_that_comes_back_while_a_change_tidies_up_stays_listed(
             interleaved.append(other.update_saga(execution.saga_id, {"status": SagaStatus.RUNNING}))
         return reply
 
-    monkeypatch.setattr(store, "_update_saga", cas_then_other_writer)
+    monkeypatch.setattr(store._cluster, "_update_saga", cas_then_other_writer)
     try:
         assert store.update_saga(execution.saga_id, {"status": SagaStatus.COMPENSATING})
     finally:

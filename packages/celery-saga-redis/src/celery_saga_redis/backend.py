@@ -1,11 +1,10 @@
 """`RedisSagaBackend`: the saga state store on Redis (standalone or cluster).
 
-One hash per execution holds the execution fields (``h``, ``h:*``), each step's
-fields and counters (``c:*``), laid out as layout.py says: while the execution runs,
-a step's fields are hash fields of their own, so a step write touches only that
-step and compares raw texts; when it finishes, each step is packed into one field.
-Compare-and-set runs in Lua on that one key. Listing uses sorted sets per status
-and saga name, and one per parent execution for its child sagas; completion waits
+One hash per execution holds the execution's header and fields and one JSON object
+per step, as layout.py says; a step write rewrites that step's object only, and
+compare-and-set runs in Lua on that one key (`step_scripts`). Counters of a running
+execution live in a hash of their own. Listing uses sorted sets per status and saga
+name, and one per parent execution for its child sagas (`indexes`); completion waits
 use pub/sub, one connection per store object in a process (listener.py).
 
 Finished executions expire after `ttl` seconds (7 days unless told otherwise; 0 or
@@ -15,26 +14,14 @@ executions are removed by the listings that meet them and by `purge`.
 
 On a standalone server, create and status changes are single scripts that also
 move the index entries. On a Redis Cluster every script touches one slot (the
-execution's hash tag), so the indexes are kept around them with these rules:
-
-- an index entry is written before the write that makes it true (create: after a
-  ``creating`` marker in the execution's slot; status change: before the
-  compare-and-set), so an interrupted write leaves an extra entry, never a
-  missing one;
-- the winner of a status change re-asserts the new entries, removes the old ones,
-  then re-reads the status and restores the old entries if the status went back
-  to it meanwhile;
-- readers check every entry against the execution: a status or name that does
-  not match is skipped, and an entry is removed only when neither the execution
-  nor its ``creating`` marker exists.
+execution's hash tag), so creates and status changes keep the indexes around them
+(`cluster`, whose docstring gives the rules).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import threading
-import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -66,6 +53,7 @@ from celery_saga.models import (
     now,
 )
 from celery_saga_redis import layout, scores, scripts, step_scripts, stepcalls
+from celery_saga_redis.cluster import ClusterWrites
 from celery_saga_redis.indexes import Indexes
 from celery_saga_redis.keys import Keys
 from celery_saga_redis.listener import DoneListener
@@ -77,18 +65,6 @@ URL_OPTIONS = ("prefix", "ttl", "cluster")
 DEFAULT_TTL = 7 * 24 * 3600
 #: Spellings of "no expiry" for `ttl`, besides 0.
 _NO_TTL = frozenset({"none", "never", "off"})
-#: Seconds to wait for a cluster create that claimed an idempotency key to finish
-#: before taking the key over.
-_IDEMPOTENCY_WAIT = 5.0
-#: Seconds a cluster create's ``creating`` marker lives (a create takes milliseconds).
-_CREATING_TTL = 3600
-#: (name, created_at, idempotency key) of this many executions are remembered for
-#: cluster status changes.
-_HEADS_CACHED = 4096
-
-# Module-level aliases: inside the class, `list` names the listing method.
-_Head = tuple[str, float, str | None]
-
 _dumps = layout.dumps
 
 
@@ -145,14 +121,10 @@ class RedisSagaBackend(SagaBackend):
         #: Seconds a finished execution is kept (0: for ever).
         self.ttl = _ttl(ttl)
         self._url = url
-        self._begin_create = redis_client.register_script(scripts.BEGIN_CREATE)
-        self._create = redis_client.register_script(scripts.CREATE)
-        self._claim = redis_client.register_script(scripts.CLAIM)
         self._create_indexed = redis_client.register_script(scripts.CREATE_INDEXED)
         self._update_step = redis_client.register_script(step_scripts.UPDATE_STEP)
         self._update_saga = redis_client.register_script(scripts.UPDATE_SAGA)
         self._finish_step = redis_client.register_script(step_scripts.FINISH_STEP)
-        self._tidied = redis_client.register_script(scripts.TIDIED)
         self._delete_finished = redis_client.register_script(scripts.DELETE_FINISHED)
         self._record_late = redis_client.register_script(step_scripts.RECORD_LATE)
         self._renew = redis_client.register_script(step_scripts.RENEW)
@@ -164,12 +136,17 @@ class RedisSagaBackend(SagaBackend):
         self._update_saga_call = self._packed(self._update_saga)
         #: Whether RENEW ran from this object (a cluster pipeline sends it by body until then).
         self._renew_sent = False
-        self._lock = threading.Lock()
-        #: saga id -> (saga name, created_at, idempotency key): immutable, read before a
-        #: cluster status change.
-        self._heads: dict[str, _Head] = {}
         #: The sorted sets that list executions (`indexes`).
         self._indexes = Indexes(redis_client, self.keys, self.cluster, self.stats)
+        #: Creates and status changes on a cluster (`cluster`).
+        self._cluster = ClusterWrites(
+            redis_client,
+            self.keys,
+            self.stats,
+            self._indexes,
+            self.ttl,
+            self.get,
+        )
         #: The done-channel subscriptions of every `wait` on this object (made on first use).
         self._listener = DoneListener(lambda: self.client.pubsub(), self.keys.listener_channel)
 
@@ -200,7 +177,7 @@ class RedisSagaBackend(SagaBackend):
     def create(self, execution: SagaExecution) -> tuple[SagaExecution, bool]:
         fields = self._fields(execution)
         if self.cluster:
-            return self._create_on_cluster(execution, fields)
+            return self._cluster.create(execution, fields)
         key = execution.idempotency_key
         hash_key = self.keys.execution(execution.saga_id)
         keys = [hash_key] if key is None else [hash_key, self.keys.idempotency(key)]
@@ -232,97 +209,17 @@ class RedisSagaBackend(SagaBackend):
             gone_owner = reply
         raise RuntimeError(f"idempotency key {key!r} keeps naming executions that are gone")
 
-    def _create_on_cluster(
-        self, execution: SagaExecution, fields: list[str]
-    ) -> tuple[SagaExecution, bool]:
-        """Mark, claim the idempotency key, index, write: each step within one slot."""
-        saga_id = execution.saga_id
-        hash_key, creating = self.keys.execution(saga_id), self.keys.creating(saga_id)
-        self.stats.add()
-        if not self._begin_create(keys=[hash_key, creating], args=[_CREATING_TTL]):
-            raise ValueError(f"saga id {saga_id} already exists")
-        if execution.idempotency_key is not None:
-            existing = self._claim_idempotency_key(execution.idempotency_key, saga_id)
-            if existing is not None:
-                self.stats.add()
-                self.client.delete(creating)
-                return existing, False
-        self._indexes.add(execution)
-        self._write_created(execution, fields)
-        return execution, True
-
-    def _write_created(self, execution: SagaExecution, fields: list[str]) -> None:
-        saga_id = execution.saga_id
-        self.stats.add(1, payload_size(*fields))
-        keys = [self.keys.execution(saga_id), self.keys.creating(saga_id)]
-        if not self._create(keys=keys, args=fields):
-            raise ValueError(f"saga id {saga_id} already exists")
-        self._remember(execution)
-
-    def _claim_idempotency_key(self, key: str, saga_id: str) -> SagaExecution | None:
-        """Claim `key` for `saga_id` (None), or return the execution that holds it.
-
-        An owner whose execution and ``creating`` marker are both missing is gone
-        (expired, deleted, or its create failed) and is taken over at once; one still
-        being created is waited for, and taken over if it does not finish in time.
-        """
-        idem = self.keys.idempotency(key)
-        gone_owner, watched = "", ""
-        deadline, delay = 0.0, 0.005
-        while True:
-            self.stats.add(1, payload_size(saga_id))
-            owner = self._claim(keys=[idem], args=[saga_id, gone_owner])
-            if owner == saga_id:
-                return None
-            found = self.get(owner)
-            if found is not None:
-                return found
-            if owner != watched:
-                watched, deadline, delay = owner, time.monotonic() + _IDEMPOTENCY_WAIT, 0.005
-            self.stats.add()
-            pending = self.client.exists(self.keys.creating(owner), self.keys.execution(owner))
-            if not pending or time.monotonic() > deadline:
-                gone_owner = owner
-                continue
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
-
     def get(self, saga_id: str) -> SagaExecution | None:
         self.stats.add()
         execution = self._decode(saga_id, self.client.hgetall(self.keys.execution(saga_id)))
         if execution is not None and self.cluster:
-            self._remember(execution)
+            self._cluster.remember(execution)
         return execution
 
     def get_status(self, saga_id: str) -> SagaStatus | None:
         self.stats.add()
         raw = self.client.hget(self.keys.execution(saga_id), "h:status")
         return None if raw is None else SagaStatus(json.loads(raw))
-
-    def _remember(self, execution: SagaExecution) -> None:
-        if not self.cluster:
-            return
-        head = (execution.saga_name, execution.created_at, execution.idempotency_key)
-        self._keep_head(execution.saga_id, head)
-
-    def _keep_head(self, saga_id: str, head: _Head) -> None:
-        with self._lock:
-            if saga_id not in self._heads and len(self._heads) >= _HEADS_CACHED:
-                self._heads.pop(next(iter(self._heads)))
-            self._heads[saga_id] = head
-
-    def _head(self, saga_id: str) -> _Head | None:
-        """The execution's saga name, created_at and idempotency key (all immutable)."""
-        head = self._heads.get(saga_id)
-        if head is None:
-            self.stats.add()
-            raw, created_at = self.client.hmget(self.keys.execution(saga_id), "h", "h:created_at")
-            if raw is None or created_at is None:
-                return None
-            header = json.loads(raw)
-            head = (header["saga_name"], json.loads(created_at), header.get("idempotency_key"))
-            self._keep_head(saga_id, head)
-        return head
 
     def find_by_idempotency_key(self, key: str) -> SagaExecution | None:
         self.stats.add()
@@ -349,89 +246,13 @@ class RedisSagaBackend(SagaBackend):
             keys = [key, self.keys.counters(saga_id)]
             applied, _, _ = self._update_saga_call(keys=keys, args=[*lead, prefix, "", *pairs])
             return bool(applied == 1)
-        return self._update_status_on_cluster(saga_id, plain_value(changes["status"]), lead, pairs)
+        new_status = plain_value(changes["status"])
+        return self._cluster.update_status(saga_id, new_status, lead, pairs)
 
     def _saga_update_lead(self, saga_id: str, allowed: Collection[Any] | None) -> list[Any]:
         """UPDATE_SAGA's first ARGV: now, the allowed statuses, the TTL, the done channel."""
         channel = self.keys.done_channel(saga_id)
         return [_dumps(now()), stepcalls.statuses(allowed), self.ttl, channel]
-
-    def _update_status_on_cluster(
-        self, saga_id: str, new_status: str, lead: list[Any], pairs: list[Any]
-    ) -> bool:
-        """A status change on a cluster: index first, compare-and-set, tidy up, announce."""
-        key = self.keys.execution(saga_id)
-        channel = lead[3]
-        lead = [*lead[:3], ""]  # announced once the indexes are tidy, not by the CAS
-        for _ in range(2):
-            head = self._head(saga_id)
-            if head is None:
-                return False
-            name, created_at, idempotency_key = head
-            score = scores.score(created_at)
-            self.stats.add()
-            pipe = self.client.pipeline(transaction=False)
-            for index in self.keys.indexes_for(name, new_status):
-                pipe.zadd(index, {saga_id: score})
-            pipe.execute()
-            self.stats.add(1, payload_size(*pairs))
-            applied, old, new = self._update_saga(
-                keys=[key, self.keys.counters(saga_id)],
-                args=[*lead, "", _dumps(created_at), *pairs],
-            )
-            if applied != -1:
-                break
-            with self._lock:  # the id now names another execution: read it afresh
-                self._heads.pop(saga_id, None)
-        else:
-            return False
-        if applied == 1 and old != new:
-            finished = _finished(new)
-            self.stats.add()
-            pipe = self.client.pipeline(transaction=False)
-            for index in self.keys.indexes_for(name, new):
-                pipe.zadd(index, {saga_id: score})  # a racing tidy-up may have removed it
-            for index in self.keys.indexes_for(name, old):
-                pipe.zrem(index, saga_id)
-            if finished != _finished(old):
-                self._follow_expiry(pipe, saga_id, idempotency_key, finished)
-            pipe.execute()
-            self.stats.add()
-            raw = self._tidied(keys=[key], args=[channel if finished else "", new])
-            now_status = None if raw is None else json.loads(raw)
-            if now_status == old:  # it went back meanwhile
-                self.stats.add()
-                pipe = self.client.pipeline(transaction=False)
-                for index in self.keys.indexes_for(name, old):
-                    pipe.zadd(index, {saga_id: score})
-                pipe.execute()
-            if now_status is not None and _finished(now_status) != finished:
-                # A change the other way raced this one's expiry: follow the status now.
-                self.stats.add()
-                pipe = self.client.pipeline(transaction=False)
-                self._follow_expiry(pipe, saga_id, idempotency_key, _finished(now_status))
-                pipe.execute()
-        return bool(applied == 1)
-
-    def _follow_expiry(
-        self, pipe: Any, saga_id: str, idempotency_key: str | None, finished: bool
-    ) -> None:
-        """On a cluster: the keys outside the execution's slot take or lose its expiry.
-
-        Its idempotency key (if it still names it) and the index of its children, in
-        `pipe`; on a standalone server the update_saga script does this itself.
-        """
-        if not self.ttl:
-            return
-        children = self.keys.index_parent(saga_id)
-        if finished:
-            pipe.expire(children, self.ttl)
-        else:
-            pipe.persist(children)
-        if idempotency_key is not None:
-            key = self.keys.idempotency(idempotency_key)
-            seconds = self.ttl if finished else 0
-            pipe.execute_command("EVAL", scripts.FOLLOW, 1, key, saga_id, seconds)
 
     def update_step(
         self,
@@ -471,8 +292,8 @@ class RedisSagaBackend(SagaBackend):
         write = stepcalls.step_write(reply, changes, count=reply[7], started=reply[9])
         everything = reply[8]
         execution = self._decode(saga_id, everything) if everything else None
-        if execution is not None:
-            self._remember(execution)
+        if execution is not None and self.cluster:
+            self._cluster.remember(execution)
         return write, execution
 
     def update_step_and_finish(
@@ -559,44 +380,12 @@ class RedisSagaBackend(SagaBackend):
         else:
             calls = [(key, [until, *args_of(positions, 1)]) for key, positions in groups.items()]
             self.stats.add(1, written)
-            replies = self._pipeline_scripts(self._renew, calls, by_body=not self._renew_sent)
+            by_body = not self._renew_sent
+            replies = self._cluster.pipeline_scripts(self._renew, calls, by_body=by_body)
             self._renew_sent = True
             for positions, reply in zip(groups.values(), replies, strict=True):
                 lost += [positions[int(n) - 1] for n in reply]
         return [leases[i] for i in sorted(lost)]
-
-    def _pipeline_scripts(
-        self, script: Script, calls: list[tuple[str, list[Any]]], *, by_body: bool
-    ) -> list[Any]:
-        """Run `script` once per (key, args) in one cluster pipeline; return the replies.
-
-        By SHA (EVALSHA), unless `by_body`: then by body (EVAL, which also caches it on
-        every node it reaches). Calls that meet a node without the script (NOSCRIPT:
-        a new primary, a flushed cache) go again by body, in one more exchange.
-        """
-        replies: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for i in todo:
-                key, args = calls[i]
-                command, body = ("EVAL", script.script) if by_body else ("EVALSHA", script.sha)
-                pipe.execute_command(command, body, 1, key, *args)
-            if attempt:
-                self.stats.add()
-            results = pipe.execute(raise_on_error=False)
-            again: list[int] = []
-            for i, result in zip(todo, results, strict=True):
-                if isinstance(result, redis.exceptions.NoScriptError) and not by_body:
-                    again.append(i)
-                elif isinstance(result, Exception):
-                    raise result
-                else:
-                    replies[i] = result
-            if not again:
-                break
-            todo, by_body = again, True
-        return replies
 
     def record_late(
         self,
@@ -662,8 +451,7 @@ class RedisSagaBackend(SagaBackend):
     def _forget(self, execution: SagaExecution) -> None:
         """Remove a deleted execution's index entries and idempotency key, and its head."""
         self._indexes.remove(execution)
-        with self._lock:
-            self._heads.pop(execution.saga_id, None)
+        self._cluster.forget(execution.saga_id)
 
     def purge(self, finished_before: float) -> int:
         """Delete what finished before the cutoff; sweep out index entries of expired ones.
