@@ -23,12 +23,7 @@ command, so no transactions are needed:
   execution back from the same ``findAndModify``: its projection returns the
   document only when the counter's new value is the stage's size;
 - listing reads the (status | name | both | parent | neither, created_at, _id) indexes
-  newest first with a keyset cursor, never ``skip()``, and every query is an
-  equality plus one ``created_at`` range. It first reads the span of creation
-  times that filled the previous page of the same listing (half as much again), and the
-  rest of the range only if that was not enough, so a server that reads every
-  match before it sorts and limits (SecantusDB) reads about a page, not the
-  whole index; MongoDB answers either query from the index in one round trip.
+  newest first with a keyset cursor (`celery_saga_mongo.listing`).
 
 `wait` uses a change stream on the execution where the server has them (replica
 sets and sharded clusters; SecantusDB advertises a single-node replica set), and
@@ -39,10 +34,9 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import functools
 import logging
-import math
 import threading
-import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -62,7 +56,6 @@ from celery_saga.backends.base import (
     check_saga_changes,
     check_step_changes,
     decode_cursor,
-    encode_cursor,
     normalize_status,
     payload_size,
 )
@@ -70,14 +63,12 @@ from celery_saga.models import (
     TERMINAL_STATUSES,
     SagaExecution,
     SagaStatus,
-    SagaSummary,
     StepStatus,
     now,
 )
 from celery_saga_mongo import stepwrites
 from celery_saga_mongo.documents import (
     LATE_STATE,
-    SUMMARY_PROJECTION,
     check_number,
     check_saga_id,
     check_step_index,
@@ -88,8 +79,8 @@ from celery_saga_mongo.documents import (
     encode_step_value,
     execution_document,
     execution_from_document,
-    summary_dict,
 )
+from celery_saga_mongo.listing import Listing
 from celery_saga_mongo.urls import (
     DEFAULT_DATABASE,
     check_collection_prefix,
@@ -98,6 +89,7 @@ from celery_saga_mongo.urls import (
     split_url,
 )
 from celery_saga_mongo.version import __version__
+from celery_saga_mongo.waiting import StreamRefused, wait_on_stream
 
 logger = logging.getLogger("celery_saga.mongo")
 
@@ -111,16 +103,6 @@ _CAS_TRIES = 8
 #: How often `create` re-tries after losing an idempotency race to an execution
 #: that was deleted before it could be read.
 _CREATE_TRIES = 8
-#: Longest single wait on a change stream before the deadline is checked again.
-_STREAM_AWAIT_MS = 1000
-_NEWEST_FIRST = [("created_at", -1), ("_id", -1)]
-#: A listing first reads the span of creation times that filled its previous page,
-#: times this slack, and the rest of the range only if that was not enough (see `list`).
-_SPAN_SLACK = 1.5
-#: Shortest span a listing starts with (seconds).
-_MIN_SPAN = 0.001
-#: Listings (status, name, parent) whose span is remembered.
-_SPANS_KEPT = 1024
 #: Server error code of an update that cannot create a field inside a non-document
 #: (``$set`` of ``late.<attempt>`` while ``late`` is null).
 _PATH_NOT_VIABLE = 28
@@ -217,9 +199,8 @@ class MongoSagaBackend(SagaBackend):
         self._create_indexes = create_indexes is not False
         self._ready = threading.Event()
         self._lock = threading.Lock()
-        #: (status, name, parent) -> seconds of creation time the last full page of that
-        #: listing spanned.
-        self._spans: dict[tuple[str | None, str | None, str | None], float] = {}
+        #: The pages of `list` (`listing`).
+        self._listing = Listing(self.executions, self.stats)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MongoSagaBackend:
@@ -623,84 +604,8 @@ class MongoSagaBackend(SagaBackend):
             base["saga_name"] = check_text(name, "saga name")
         before = None if created_before is None else check_number(created_before, "created_before")
         after = None if created_after is None else check_number(created_after, "created_after")
-        # The newest end: created_before (exclusive), or the cursor's position when it
-        # is older (inclusive: ties on created_at are split by _id in `_list_slice`).
-        high: tuple[float, bool] | None = None if before is None else (before, False)
-        split: tuple[float, str] | None = None
-        if position is not None and (high is None or position[0] < high[0]):
-            high, split = (position[0], True), position
-        low = None if after is None else (after, False)
         self._prepare()
-        want = limit + 1
-        key = (base.get("status"), base.get("saga_name"), base.get("parent_id"))
-        top = now() if high is None else high[0]
-        span = self._spans.get(key)
-        if span is not None and (after is None or after < top - span):
-            # The span that filled the last page of this listing, newest first; the
-            # rest of the range only if that was not enough.
-            edge = top - span
-            documents = self._list_slice(base, (edge, True), high, split, want)
-            if len(documents) < want:
-                documents += self._list_slice(base, low, (edge, False), None, want - len(documents))
-        else:
-            documents = self._list_slice(base, low, high, split, want)
-        if len(documents) == want:
-            self._learn_span(key, top - float(documents[-1]["created_at"]))
-        items = [SagaSummary.from_dict(summary_dict(d)) for d in documents[:limit]]
-        next_cursor = None
-        if len(documents) > limit:
-            last = items[-1]
-            next_cursor = encode_cursor(last.created_at, last.saga_id)
-        return Page(items, next_cursor)
-
-    def _list_slice(
-        self,
-        base: Mapping[str, Any],
-        low: tuple[float, bool] | None,
-        high: tuple[float, bool] | None,
-        split: tuple[float, str] | None,
-        want: int,
-    ) -> builtins.list[dict[str, Any]]:
-        """Up to `want` summaries newest first with `low` < created_at < `high`.
-
-        Each bound is (value, inclusive). With `split`, documents at or after that
-        (created_at, _id) position are left out: they share the bound's created_at,
-        sort first, and are dropped here (asking again for more if they filled the
-        batch), so the filter stays an equality plus one range, which every server
-        serves from the (…, created_at, _id) indexes.
-        """
-        created: dict[str, float] = {}
-        if low is not None:
-            created["$gte" if low[1] else "$gt"] = low[0]
-        if high is not None:
-            # An inclusive bound as the exclusive bound just above it: some servers
-            # (SecantusDB) compare the bound with the whole compound index key, so
-            # ``$lte`` there would leave out the documents that sit exactly on it.
-            created["$lt"] = math.nextafter(high[0], math.inf) if high[1] else high[0]
-        query = dict(base)
-        if created:
-            query["created_at"] = created
-        extra = 0
-        while True:
-            self.stats.add()
-            documents = list(
-                self.executions.find(
-                    query, projection=SUMMARY_PROJECTION, sort=_NEWEST_FIRST, limit=want + extra
-                )
-            )
-            if split is None:
-                return documents
-            kept = [d for d in documents if (d["created_at"], d["_id"]) < split]
-            dropped = len(documents) - len(kept)
-            if dropped <= extra or len(documents) < want + extra:
-                return kept[:want]
-            extra = dropped
-
-    def _learn_span(self, key: tuple[str | None, str | None, str | None], needed: float) -> None:
-        """Remember how far back a full page of this listing reached (with slack)."""
-        if len(self._spans) >= _SPANS_KEPT:
-            self._spans.clear()
-        self._spans[key] = max(needed * _SPAN_SLACK, _MIN_SPAN)
+        return self._listing.page(base, before, after, position, limit)
 
     def delete(self, saga_id: str) -> bool:
         saga_id = check_saga_id(saga_id)
@@ -738,67 +643,24 @@ class MongoSagaBackend(SagaBackend):
 
     # -- waiting -------------------------------------------------------------------------------
     def wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
-        """Wait on a change stream of the execution; poll where the server has none.
-
-        The stream is opened before the execution is read, so a status change
-        between the read and the wait is still seen. Only events that can end a
-        wait (a status change, a replacement, a deletion) wake it. The server holds
-        each ``getMore`` for at most a second (or the timeout, if shorter), so a
-        timed-out wait returns at most that much late.
-        """
+        """Wait on a change stream of the execution (`waiting`); poll where the server
+        has none (the base class's bounded polling)."""
         saga_id = check_saga_id(saga_id)
         self._prepare()
+        poll = functools.partial(SagaBackend.wait, self, saga_id)
         if not self.change_streams:
-            return super().wait(saga_id, timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        await_ms = _STREAM_AWAIT_MS
-        if timeout is not None:
-            await_ms = max(1, min(await_ms, int(timeout * 1000)))
-        pipeline = [
-            {
-                "$match": {
-                    "documentKey._id": saga_id,
-                    "$or": [
-                        {"operationType": {"$ne": "update"}},
-                        {"updateDescription.updatedFields.status": {"$exists": True}},
-                    ],
-                }
-            }
-        ]
+            return poll(timeout)
         try:
-            self.stats.add()
-            stream = self.executions.watch(pipeline, max_await_time_ms=await_ms)
-        except OperationFailure as exc:
+            return wait_on_stream(self.executions, self.stats, saga_id, timeout, self.get, poll)
+        except StreamRefused as refused:
             # The server refused (no replica set, no privilege): poll from now on.
             if self._want_change_streams is True:
-                raise
-            logger.info("change streams unavailable (%s): wait() polls instead", exc)
+                raise refused.error from None
+            logger.info("change streams unavailable (%s): wait() polls instead", refused.error)
             self.change_streams = False
-            return super().wait(saga_id, timeout)
-        with stream:
-            while True:
-                execution = self.get(saga_id)
-                if execution is not None and execution.status in TERMINAL_STATUSES:
-                    return execution
-                while True:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        return None
-                    if not stream.alive:  # invalidated (collection dropped): poll
-                        return super().wait(saga_id, left)
-                    self.stats.add()
-                    try:
-                        event = stream.try_next()
-                    except OperationFailure as exc:  # not resumable (history lost, ...)
-                        logger.info("change stream ended (%s): wait() polls instead", exc)
-                        return super().wait(saga_id, left)
-                    if event is not None:
-                        break
+            return poll(timeout)
 
     def close(self) -> None:
         """Close the client if this store made it (a client passed in is left open)."""
         if self._owns_client:
             self.client.close()
-
-
-# -- building commands -------------------------------------------------------------------------
