@@ -45,11 +45,28 @@ class Indexes:
     def scaled(self, index: str) -> str:
         """`index`, once no entry of it is scored in seconds (the layout before this one:
         a worker of an earlier version may still be adding such entries)."""
-        lowest = self.client.zrange(index, 0, 0, withscores=True)
-        if lowest and lowest[0][1] < scores.FLOOR:
-            while self._rescore(keys=[index], args=[RESCORE_CHUNK, scores.FLOOR]) == RESCORE_CHUNK:
-                pass
+        if _in_seconds(self.client.zrange(index, 0, 0, withscores=True)):
+            self._rescale(index)
         return index
+
+    def _rescale(self, index: str) -> None:
+        while self._rescore(keys=[index], args=[RESCORE_CHUNK, scores.FLOOR]) == RESCORE_CHUNK:
+            pass
+
+    def _first_rows(self, index: str, high: Any, low: Any, chunk: int) -> list[tuple[str, float]]:
+        """A listing's first read, newest first, with the check of `scaled` in the same
+        round trip (read again after rescoring, which a store of this version rarely needs).
+        """
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(index, 0, 0, withscores=True)
+        pipe.zrevrangebyscore(index, high, low, start=0, num=chunk, withscores=True)
+        lowest, rows = pipe.execute()
+        if not _in_seconds(lowest):
+            return list(rows)
+        self._rescale(index)
+        return list(
+            self.client.zrevrangebyscore(index, high, low, start=0, num=chunk, withscores=True)
+        )
 
     def add(self, execution: SagaExecution) -> None:
         """Write a new execution's index entries (a cluster create, before the write)."""
@@ -111,7 +128,7 @@ class Indexes:
     ) -> Page:
         """One page of `SagaBackend.list`, newest first, after `position` (a cursor's
         (created_at, saga id)) if given."""
-        index = self.scaled(self.index_for(status, name, parent_id))
+        index = self.index_for(status, name, parent_id)
         # Bounds to the microsecond, inclusive; the exact ones are checked per summary.
         high: Any = "+inf" if created_before is None else scores.score(created_before)
         if position is not None and (created_before is None or position[0] < created_before):
@@ -122,9 +139,12 @@ class Indexes:
         gone: list[str] = []
         offset, chunk = 0, limit + 1
         while len(items) <= limit:
-            rows = self.client.zrevrangebyscore(
-                index, high, low, start=offset, num=chunk, withscores=True
-            )
+            if offset == 0:
+                rows = self._first_rows(index, high, low, chunk)
+            else:
+                rows = self.client.zrevrangebyscore(
+                    index, high, low, start=offset, num=chunk, withscores=True
+                )
             offset += len(rows)
             full = len(rows) == chunk
             if after is not None:
@@ -218,6 +238,11 @@ class Indexes:
                 if gone:
                     self.client.zrem(index, *gone)
                 start += len(ids) - len(gone)
+
+
+def _in_seconds(lowest: list[tuple[str, float]]) -> bool:
+    """Whether an index's lowest entry (ZRANGE 0 0 WITHSCORES) is scored in seconds."""
+    return bool(lowest) and lowest[0][1] < scores.FLOOR
 
 
 def _within(created_at: float, before: float | None, after: float | None) -> bool:
