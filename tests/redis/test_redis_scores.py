@@ -8,7 +8,7 @@ import pytest
 
 from celery_saga.models import SagaStatus
 from celery_saga.testing.conformance import make_execution
-from celery_saga_redis import RedisSagaBackend, scores, scripts
+from celery_saga_redis import RedisSagaBackend, scores, scripts, step_scripts
 
 # created_at -> its score: whole microseconds, half up, never below the floor.
 SCORES = [
@@ -29,21 +29,22 @@ def test_a_score_is_the_creation_time_in_whole_microseconds(
 
 
 def test_the_scripts_score_a_creation_time_as_python_does(store: RedisSagaBackend) -> None:
-    # The finishing script scores the stored created_at itself (RESCORE's rule is the same).
+    # The status and rescoring scripts score a stored created_at with `scores.LUA`.
     times = [1_796_314_415.0274415 + k * 0.000_000_37 for k in range(200)]
-    times += [1_700_000_000.0 + k / 7 for k in range(200)]
-    lua = """
+    times += [1_700_000_000.0 + k / 7 for k in range(200)] + [12.5, 1_000_000.0]
+    lua = (
+        scores.LUA
+        + """
     local out = {}
-    for k = 1, #ARGV do
-      local s = math.max(math.floor(tonumber(ARGV[k]) * 1000000 + 0.5), 1000000000000)
-      out[k] = string.format('%d', s)
-    end
+    for k = 1, #ARGV do out[k] = index_score(ARGV[k]) end
     return out
     """
+    )
     key = store.keys.index_all()  # any key: the script touches none
     got = store.client.eval(lua, 1, key, *(repr(t) for t in times))
     assert [int(s) for s in got] == [scores.score(t) for t in times]
-    assert str(scores.FLOOR) in scripts.UPDATE_SAGA
+    for script in (scripts.UPDATE_SAGA, step_scripts.FINISH_STEP, scripts.RESCORE):
+        assert scores.LUA in script
 
 
 def test_index_entries_are_integers_whatever_writes_them(store: RedisSagaBackend) -> None:

@@ -21,7 +21,17 @@ FLOOR = 10**12
 def score(created_at: float) -> int:
     """The index score of an execution created at `created_at` (epoch seconds).
 
-    The scripts compute the same from the stored created_at with the same double
-    arithmetic (``math.floor(t * 1000000 + 0.5)``), so both sides agree to the unit.
+    The scripts compute the same from the stored created_at with `LUA`, the same double
+    arithmetic, so both sides agree to the unit.
     """
     return max(math.floor(created_at * SCALE + 0.5), FLOOR)
+
+
+#: `score` in Lua, for the scripts that score entries themselves: ``index_score(t)``
+#: takes seconds (a number or its text) and returns the score as integer text.
+LUA = f"""
+local function index_score(seconds)
+  local us = math.max(math.floor(tonumber(seconds) * {SCALE} + 0.5), {FLOOR})
+  return string.format('%d', us)
+end
+"""

@@ -129,9 +129,7 @@ local function update_saga(K, A)
       local before, after = string.sub(old, 2, -2), string.sub(new, 2, -2)
       redis.call('ZREM', ix .. 'status:' .. before, id)
       redis.call('ZREM', ix .. 'name:' .. name .. ':status:' .. before, id)
-      -- The score: created_at in whole microseconds (`indexes.score`'s rule).
-      local score = math.max(math.floor(tonumber(created) * 1000000 + 0.5), SCORE_FLOOR)
-      score = string.format('%d', score)
+      local score = index_score(created)
       redis.call('ZADD', ix .. 'status:' .. after, score, id)
       redis.call('ZADD', ix .. 'name:' .. name .. ':status:' .. after, score, id)
       follow[#follow + 1] = ix .. 'parent:' .. id
@@ -156,26 +154,33 @@ local function update_saga(K, A)
   end
   return {1, string.sub(old, 2, -2), string.sub(new, 2, -2)}
 end
-""".replace("SCORE_FLOOR", str(scores.FLOOR))
+"""
 
 UPDATE_SAGA = (
-    lua.LOCALS + lua.ALLOWED + lua.TERMINAL + SAGA_UPDATE + "return update_saga(KEYS, ARGV)\n"
+    lua.LOCALS
+    + lua.ALLOWED
+    + lua.TERMINAL
+    + scores.LUA
+    + SAGA_UPDATE
+    + "return update_saga(KEYS, ARGV)\n"
 )
 
 # Index entries scored by the layout before this one (created_at in seconds, a float:
 # see `scores.score`) rescored in whole microseconds, a chunk at a time. XX: an entry
 # removed meanwhile (a status change moved it) is not put back.
-RESCORE = """
+RESCORE = (
+    scores.LUA
+    + """
 -- KEYS[1] index; ARGV[1] entries per call, ARGV[2] scores below this are in seconds
 -- Returns the number of entries rescored (fewer than ARGV[1]: none is left).
 local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'WITHSCORES',
                         'LIMIT', 0, tonumber(ARGV[1]))
 for k = 1, #rows, 2 do
-  local score = math.max(math.floor(tonumber(rows[k + 1]) * 1000000 + 0.5), tonumber(ARGV[2]))
-  redis.call('ZADD', KEYS[1], 'XX', string.format('%d', score), rows[k])
+  redis.call('ZADD', KEYS[1], 'XX', index_score(rows[k + 1]), rows[k])
 end
 return #rows / 2
 """
+)
 
 # Cluster status change, last step, once the indexes are tidy: announce a terminal
 # status, and return the status now (one that came back meanwhile gets its entries

@@ -7,7 +7,7 @@ says how a step's object is read and rewritten); its ARGV and reply are `stepcal
 
 from __future__ import annotations
 
-from celery_saga_redis import lua, scripts
+from celery_saga_redis import lua, scores, scripts
 
 # The step write (UPDATE_STEP's code after `lua.ALLOWED`), with a place for the saga's end.
 _STEP_WRITE = (
@@ -259,6 +259,7 @@ FINISH_STEP = (
     lua.LOCALS
     + lua.ALLOWED
     + lua.TERMINAL
+    + scores.LUA
     + scripts.SAGA_UPDATE
     + _STEP_WRITE.replace("--FINISH--\n", _FINISH.lstrip("\n"))
 )
