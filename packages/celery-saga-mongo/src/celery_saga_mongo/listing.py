@@ -17,7 +17,7 @@ from typing import Any
 
 from pymongo.collection import Collection as MongoCollection
 
-from celery_saga.backends.base import Page, StoreStats, encode_cursor
+from celery_saga.backends.base import Page, StoreStats
 from celery_saga.models import SagaSummary, now
 from celery_saga_mongo.documents import SUMMARY_PROJECTION, summary_dict
 
@@ -75,12 +75,7 @@ class Listing:
             documents = self._slice(base, low, high, split, want)
         if len(documents) == want:
             self._learn_span(key, top - float(documents[-1]["created_at"]))
-        items = [SagaSummary.from_dict(summary_dict(d)) for d in documents[:limit]]
-        next_cursor = None
-        if len(documents) > limit:
-            last = items[-1]
-            next_cursor = encode_cursor(last.created_at, last.saga_id)
-        return Page(items, next_cursor)
+        return Page.of([SagaSummary.from_dict(summary_dict(d)) for d in documents], limit)
 
     def _slice(
         self,

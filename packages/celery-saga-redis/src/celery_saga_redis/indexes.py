@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from celery_saga.backends.base import Page, StoreStats, encode_cursor
+from celery_saga.backends.base import Page, StoreStats
 from celery_saga.models import TERMINAL_STATUSES, SagaExecution, SagaStatus, SagaSummary
 from celery_saga_redis import scores, scripts
 from celery_saga_redis.keys import Keys
@@ -157,12 +157,7 @@ class Indexes:
             chunk = min(chunk * 2, 1000)
         if gone:
             self.client.zrem(index, *gone)  # expired or purged executions
-        page = items[:limit]
-        next_cursor = None
-        if len(items) > limit:
-            last = page[-1]
-            next_cursor = encode_cursor(last.created_at, last.saga_id)
-        return Page(page, next_cursor)
+        return Page.of(items, limit)
 
     def summaries(
         self,

@@ -43,7 +43,6 @@ from celery_saga.backends.base import (
     check_saga_changes,
     check_step_changes,
     decode_cursor,
-    encode_cursor,
     normalize_status,
     plain_value,
 )
@@ -409,12 +408,7 @@ class SQLSagaBackend(SagaBackend):
             limit=limit,
         )
         rows = self._run.autocommit(lambda conn: conn.execute(stmt).all())
-        items = [SagaSummary.from_dict(dict(row._mapping)) for row in rows[:limit]]
-        next_cursor = None
-        if len(rows) > limit:
-            last = items[-1]
-            next_cursor = encode_cursor(last.created_at, last.saga_id)
-        return Page(items, next_cursor)
+        return Page.of([SagaSummary.from_dict(dict(row._mapping)) for row in rows], limit)
 
     def delete(self, saga_id: str) -> bool:
         self._prepare()

@@ -26,7 +26,6 @@ from celery_saga.backends.base import (
     check_saga_changes,
     check_step_changes,
     decode_cursor,
-    encode_cursor,
     normalize_status,
     payload_size,
     plain_value,
@@ -257,13 +256,7 @@ class MemorySagaBackend(SagaBackend):
                 continue
             rows.append(h)
         rows.sort(key=lambda h: (h["created_at"], h["saga_id"]), reverse=True)
-        page = rows[:limit]
-        items = [SagaSummary.from_dict(h) for h in page]
-        next_cursor = None
-        if len(rows) > limit:
-            last = page[-1]
-            next_cursor = encode_cursor(last["created_at"], last["saga_id"])
-        return Page(items, next_cursor)
+        return Page.of([SagaSummary.from_dict(h) for h in rows[: limit + 1]], limit)
 
     def delete(self, saga_id: str) -> bool:
         with self._lock:

@@ -8,10 +8,11 @@ re-exports them beside the contract (`SagaBackend`) that uses them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from celery_saga.backends.helpers import encode_cursor
 from celery_saga.models import SagaExecution, SagaStatus, SagaSummary, StepStatus
 
 _RUNNING_STEP = frozenset({StepStatus.RUNNING})
@@ -191,3 +192,12 @@ class Page:
 
     items: list[SagaSummary]
     cursor: str | None
+
+    @classmethod
+    def of(cls, summaries: Sequence[SagaSummary], limit: int) -> Page:
+        """The first `limit` of `summaries` (newest first, read past a page's end to learn
+        whether more follow), with a cursor after the last one when more do."""
+        items = list(summaries[:limit])
+        if len(summaries) <= limit:
+            return cls(items, None)
+        return cls(items, encode_cursor(items[-1].created_at, items[-1].saga_id))
