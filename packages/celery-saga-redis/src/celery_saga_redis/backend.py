@@ -146,6 +146,7 @@ class RedisSagaBackend(SagaBackend):
             self._indexes,
             self.ttl,
             self.get,
+            self._update_saga,
         )
         #: The done-channel subscriptions of every `wait` on this object (made on first use).
         self._listener = DoneListener(lambda: self.client.pubsub(), self.keys.listener_channel)

@@ -51,7 +51,7 @@ Head = tuple[str, float, str | None]
 
 class ClusterWrites:
     """The cluster paths of one store: `client`, `keys`, `stats` and `indexes` are the
-    store's, `ttl` its retention and `get` its read."""
+    store's, `ttl` its retention, `get` its read and `update_saga` its UPDATE_SAGA."""
 
     def __init__(
         self,
@@ -61,6 +61,7 @@ class ClusterWrites:
         indexes: Indexes,
         ttl: int,
         get: Callable[[str], SagaExecution | None],
+        update_saga: Script,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -68,7 +69,7 @@ class ClusterWrites:
         self.indexes = indexes
         self.ttl = ttl
         self._get = get
-        self._update_saga = client.register_script(scripts.UPDATE_SAGA)
+        self._update_saga = update_saga
         self._begin_create = client.register_script(scripts.BEGIN_CREATE)
         self._create = client.register_script(scripts.CREATE)
         self._claim = client.register_script(scripts.CLAIM)
