@@ -73,3 +73,41 @@ def check_an_idle_connection_closes_and_the_next_wait_opens_one(
     finally:
         timer.join()
     assert got is not None and got.status is SagaStatus.COMPLETED
+
+
+def check_a_wait_reads_the_status_alone_until_the_end_is_announced(store: SagaBackend) -> None:
+    """Before the announcement a wait reads the status alone; the announcement makes it
+    read the whole execution, once (what `SagaResult.get()` costs the store)."""
+    execution = make_execution()
+    store.create(execution)
+    reads: dict[str, int] = {"get": 0, "get_status": 0}
+    waiting_thread: list[threading.Thread] = []
+
+    def counted(name: str) -> Callable[[str], object]:
+        real = getattr(store, name)
+
+        def read(saga_id: str) -> object:
+            if threading.current_thread() in waiting_thread:
+                reads[name] += 1
+            return real(saga_id)
+
+        return read
+
+    store.get = counted("get")  # type: ignore[method-assign]
+    store.get_status = counted("get_status")  # type: ignore[method-assign]
+
+    def wait() -> SagaExecution | None:
+        waiting_thread.append(threading.current_thread())
+        return store.wait(execution.saga_id, 60)
+
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(wait)
+            wait_until(lambda: reads["get_status"] == 1, 30, "the wait's first read")
+            assert reads["get"] == 0  # running: its steps were not read
+            finish(store, [execution])
+            got = waiting.result(timeout=30)
+    finally:
+        del store.get, store.get_status  # type: ignore[method-assign]
+    assert got is not None and got.status is SagaStatus.COMPLETED
+    assert reads == {"get": 1, "get_status": 1}

@@ -17,6 +17,7 @@ import pytest
 from support import wait_until
 from waiting_checks import (
     check_a_forked_child_waits_on_a_connection_of_its_own,
+    check_a_wait_reads_the_status_alone_until_the_end_is_announced,
     check_an_idle_connection_closes_and_the_next_wait_opens_one,
     finish,
 )
@@ -115,3 +116,9 @@ def test_a_forked_child_waits_on_a_connection_of_its_own(redis_store_url: str, u
         )
     finally:
         store.close()
+
+
+def test_a_wait_reads_the_status_alone_until_the_end_is_announced(
+    named: tuple[RedisSagaBackend, str],
+) -> None:
+    check_a_wait_reads_the_status_alone_until_the_end_is_announced(named[0])

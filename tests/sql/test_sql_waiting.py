@@ -20,6 +20,7 @@ import pytest
 from support import wait_until
 from waiting_checks import (
     check_a_forked_child_waits_on_a_connection_of_its_own,
+    check_a_wait_reads_the_status_alone_until_the_end_is_announced,
     check_an_idle_connection_closes_and_the_next_wait_opens_one,
     finish,
 )
@@ -70,7 +71,7 @@ def test_fifty_waits_from_threads_share_one_connection_and_all_return(
     store.stats.reset()
     with ThreadPoolExecutor(max_workers=WAITERS) as pool:
         waits = [pool.submit(store.wait, e.saga_id, 60) for e in executions]
-        # Every waiter has read its execution once (after joining): one LISTEN in all.
+        # Every waiter has read its status once (after joining): one LISTEN in all.
         wait_until(lambda: store.stats.round_trips >= WAITERS + 1, 30, "every wait to read")
         assert store.stats.round_trips == WAITERS + 1
         assert len(listening(store, name)) == 1
@@ -80,10 +81,10 @@ def test_fifty_waits_from_threads_share_one_connection_and_all_return(
     assert [g.saga_id if g else None for g in got] == [e.saga_id for e in executions]
     assert all(g is not None and g.status is SagaStatus.COMPLETED for g in got)
     assert len(listening(store, name)) == 1
-    # A later wait joins the open connection: no LISTEN, one read of a finished execution.
+    # A later wait joins the open connection: no LISTEN; its status, then the execution.
     store.stats.reset()
     assert store.wait(executions[0].saga_id, 0.5) is not None
-    assert store.stats.round_trips == 1
+    assert store.stats.round_trips == 2
 
 
 def test_a_wait_outlives_a_lost_connection(named: tuple[SQLSagaBackend, str]) -> None:
@@ -147,3 +148,9 @@ def test_a_forked_child_waits_on_a_connection_of_its_own(named: tuple[SQLSagaBac
     check_a_forked_child_waits_on_a_connection_of_its_own(
         store, lambda: len(listening(store, name))
     )
+
+
+def test_a_wait_reads_the_status_alone_until_the_end_is_announced(
+    named: tuple[SQLSagaBackend, str],
+) -> None:
+    check_a_wait_reads_the_status_alone_until_the_end_is_announced(named[0])

@@ -20,6 +20,7 @@ execution's hash tag), so creates and status changes keep the indexes around the
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -501,11 +502,16 @@ class RedisSagaBackend(SagaBackend):
         Every wait on this store object in this process shares one pub/sub connection
         (`DoneListener`). The first read happens once the server has confirmed the
         subscription, so a completion after that read is always announced; the
-        execution is read again every few seconds anyway, as a safety net. On a
+        execution is read again every few seconds anyway, as a safety net. A read that
+        no announcement woke reads the status alone until it is finished. On a
         cluster the connection goes to one node: a PUBLISH reaches every node.
         """
         channel = self.keys.done_channel(saga_id)
-        return wait_woken(lambda: self.get(saga_id), self._listener, channel, timeout, 5.0)
+        read, status = (
+            functools.partial(self.get, saga_id),
+            functools.partial(self.get_status, saga_id),
+        )
+        return wait_woken(read, self._listener, channel, timeout, 5.0, status)
 
     async def async_wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
         """`wait` for asyncio, by redis.asyncio pub/sub on the same done channel.

@@ -68,5 +68,8 @@ def wait_listening(store: Store, saga_id: str, timeout: float | None) -> SagaExe
     execution is read again every `notify_recheck` seconds anyway: a safety net for a
     notification sent by a writer that does not send them.
     """
-    read = functools.partial(store.get, saga_id)
-    return wait_woken(read, store.listener(), saga_id, timeout, store.notify_recheck)
+    read, status = (
+        functools.partial(store.get, saga_id),
+        functools.partial(store.get_status, saga_id),
+    )
+    return wait_woken(read, store.listener(), saga_id, timeout, store.notify_recheck, status)

@@ -30,7 +30,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
-from celery_saga.models import TERMINAL_STATUSES, SagaExecution
+from celery_saga.models import TERMINAL_STATUSES, SagaExecution, SagaStatus
 
 __all__ = ["IDLE", "SharedListener", "Waiter", "wait_woken"]
 
@@ -56,15 +56,16 @@ class Waiter:
         self.woken = threading.Event()
         self.generation = -1
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> bool:
         """Sleep until woken, or `timeout` seconds; then the caller reads again.
 
-        After a lost connection it joins the listener's new one and returns at once.
+        True when woken (an announcement, or a lost connection). After a lost
+        connection it joins the listener's new one and returns False at once.
         """
         if self.generation != self.listener.generation:
             self.listener.join(self, timeout)
-            return
-        self.woken.wait(timeout)
+            return False
+        return self.woken.wait(timeout)
 
 
 class SharedListener(abc.ABC):
@@ -285,24 +286,32 @@ def wait_woken(
     topic: str,
     timeout: float | None,
     recheck: float,
+    status: Callable[[], SagaStatus | None] | None = None,
 ) -> SagaExecution | None:
     """A store's `wait` on a `SharedListener`: join `topic`, then read (`read`) until the
     execution is finished, sleeping until woken or `recheck` seconds between reads (a
-    safety net for a lost announcement); None once `timeout` seconds have passed."""
+    safety net for a lost announcement); None once `timeout` seconds have passed.
+
+    With `status` (the status alone, a cheaper read), a read that does not follow an
+    announcement reads the status first and the whole execution only once it is
+    finished; a read woken by an announcement reads the execution at once.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     with listener.waiting(topic, timeout) as waiter:
+        woken = False
         while True:
             waiter.woken.clear()  # an announcement from now on wakes the next sleep
-            execution = read()
-            if execution is not None and execution.status in TERMINAL_STATUSES:
-                return execution
+            if woken or status is None or status() in TERMINAL_STATUSES:
+                execution = read()
+                if execution is not None and execution.status in TERMINAL_STATUSES:
+                    return execution
             pause = recheck
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
                 pause = min(pause, left)
-            waiter.wait(pause)
+            woken = waiter.wait(pause)
 
 
 #: Every listener of this process, to reset in a forked child.

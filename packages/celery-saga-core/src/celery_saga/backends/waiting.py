@@ -24,7 +24,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterable
 from typing import Any, ClassVar, Protocol
 
-from celery_saga.models import TERMINAL_STATUSES, SagaExecution
+from celery_saga.models import TERMINAL_STATUSES, SagaExecution, SagaStatus
 from celery_saga.offload import run_blocking
 
 
@@ -36,6 +36,8 @@ class Readable(Protocol):
 
     def get(self, saga_id: str) -> SagaExecution | None: ...
 
+    def get_status(self, saga_id: str) -> SagaStatus | None: ...
+
 
 __all__ = [
     "Notifications",
@@ -44,6 +46,7 @@ __all__ = [
     "live_notifications",
     "notifications_for",
     "poll_terminal",
+    "read_finished",
     "wait_notified",
 ]
 
@@ -57,21 +60,35 @@ def _finished(execution: SagaExecution | None) -> bool:
     return execution is not None and execution.status in TERMINAL_STATUSES
 
 
+def read_finished(store: Readable, saga_id: str) -> SagaExecution | None:
+    """The whole execution once it is finished; None (after reading its status alone)
+    while it is not, or when there is none.
+
+    A wait's reads of an unfinished execution then cost one field each, not every
+    step: the execution is read in full once, at the end.
+    """
+    if store.get_status(saga_id) not in TERMINAL_STATUSES:
+        return None
+    execution = store.get(saga_id)
+    return execution if _finished(execution) else None
+
+
 async def poll_terminal(
     store: Readable, saga_id: str, timeout: float | None = None
 ) -> SagaExecution | None:
     """Read the execution until it is terminal; None once `timeout` seconds have passed.
 
-    The first pause is the store's `poll_interval`, growing by half each time up to
-    half a second: what the synchronous `SagaBackend.wait` does, but each read runs
+    Each read before the end is of the status alone (`read_finished`). The first
+    pause is the store's `poll_interval`, growing by half each time up to half a
+    second: what the synchronous `SagaBackend.wait` does, but each read runs
     in a thread and the pauses are `asyncio.sleep`, so the loop is never held.
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     delay = store.poll_interval
     while True:
-        execution = await run_blocking(store.get, saga_id)
-        if _finished(execution):
+        execution = await run_blocking(read_finished, store, saga_id)
+        if execution is not None:
             return execution
         if deadline is None:
             await asyncio.sleep(delay)
@@ -375,6 +392,8 @@ async def wait_notified(
     each announcement, and every `recheck` seconds anyway (an announcement lost with
     a dropped connection). If the listener cannot be joined within `join_timeout`
     seconds, or stops while waiting, the rest of the wait polls (`poll_terminal`).
+    A read that follows an announcement reads the execution; any other reads its
+    status first (`read_finished`).
     """
     if timeout is not None and timeout <= 0:
         return await poll_terminal(store, saga_id, 0)  # one read, nothing to wait for
@@ -395,10 +414,15 @@ async def wait_notified(
         logger.warning("%r: cannot wait by notification (%r); polling instead", listener, exc)
         return await poll_terminal(store, saga_id, left())
     try:
+        woken = False
         while True:
             subscription.woken.clear()
-            execution = await run_blocking(store.get, saga_id)
-            if _finished(execution):
+            if woken:  # announced: the execution at once
+                execution = await run_blocking(store.get, saga_id)
+                execution = execution if _finished(execution) else None
+            else:  # the status first, the execution once it is finished
+                execution = await run_blocking(read_finished, store, saga_id)
+            if execution is not None:
                 return execution
             remaining = left()
             if remaining is not None and remaining <= 0:
@@ -408,7 +432,8 @@ async def wait_notified(
             pause = recheck if remaining is None else min(recheck, remaining)
             try:
                 await asyncio.wait_for(subscription.woken.wait(), pause)
+                woken = True
             except asyncio.TimeoutError:
-                pass
+                woken = False
     finally:
         subscription.leave()
