@@ -311,6 +311,7 @@ def test_follow_of_a_finished_saga_exits_at_once_with_its_outcome(app: Celery) -
 
 FOLLOWER = textwrap.dedent(
     """
+    import signal
     from types import SimpleNamespace
 
     from celery import Celery
@@ -319,6 +320,10 @@ FOLLOWER = textwrap.dedent(
     from celery_saga.cli import saga
     from celery_saga.models import StepStatus
     from celery_saga.testing import make_execution
+
+    # Ctrl-C as at a terminal: a shell that ran the tests in the background (no job
+    # control) leaves SIGINT ignored, and Python keeps an ignored SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     app = Celery("follower", broker="memory://", set_as_current=False)
     app.conf.saga_backend = MemorySagaBackend()
