@@ -8,6 +8,7 @@ survives a lost connection, closes when idle, and a forked child opens its own.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +23,11 @@ from waiting_checks import (
     finish,
 )
 
+from celery_saga.backends import Outcome
 from celery_saga.models import SagaStatus
 from celery_saga.testing.conformance import make_execution
 from celery_saga_redis import RedisSagaBackend
+from celery_saga_redis.keys import OUTPUT_SAID
 
 WAITERS = 50
 
@@ -122,3 +125,59 @@ def test_a_wait_reads_the_status_alone_until_the_end_is_announced(
     named: tuple[RedisSagaBackend, str],
 ) -> None:
     check_a_wait_reads_the_status_alone_until_the_end_is_announced(named[0])
+
+
+@pytest.mark.parametrize(
+    ("status", "output", "said"),
+    [
+        (SagaStatus.COMPLETED, {"order": 7, "note": "é"}, True),
+        (SagaStatus.COMPLETED, {"blob": "x" * OUTPUT_SAID}, False),  # too long to say
+        (SagaStatus.COMPENSATED, None, False),  # get() raises with the steps: read
+    ],
+)
+def test_a_completion_tells_its_waiter_the_output_without_a_read(
+    named: tuple[RedisSagaBackend, str], status: SagaStatus, output: Any, said: bool
+) -> None:
+    """`wait_outcome` (what `SagaResult.get()` calls) takes a completion's output from its
+    announcement; a long output, another end, or a cluster's announcement (the status
+    alone) makes it read the execution."""
+    store, _ = named
+    execution = make_execution()
+    store.create(execution)
+    waiting_thread: list[threading.Thread] = []
+    reads = peeks = 0
+    real_get, real_get_status = store.get, store.get_status
+
+    def get(saga_id: str) -> Any:
+        nonlocal reads
+        if threading.current_thread() in waiting_thread:
+            reads += 1
+        return real_get(saga_id)
+
+    def get_status(saga_id: str) -> Any:
+        nonlocal peeks
+        if threading.current_thread() in waiting_thread:
+            peeks += 1
+        return real_get_status(saga_id)
+
+    def wait() -> Outcome | None:
+        waiting_thread.append(threading.current_thread())
+        return store.wait_outcome(execution.saga_id, 60)
+
+    store.get, store.get_status = get, get_status  # type: ignore[method-assign]
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(wait)
+            # Its first read (of the status) comes once the subscription is confirmed.
+            wait_until(lambda: peeks == 1, 30, "the wait to subscribe and read")
+            changes = {"status": status, "output": output} if output else {"status": status}
+            assert store.update_saga(execution.saga_id, changes)
+            outcome = waiting.result(timeout=30)
+    finally:
+        del store.get, store.get_status  # type: ignore[method-assign]
+    assert outcome is not None and outcome.status is status
+    told = said and not store.cluster
+    assert reads == (0 if told else 1)
+    assert (outcome.execution is None) is told
+    if status is SagaStatus.COMPLETED:
+        assert outcome.output == output

@@ -148,7 +148,15 @@ class SagaResult:
         note stored on the execution and what to check). `interval` is kept for
         compatibility: the store notifies or polls on its own schedule.
         """
-        return self._settle(self._backend.wait(self.saga_id, timeout), timeout)
+        outcome = self._backend.wait_outcome(self.saga_id, timeout)
+        if outcome is not None and outcome.status is SagaStatus.COMPLETED:
+            return outcome.output
+        execution = None if outcome is None else outcome.execution
+        if outcome is not None and execution is None:  # announced, not read: read it now
+            execution = self._backend.get(self.saga_id)
+            if execution is None or execution.status not in TERMINAL_STATUSES:
+                execution = self._backend.wait(self.saga_id, timeout)  # reopened meanwhile
+        return self._settle(execution, timeout)
 
     async def aget(self, timeout: float | None = None) -> Any:
         """`get` for asyncio: the same output and exceptions, without blocking the loop.

@@ -32,6 +32,7 @@ from redis.commands.core import Script
 
 from celery_saga.backends.base import (
     Lease,
+    Outcome,
     Page,
     SagaBackend,
     StartNext,
@@ -45,7 +46,7 @@ from celery_saga.backends.base import (
     payload_size,
     plain_value,
 )
-from celery_saga.backends.listening import wait_woken
+from celery_saga.backends.listening import wait_woken, wait_woken_outcome
 from celery_saga.backends.urls import parse_flag, parse_seconds, split_options
 from celery_saga.models import (
     TERMINAL_STATUSES,
@@ -513,6 +514,16 @@ class RedisSagaBackend(SagaBackend):
         )
         return wait_woken(read, self._listener, channel, timeout, 5.0, status)
 
+    def wait_outcome(self, saga_id: str, timeout: float | None = None) -> Outcome | None:
+        """`wait`, except that a completion whose announcement carries the output (up to
+        `keys.OUTPUT_SAID` bytes of it) ends the wait without reading the execution."""
+        channel = self.keys.done_channel(saga_id)
+        read, status = (
+            functools.partial(self.get, saga_id),
+            functools.partial(self.get_status, saga_id),
+        )
+        return wait_woken_outcome(read, self._listener, channel, timeout, 5.0, status, _told)
+
     async def async_wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
         """`wait` for asyncio, by redis.asyncio pub/sub on the same done channel.
 
@@ -529,6 +540,15 @@ class RedisSagaBackend(SagaBackend):
 
 
 _RUNNING = frozenset({SagaStatus.RUNNING})
+
+
+def _told(said: str) -> Outcome | None:
+    """The outcome a done channel's message says: a completion with its output, or None
+    (a status alone, which the waiter reads; `Keys.done_channel`)."""
+    status, _, output = said.partition(" ")
+    if status != SagaStatus.COMPLETED.value or not output:
+        return None
+    return Outcome(SagaStatus.COMPLETED, json.loads(output))
 
 
 def _finished(status: str) -> bool:

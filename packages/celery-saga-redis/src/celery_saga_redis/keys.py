@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The longest output (JSON text, bytes) a completion's announcement carries; a waiter
+#: reads a longer one from the execution (`Keys.done_channel`).
+OUTPUT_SAID = 16384
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -41,7 +45,11 @@ class Keys:
         return f"{self.prefix}creating:{{{saga_id}}}"
 
     def done_channel(self, saga_id: str) -> str:
-        """Pub/sub channel announcing that the execution reached a terminal status."""
+        """Pub/sub channel announcing that the execution reached a terminal status.
+
+        A message is the status's name; for COMPLETED, followed by a space and the
+        output's JSON text when that is at most `OUTPUT_SAID` bytes long.
+        """
         return f"{self.prefix}done:{{{saga_id}}}"
 
     def listener_channel(self, tag: str) -> str:

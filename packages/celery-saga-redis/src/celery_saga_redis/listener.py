@@ -84,12 +84,15 @@ class DoneListener(SharedListener):
             yield message
 
     def received(self, message: dict[str, Any]) -> None:
-        """Match a SUBSCRIBE's confirmation, or wake the waiters of a channel that spoke."""
+        """Match a SUBSCRIBE's confirmation, or wake the waiters of a channel that spoke
+        (telling them what it said)."""
         kind, channel = message.get("type"), message.get("channel")
         if isinstance(channel, bytes):
             channel = channel.decode()
         if kind == "message":
-            self.wake(str(channel))
+            data = message.get("data")
+            said = data.decode() if isinstance(data, bytes) else data
+            self.wake(str(channel), said if isinstance(said, str) else None)
         elif kind == "subscribe":
             pending = self._pending.get(str(channel))
             if pending:

@@ -7,7 +7,7 @@ The step writes are in `step_scripts`; the Lua they share is in `lua`.
 
 from __future__ import annotations
 
-from celery_saga_redis import lua, scores
+from celery_saga_redis import keys, lua, scores
 
 # Cluster create, in three steps that each touch one slot: BEGIN_CREATE marks the
 # execution as being created, the client indexes it, CREATE writes it and clears
@@ -78,13 +78,16 @@ return 1
 
 # The execution update of UPDATE_SAGA, as a function of its KEYS (K) and ARGV (A): the
 # finishing step script (`step_scripts.FINISH_STEP`) ends the saga with it in the same call.
-SAGA_UPDATE = """
+SAGA_UPDATE = (
+    """
 -- KEYS[1] execution hash, KEYS[2] its counters
 -- ARGV[1] now, ARGV[2] allowed statuses (space separated), ARGV[3] TTL seconds for a
 -- finished status (0: keep; leaving a finished status clears the expiry whatever
 -- this is: the whole execution, steps included, lives in this one key),
 -- ARGV[4] done channel ('' to leave the announcement to the caller: TIDIED on a
--- cluster), ARGV[5] the store's key prefix: when not empty (standalone servers only)
+-- cluster): it carries the new status, and a COMPLETED one its output too (up to
+-- OUTPUT_SAID bytes, `keys.OUTPUT_SAID`),
+-- ARGV[5] the store's key prefix: when not empty (standalone servers only)
 -- the status indexes are moved here too, and the execution's idempotency key and
 -- children index take or lose the expiry with it,
 -- ARGV[6] the created_at the caller knows the execution by ('' to skip the check;
@@ -92,6 +95,9 @@ SAGA_UPDATE = """
 -- ARGV[7..] field, JSON value pairs
 -- A status that becomes finished deletes the counters.
 -- Returns {applied, status before, status after} (statuses as names).
+local OUTPUT_SAID = """
+    + str(keys.OUTPUT_SAID)
+    + """
 local function update_saga(K, A)
   local h = K[1]
   local stored = redis.call('HMGET', h, 'h:status', 'h:created_at', 'h')
@@ -144,7 +150,20 @@ local function update_saga(K, A)
         redis.call('EXPIRE', h, ttl)
         for _, key in ipairs(follow) do redis.call('EXPIRE', key, ttl) end
       end
-      if A[4] ~= '' then redis.call('PUBLISH', A[4], string.sub(new, 2, -2)) end
+      if A[4] ~= '' then
+        -- The status; a completion also says its output (JSON text), when not too long,
+        -- so a waiter needs no read: 'completed <output>'.
+        local said = string.sub(new, 2, -2)
+        if said == 'completed' then
+          for k = 7, #A, 2 do
+            if A[k] == 'output' and #A[k + 1] <= OUTPUT_SAID then
+              said = said .. ' ' .. A[k + 1]
+              break
+            end
+          end
+        end
+        redis.call('PUBLISH', A[4], said)
+      end
     elseif TERMINAL[old] then
       -- Back to an active status (an operator retry, a revert): never an expiry on an
       -- unfinished execution, whatever TTL this caller was configured with.
@@ -155,6 +174,7 @@ local function update_saga(K, A)
   return {1, string.sub(old, 2, -2), string.sub(new, 2, -2)}
 end
 """
+)
 
 UPDATE_SAGA = (
     lua.LOCALS

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery_saga.backends.base import (
     Lease,
+    Outcome,
     Page,
     SagaBackend,
     StartNext,
@@ -46,6 +47,7 @@ __all__ = [
     "Lease",
     "MemorySagaBackend",
     "MongoSagaBackend",
+    "Outcome",
     "Page",
     "RedisSagaBackend",
     "SQLSagaBackend",

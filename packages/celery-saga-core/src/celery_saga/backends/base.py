@@ -26,7 +26,15 @@ from celery_saga.backends.helpers import (
     payload_size,
     plain_value,
 )
-from celery_saga.backends.writes import Lease, Page, StartNext, StepExpect, StepWrite, StoreStats
+from celery_saga.backends.writes import (
+    Lease,
+    Outcome,
+    Page,
+    StartNext,
+    StepExpect,
+    StepWrite,
+    StoreStats,
+)
 from celery_saga.models import (
     TERMINAL_STATUSES,
     SagaExecution,
@@ -39,6 +47,7 @@ from celery_saga.models import (
 __all__ = [
     "SAGA_MUTABLE_FIELDS",
     "Lease",
+    "Outcome",
     "Page",
     "SagaBackend",
     "StartNext",
@@ -352,6 +361,16 @@ class SagaBackend(abc.ABC):
             else:
                 time.sleep(interval)
             interval = min(interval * 1.5, 0.5)
+
+    def wait_outcome(self, saga_id: str, timeout: float | None = None) -> Outcome | None:
+        """Block until the execution is terminal and return how it ended; None on timeout.
+
+        What ``SagaResult.get()`` calls: a store whose announcement of the end carries
+        the status and the output (Redis) answers a COMPLETED saga without reading it.
+        This default is `wait`, the execution read in full.
+        """
+        execution = self.wait(saga_id, timeout)
+        return None if execution is None else Outcome.of(execution)
 
     async def async_wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
         """`wait` for asyncio: await a terminal status without blocking the event loop.

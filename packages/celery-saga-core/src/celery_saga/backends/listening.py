@@ -30,9 +30,10 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
+from celery_saga.backends.writes import Outcome
 from celery_saga.models import TERMINAL_STATUSES, SagaExecution, SagaStatus
 
-__all__ = ["IDLE", "SharedListener", "Waiter", "wait_woken"]
+__all__ = ["IDLE", "SharedListener", "Waiter", "Woken", "wait_woken", "wait_woken_outcome"]
 
 logger = logging.getLogger("celery_saga.waiting")
 
@@ -47,13 +48,26 @@ POLL = 1.0
 CLOSE_TIMEOUT = 5.0
 
 
+class Woken(threading.Event):
+    """A waiter's event, set when its topic is announced; `said` is what the announcement
+    said (None when the store's announcements say nothing, or after a lost connection)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: str | None = None
+
+    def clear(self) -> None:
+        self.said = None
+        super().clear()
+
+
 class Waiter:
     """One waiter's membership of a topic; `woken` is set when the topic is announced."""
 
     def __init__(self, listener: SharedListener, topic: str) -> None:
         self.listener = listener
         self.topic = topic
-        self.woken = threading.Event()
+        self.woken = Woken()
         self.generation = -1
 
     def wait(self, timeout: float) -> bool:
@@ -125,7 +139,7 @@ class SharedListener(abc.ABC):
         self._conn: Any = None
         self._thread: threading.Thread | None = None
         #: topic -> the events of its waiters.
-        self._topics: dict[str, set[threading.Event]] = {}
+        self._topics: dict[str, set[Woken]] = {}
         #: topic -> set once the server confirmed its subscription (see `enter`).
         self._ready: dict[str, threading.Event] = {}
         #: Bumped whenever the connection goes: a waiter of an older one joins again.
@@ -137,7 +151,7 @@ class SharedListener(abc.ABC):
         )
 
     @property
-    def topics(self) -> dict[str, set[threading.Event]]:
+    def topics(self) -> dict[str, set[Woken]]:
         """The topics waited for now, with their waiters' events (read under `lock`)."""
         return self._topics
 
@@ -242,9 +256,11 @@ class SharedListener(abc.ABC):
                         self._drop()
                 return
 
-    def wake(self, topic: str) -> None:
-        """Wake every waiter of `topic` (lock held: call it from `received`)."""
+    def wake(self, topic: str, said: str | None = None) -> None:
+        """Wake every waiter of `topic`, telling each what the announcement `said` (lock
+        held: call it from `received`)."""
         for woken in self._topics.get(topic, ()):
+            woken.said = said
             woken.set()
 
     def _drop(self) -> None:
@@ -296,11 +312,44 @@ def wait_woken(
     announcement reads the status first and the whole execution only once it is
     finished; a read woken by an announcement reads the execution at once.
     """
+    got = _wait(read, listener, topic, timeout, recheck, status, None)
+    return got.execution if isinstance(got, Outcome) else got
+
+
+def wait_woken_outcome(
+    read: Callable[[], SagaExecution | None],
+    listener: SharedListener,
+    topic: str,
+    timeout: float | None,
+    recheck: float,
+    status: Callable[[], SagaStatus | None] | None = None,
+    told: Callable[[str], Outcome | None] | None = None,
+) -> Outcome | None:
+    """A store's `SagaBackend.wait_outcome` on a `SharedListener`: `wait_woken`, except
+    that an announcement whose text `told` turns into an `Outcome` ends the wait without
+    a read (`told` returns None for one that does not say enough)."""
+    got = _wait(read, listener, topic, timeout, recheck, status, told)
+    return Outcome.of(got) if isinstance(got, SagaExecution) else got
+
+
+def _wait(
+    read: Callable[[], SagaExecution | None],
+    listener: SharedListener,
+    topic: str,
+    timeout: float | None,
+    recheck: float,
+    status: Callable[[], SagaStatus | None] | None,
+    told: Callable[[str], Outcome | None] | None,
+) -> SagaExecution | Outcome | None:
     deadline = None if timeout is None else time.monotonic() + timeout
     with listener.waiting(topic, timeout) as waiter:
         woken = False
         while True:
+            said = waiter.woken.said
             waiter.woken.clear()  # an announcement from now on wakes the next sleep
+            outcome = told(said) if woken and told is not None and said is not None else None
+            if outcome is not None:
+                return outcome
             if woken or status is None or status() in TERMINAL_STATUSES:
                 execution = read()
                 if execution is not None and execution.status in TERMINAL_STATUSES:

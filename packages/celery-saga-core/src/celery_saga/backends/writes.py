@@ -95,6 +95,25 @@ class StepWrite:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """How an execution ended, as a wait for the end learned it (`SagaBackend.wait_outcome`).
+
+    `output` is the saga's output when it COMPLETED. `execution` is the whole execution
+    when the store read it; None when the store's announcement of the end said all a
+    caller of ``get()`` needs (the status and the output), so nothing was read.
+    """
+
+    status: SagaStatus
+    output: Any = None
+    execution: SagaExecution | None = None
+
+    @classmethod
+    def of(cls, execution: SagaExecution) -> Outcome:
+        """The outcome of an execution that was read (finished or not)."""
+        return cls(execution.status, execution.output, execution)
+
+
+@dataclass(frozen=True)
 class Lease:
     """A lease a worker process holds on one attempt of a step or of its compensation.
 

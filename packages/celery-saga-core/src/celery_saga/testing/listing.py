@@ -267,6 +267,32 @@ class ListingTests(SuiteBase):
             timer.join()
         assert got is not None and got.status is SagaStatus.COMPLETED and got.output == {"ok": 1}
 
+    def test_wait_outcome_says_the_end_and_a_completed_output(self, backend: SagaBackend) -> None:
+        """`wait_outcome` (what ``SagaResult.get()`` calls) says how the execution ended once
+        another thread finishes it: the status, a completion's output, and the execution
+        itself when the store read it; None on timeout."""
+        for status, output in ((SagaStatus.COMPLETED, {"ok": [1, "é"]}), (SagaStatus.FAILED, None)):
+            execution = make_execution()
+            backend.create(execution)
+            changes: dict[str, Any] = {"status": status}
+            if output is not None:
+                changes["output"] = output
+            timer = threading.Timer(0.3, backend.update_saga, (execution.saga_id, changes))
+            timer.start()
+            try:
+                got = backend.wait_outcome(execution.saga_id, timeout=10)
+            finally:
+                timer.join()
+            assert got is not None and got.status is status
+            if status is SagaStatus.COMPLETED:
+                assert got.output == output
+            if got.execution is not None:
+                assert got.execution.saga_id == execution.saga_id
+                assert got.execution.status is status
+        waiting = make_execution()
+        backend.create(waiting)
+        assert backend.wait_outcome(waiting.saga_id, timeout=0.2) is None
+
     def test_wait_is_woken_by_a_notification_not_by_polling(self, backend: SagaBackend) -> None:
         """A store that declares `Requirements.notifies_completion` wakes `wait` by a notification,
         making a handful of requests, not a polling loop's."""
