@@ -312,8 +312,8 @@ def wait_woken(
     announcement reads the status first and the whole execution only once it is
     finished; a read woken by an announcement reads the execution at once.
     """
-    got = _wait(read, listener, topic, timeout, recheck, status, None)
-    return got.execution if isinstance(got, Outcome) else got
+    outcome = wait_woken_outcome(read, listener, topic, timeout, recheck, status)
+    return None if outcome is None else outcome.execution  # read: never None here
 
 
 def wait_woken_outcome(
@@ -328,19 +328,6 @@ def wait_woken_outcome(
     """A store's `SagaBackend.wait_outcome` on a `SharedListener`: `wait_woken`, except
     that an announcement whose text `told` turns into an `Outcome` ends the wait without
     a read (`told` returns None for one that does not say enough)."""
-    got = _wait(read, listener, topic, timeout, recheck, status, told)
-    return Outcome.of(got) if isinstance(got, SagaExecution) else got
-
-
-def _wait(
-    read: Callable[[], SagaExecution | None],
-    listener: SharedListener,
-    topic: str,
-    timeout: float | None,
-    recheck: float,
-    status: Callable[[], SagaStatus | None] | None,
-    told: Callable[[str], Outcome | None] | None,
-) -> SagaExecution | Outcome | None:
     deadline = None if timeout is None else time.monotonic() + timeout
     with listener.waiting(topic, timeout) as waiter:
         woken = False
@@ -353,7 +340,7 @@ def _wait(
             if woken or status is None or status() in TERMINAL_STATUSES:
                 execution = read()
                 if execution is not None and execution.status in TERMINAL_STATUSES:
-                    return execution
+                    return Outcome.of(execution)
             pause = recheck
             if deadline is not None:
                 left = deadline - time.monotonic()
