@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -17,7 +18,7 @@ from celery_saga.backends import SagaBackend, StepExpect
 from celery_saga.models import SagaStatus, SagaSummary, StepStatus, now
 from celery_saga.testing import BackendConformance, Requirements
 from celery_saga.testing.conformance import make_execution
-from celery_saga_redis import RedisSagaBackend, scores
+from celery_saga_redis import RedisSagaBackend, cluster, scores
 
 
 class Notifies(Requirements):
@@ -240,7 +241,7 @@ def test_listing_is_right_while_a_create_is_interrupted(store: RedisSagaBackend)
     sid = pending.saga_id
     # The create has marked the execution and indexed it, but not written it yet.
     assert store._cluster._begin_create(
-        keys=[store.keys.execution(sid), store.keys.creating(sid)], args=[60]
+        keys=[store.keys.execution(sid), store.keys.creating(sid)], args=["creator", 60]
     )
     store._indexes.add(pending)
     truth = {done.saga_id: SagaStatus.RUNNING}
@@ -251,7 +252,7 @@ def test_listing_is_right_while_a_create_is_interrupted(store: RedisSagaBackend)
     assert store.client.zscore(store.keys.index_status("running"), sid) is not None
     assert listed(store, parent_id=done.saga_id) == []
     assert store.client.zscore(store.keys.index_parent(done.saga_id), sid) is not None
-    store._cluster._write_created(pending, store._fields(pending))
+    assert store._cluster._write_created(pending, store._fields(pending), "creator") == 1
     truth[sid] = SagaStatus.RUNNING
     check_listing(store, name, truth)
     assert not store.client.exists(store.keys.creating(sid))
@@ -262,6 +263,74 @@ def test_listing_is_right_while_a_create_is_interrupted(store: RedisSagaBackend)
     store._indexes.add(ghost)
     check_listing(store, name, truth)
     assert store.client.zscore(store.keys.index_name(name), ghost.saga_id) is None
+
+
+def test_a_create_killed_between_its_mark_and_its_write_does_not_block_its_id(
+    store: RedisSagaBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery re-creates a child under its fixed id after the worker creating it was
+    SIGKILLed: the dead create's mark expires and the id is taken over."""
+    monkeypatch.setattr(cluster, "_CREATING_TTL", 1)
+    name = "killed-create"
+    child = make_execution(name=name, idempotency_key=f"parent-{os.urandom(3).hex()}/1")
+    sid = child.saga_id
+    keys = [store.keys.execution(sid), store.keys.creating(sid)]
+    assert store._cluster._begin_create(keys=keys, args=["killed-worker", 1]) == 1
+    store._indexes.add(child)  # the killed create got this far
+    started = time.monotonic()
+    stored, created = store.create(child)
+    assert created and stored.saga_id == sid
+    assert time.monotonic() - started < 4  # the mark's lifetime, not an hour
+    assert store.get(sid) is not None
+    assert not store.client.exists(store.keys.creating(sid))
+    check_listing(store, name, {sid: SagaStatus.RUNNING})
+    # A create of the id now finds the execution: the same create (its idempotency key
+    # names it) gets it back, another is told the id is taken.
+    again, created = store.create(child)
+    assert not created and again.saga_id == sid
+    stranger = make_execution(name=name)
+    stranger.saga_id = sid
+    with pytest.raises(ValueError, match="already exists"):
+        store.create(stranger)
+
+
+def test_a_create_that_outlived_its_mark_indexes_again_or_yields_to_the_one_that_won(
+    store: RedisSagaBackend, redis_cluster_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create frozen past its mark's lifetime: a reader may have removed its index
+    entries meanwhile (it starts again and indexes again), or another create of the
+    same id took over and wrote it (it returns that one)."""
+    name = "frozen-create"
+    real_add = store._indexes.add
+    frozen: list[str] = []
+    other = RedisSagaBackend.from_url(redis_cluster_store_url)
+
+    def add_then_freeze(execution: Any) -> None:
+        real_add(execution)
+        sid = execution.saga_id
+        if sid not in frozen:  # the first time: the mark expires while the create sleeps
+            frozen.append(sid)
+            store.client.delete(store.keys.creating(sid))
+            listed(store, name=name)  # a reader removes the entries of the missing one
+            assert store.client.zscore(store.keys.index_name(name), sid) is None
+            if execution.idempotency_key == "taken-over":
+                assert other.create(execution)[1]
+
+    monkeypatch.setattr(store._indexes, "add", add_then_freeze)
+    try:
+        lone = make_execution(name=name)
+        assert store.create(lone) == (lone, True)
+        assert frozen == [lone.saga_id]
+        check_listing(store, name, {lone.saga_id: SagaStatus.RUNNING})
+
+        raced = make_execution(name=name, idempotency_key="taken-over")
+        stored, created = store.create(raced)
+        assert not created and stored.saga_id == raced.saga_id
+        truth = {lone.saga_id: SagaStatus.RUNNING, raced.saga_id: SagaStatus.RUNNING}
+        check_listing(store, name, truth)
+        assert not store.client.exists(store.keys.creating(raced.saga_id))
+    finally:
+        other.close()
 
 
 def test_a_status_that_comes_back_while_a_change_tidies_up_stays_listed(

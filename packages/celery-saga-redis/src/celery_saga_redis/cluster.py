@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -39,8 +40,12 @@ from celery_saga_redis.keys import Keys
 #: Seconds to wait for a create that claimed an idempotency key to finish before
 #: taking the key over.
 _IDEMPOTENCY_WAIT = 5.0
-#: Seconds a create's ``creating`` marker lives (a create takes milliseconds).
-_CREATING_TTL = 3600
+#: Seconds a create's ``creating`` marker lives: a create takes milliseconds (up to
+#: `_IDEMPOTENCY_WAIT` more when it waits for another's); a marker older than this is a
+#: killed or frozen create's, and the next create of the id takes the id over.
+_CREATING_TTL = 15
+#: Times a create starts again after losing its mark before it gives up.
+_CREATE_ATTEMPTS = 10
 #: (name, created_at, idempotency key) of this many executions are remembered for
 #: status changes.
 _HEADS_CACHED = 4096
@@ -79,29 +84,70 @@ class ClusterWrites:
         self._heads: dict[str, Head] = {}
 
     def create(self, execution: SagaExecution, fields: list[str]) -> tuple[SagaExecution, bool]:
-        """Mark, claim the idempotency key, index, write: each step within one slot."""
-        saga_id = execution.saga_id
-        hash_key, creating = self.keys.execution(saga_id), self.keys.creating(saga_id)
-        self.stats.add()
-        if not self._begin_create(keys=[hash_key, creating], args=[_CREATING_TTL]):
-            raise ValueError(f"saga id {saga_id} already exists")
-        if execution.idempotency_key is not None:
-            existing = self._claim_idempotency_key(execution.idempotency_key, saga_id)
-            if existing is not None:
-                self.stats.add()
-                self.client.delete(creating)
-                return existing, False
-        self.indexes.add(execution)
-        self._write_created(execution, fields)
-        return execution, True
+        """Mark, claim the idempotency key, index, write: each step within one slot.
 
-    def _write_created(self, execution: SagaExecution, fields: list[str]) -> None:
+        A create that loses its mark before it writes (it took longer than the mark
+        lives, and another create took the id over) starts again.
+        """
+        saga_id = execution.saga_id
+        for _ in range(_CREATE_ATTEMPTS):
+            token = uuid.uuid4().hex
+            if not self._mark(saga_id, token):
+                return self._existing(execution), False
+            if execution.idempotency_key is not None:
+                existing = self._claim_idempotency_key(execution.idempotency_key, saga_id)
+                if existing is not None:
+                    self.stats.add()
+                    self.client.delete(self.keys.creating(saga_id))
+                    return existing, False
+            self.indexes.add(execution)
+            written = self._write_created(execution, fields, token)
+            if written == 1:
+                return execution, True
+            if written == 0:
+                return self._existing(execution), False
+        raise RuntimeError(f"saga id {saga_id}: the create kept losing its mark to other creates")
+
+    def _mark(self, saga_id: str, token: str) -> bool:
+        """Mark `saga_id` as being created by `token`; False if the execution exists.
+
+        Another create's mark is waited for: it goes when that create writes the
+        execution, or expires (`_CREATING_TTL`) when that create was killed.
+        """
+        keys = [self.keys.execution(saga_id), self.keys.creating(saga_id)]
+        deadline, delay = time.monotonic() + 2 * _CREATING_TTL, 0.005
+        while True:
+            self.stats.add()
+            marked = self._begin_create(keys=keys, args=[token, _CREATING_TTL])
+            if marked != -1:
+                return bool(marked)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"saga id {saga_id}: other creates keep it marked")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def _existing(self, execution: SagaExecution) -> SagaExecution:
+        """The execution that holds `execution`'s id, if it is the same create's (its
+        idempotency key names it); otherwise the id is taken: ValueError."""
+        key = execution.idempotency_key
+        if key is not None:
+            self.stats.add()
+            if self.client.get(self.keys.idempotency(key)) == execution.saga_id:
+                found = self._get(execution.saga_id)
+                if found is not None:
+                    return found
+        raise ValueError(f"saga id {execution.saga_id} already exists")
+
+    def _write_created(self, execution: SagaExecution, fields: list[str], token: str) -> int:
+        """Write the marked execution: 1, or 0 if the id exists, or -1 if the mark is
+        no longer this create's."""
         saga_id = execution.saga_id
         self.stats.add(1, payload_size(*fields))
         keys = [self.keys.execution(saga_id), self.keys.creating(saga_id)]
-        if not self._create(keys=keys, args=fields):
-            raise ValueError(f"saga id {saga_id} already exists")
-        self.remember(execution)
+        written = int(self._create(keys=keys, args=[token, *fields]))
+        if written == 1:
+            self.remember(execution)
+        return written
 
     def _claim_idempotency_key(self, key: str, saga_id: str) -> SagaExecution | None:
         """Claim `key` for `saga_id` (None), or return the execution that holds it.

@@ -201,7 +201,8 @@ class Indexes:
         pipe = self.client.pipeline(transaction=False)
         for saga_id in saga_ids:
             # One command on one slot: the marker is cleared by the write that
-            # creates the execution, so "neither exists" cannot race a create.
+            # creates the execution, so "neither exists" cannot race a create (one
+            # whose marker expired writes nothing: it starts again and re-indexes).
             pipe.exists(self.keys.creating(saga_id), self.keys.execution(saga_id))
         return [saga_id for saga_id, n in zip(saga_ids, pipe.execute(), strict=True) if not n]
 

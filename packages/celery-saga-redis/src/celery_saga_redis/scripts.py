@@ -10,21 +10,29 @@ from __future__ import annotations
 from celery_saga_redis import keys, lua, scores
 
 # Cluster create, in three steps that each touch one slot: BEGIN_CREATE marks the
-# execution as being created, the client indexes it, CREATE writes it and clears
-# the mark. A reader that meets an index entry whose execution is missing removes
-# the entry only when the mark is absent too (the execution is gone, not pending).
+# execution as being created (a marker holding the create's token, with a short
+# lifetime), the client indexes it, CREATE writes it and clears the mark. A reader
+# that meets an index entry whose execution is missing removes the entry only when
+# the mark is absent too (the execution is gone, not pending). A create whose mark
+# expired (its creator was killed, or frozen past the lifetime) is taken over by the
+# next create of the id; CREATE writes only under its own mark, so a create that lost
+# its mark starts again (and indexes again what a reader may have removed).
 BEGIN_CREATE = """
--- KEYS[1] execution hash, KEYS[2] its 'creating' marker; ARGV[1] marker lifetime (s)
+-- KEYS[1] execution hash, KEYS[2] its 'creating' marker
+-- ARGV[1] this create's token, ARGV[2] marker lifetime (s)
+-- Returns 1 (marked), 0 (the execution exists) or -1 (another create holds the mark).
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then return -1 end
 return 1
 """
 
 CREATE = """
 -- KEYS[1] execution hash, KEYS[2] its 'creating' marker
--- ARGV: field, value, field, value, ...
+-- ARGV[1] this create's token, ARGV[2..]: field, value, field, value, ...
+-- Returns 1 (written), 0 (the execution exists) or -1 (the mark is not this create's).
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('DEL', KEYS[2])
 return 1
 """
