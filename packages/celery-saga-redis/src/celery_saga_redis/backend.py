@@ -54,8 +54,9 @@ from celery_saga.models import (
     SagaStatus,
     now,
 )
-from celery_saga_redis import layout, scores, scripts, step_scripts, stepcalls
+from celery_saga_redis import fastpath, layout, scores, scripts, step_scripts, stepcalls
 from celery_saga_redis.cluster import ClusterWrites
+from celery_saga_redis.fastpath import FastWrite
 from celery_saga_redis.indexes import Indexes
 from celery_saga_redis.keys import Keys
 from celery_saga_redis.listener import DoneListener
@@ -127,6 +128,8 @@ class RedisSagaBackend(SagaBackend):
         self._update_step = redis_client.register_script(step_scripts.UPDATE_STEP)
         self._update_saga = redis_client.register_script(scripts.UPDATE_SAGA)
         self._finish_step = redis_client.register_script(step_scripts.FINISH_STEP)
+        self._step_fast = redis_client.register_script(step_scripts.STEP_FAST)
+        self._finish_fast = redis_client.register_script(step_scripts.FINISH_FAST)
         self._delete_finished = redis_client.register_script(scripts.DELETE_FINISHED)
         self._record_late = redis_client.register_script(step_scripts.RECORD_LATE)
         self._renew = redis_client.register_script(step_scripts.RENEW)
@@ -134,6 +137,8 @@ class RedisSagaBackend(SagaBackend):
         #: client (`packed`), redis-py's own on a cluster.
         self._update_step_call = self._packed(self._update_step)
         self._finish_step_call = self._packed(self._finish_step)
+        self._step_fast_call = self._packed(self._step_fast)
+        self._finish_fast_call = self._packed(self._finish_fast)
         self._create_indexed_call = self._packed(self._create_indexed)
         self._update_saga_call = self._packed(self._update_saga)
         #: Whether RENEW ran from this object (a cluster pipeline sends it by body until then).
@@ -285,6 +290,11 @@ class RedisSagaBackend(SagaBackend):
         """One script: compare-and-set the step; at `get_at`, start the next stage and read."""
         check_step_changes(changes)
         e = expect or StepExpect()
+        fast = fastpath.plan(saga_id, index, changes, e, count_in, get_at, read, start_next)
+        if fast is not None:
+            reply = self._fast_script(self._step_fast_call, saga_id, fast)
+            if reply:
+                return fast.write(reply, changes), None
         args = stepcalls.step_args(index, e, count_in, get_at, read, start_next)
         written = stepcalls.step_changes(args, saga_id, index, changes)
         if start_next is not None:
@@ -320,18 +330,31 @@ class RedisSagaBackend(SagaBackend):
         e = expect or StepExpect()
         # Counted as a stage of this step alone: its count is 1, with no counter written.
         start = StartNext.alone(index) if count_in else None
-        args = stepcalls.step_args(index, e, count_in, 1 if count_in else None, False, start)
-        written = stepcalls.step_changes(args, saga_id, index, changes)
+        get_at = 1 if count_in else None
         pairs: list[Any] = []
         for name, value in saga_changes.items():
             pairs += [name, _dumps(value)]
         lead = self._saga_update_lead(saga_id, _RUNNING)
         finish = [*lead, self.keys.prefix, "", *pairs]
+        fast = fastpath.plan(saga_id, index, changes, e, count_in, get_at, False, start)
+        if fast is not None:
+            fast.args.extend(finish)
+            reply = self._fast_script(self._finish_fast_call, saga_id, fast)
+            if reply:
+                return fast.write(reply, changes), reply[4] == 1
+        args = stepcalls.step_args(index, e, count_in, get_at, False, start)
+        written = stepcalls.step_changes(args, saga_id, index, changes)
         args[stepcalls.FINISH_SLOT] = len(finish)
         args += finish
         self.stats.add(1, written + payload_size(*pairs))
         reply = self._step_script(self._finish_step_call, saga_id, index, args)
         return stepcalls.step_write(reply, changes, count=reply[7]), reply[10] == 1
+
+    def _fast_script(self, call: Callable[..., Any], saga_id: str, fast: FastWrite) -> Any:
+        """Run a fast step script: its reply, 0 when the caller must run the general one."""
+        self.stats.add(1, fast.size)
+        keys = [self.keys.execution(saga_id), self.keys.counters(saga_id)]
+        return call(keys=keys, args=fast.args)
 
     def _step_script(
         self, call: Callable[..., Any], saga_id: str, index: int, args: list[Any]

@@ -16,7 +16,10 @@ An execution is one hash (see keys.py). Its fields:
   or re-encodes what a client wrote (Lua's cjson keeps 14 significant digits: it would
   round user data and times that must compare exactly). In an object with only
   numbers, strings and literals for members, a member written again replaces the
-  earlier one (there, ``,"<code>":`` can only be a member's start).
+  earlier one (there, ``,"<code>":`` can only be a member's start). A write's
+  started_at (``"sa"``, `STARTED`) comes first among its members, so a step's start
+  puts it right after the head, where the fast write that ends the attempt replaces
+  it in place (`fastpath`); that write appends its other members without cutting.
 - ``s:<i>:<code>``: the fields of `APART` when set (lease owner and expiry, late
   successes, history): the step scripts compare or merge them, or they are written
   whole, so they live in fields of their own, deleted when set to null.
@@ -97,6 +100,11 @@ DEFAULT_TEXTS: dict[str, str] = {
 }
 #: The member of an output that is also the compensation data.
 SHARED_OUTPUT = "oc"
+#: The code of started_at, which a step's start writes first after the head (and a new
+#: execution's started step has there), so that the end of the attempt, which writes it
+#: again, replaces it in place (`fastpath`).
+STARTED = "sa"
+_STARTED = f",{json.dumps(STARTED)}:"
 #: Codes whose null is always written into the object: they take part in abbreviations.
 _ALWAYS = frozenset({"o", "cd", "i", "ci"})
 #: The fields that records stored before this layout kept apart from the step's
@@ -152,7 +160,7 @@ def raw(name: str, value: Any) -> str:
 class StepChanges:
     """One step's changes as the step scripts write them (see `args`)."""
 
-    __slots__ = ("apart", "deleted", "head", "members", "nulls", "starts")
+    __slots__ = ("apart", "deleted", "head", "members", "nulls", "started", "starts")
 
     def __init__(self, saga_id: str, index: int, changes: Mapping[str, Any]) -> None:
         texts = {code(name): raw(name, value) for name, value in changes.items()}
@@ -177,6 +185,8 @@ class StepChanges:
         members: list[str] = []
         keys: list[str] = []
         nulls: list[str] = []
+        if STARTED in texts:  # first: where a step's start puts it (see `STARTED`)
+            texts = {STARTED: texts.pop(STARTED), **texts}
         for key, text in texts.items():
             if key in APART:
                 if text == "null":
@@ -197,6 +207,8 @@ class StepChanges:
         self.deleted = " ".join(deleted)
         #: The members to append to the step's object (``,"<code>":<JSON>...``).
         self.members = "".join(members)
+        #: The length of the started_at member at the start of `members` (0: none).
+        self.started = len(members[0]) if members and members[0].startswith(_STARTED) else 0
         #: Codes set to null: their members are cut, or a null appended when the object
         #: may have them (absent is null).
         self.nulls = " ".join(nulls)

@@ -74,7 +74,7 @@ end
 
 """
 
-# A step object's head (its state) and its rewrite: the step scripts' every write.
+# A step object's head (its state): what the step scripts' conditions read.
 HEAD = """
 -- The state at the head of a step object: status (a name), attempt, comp_attempt,
 -- and the index of the head's last character; nil for an object without a head.
@@ -85,7 +85,10 @@ local function head(object)
   if ca then return s, tonumber(a), tonumber(ca), last end
   return s, tonumber(a), 0, stop
 end
+"""
 
+# A step object's rewrite: every step write's.
+REWRITE = """
 -- `object` (whose head ends at `stop`) with a new head and `added` members appended.
 -- `starts`: the starts of the members in `added` and of those set to null (`,"<code>":`,
 -- space separated), `nulls`: the codes set to null. In an object that holds no object
@@ -115,6 +118,42 @@ local function rewrite(object, stop, s, a, ca, added, starts, nulls)
   if ca ~= 0 then new = new .. ',"ca":' .. ca end
   if added == '' then return new .. string.sub(object, stop + 1) end
   return new .. string.sub(object, stop + 1, -2) .. added .. '}'
+end
+"""
+
+# The fast step write's (`step_scripts.STEP_FAST`): whether a step object has a given
+# head, and the object with a new head and members added.
+FAST = """
+-- Whether `object` has the head `expected` (``{"s":"<status>","a":<attempt>``, with no
+-- comp_attempt): its text starts so, and the head ends there.
+local function fits(object, expected)
+  if not object or string.find(object, expected, 1, true) ~= 1 then return false end
+  local c, _, d, e = string.byte(object, #expected + 1, #expected + 4)
+  return c == 125 or (c == 44 and not (d == 99 and e == 97))
+end
+
+-- `object` (whose head is `n` long) with the head `new` and the members `back` appended.
+-- `sa`: a started_at member written (or ''), put right after the head, where a step's
+-- start puts it, in place of the one there; appended instead when the object has one
+-- elsewhere (so that it counts: the last one does, see `layout`). `null`: the start of
+-- a member set to null (``,"<code>":``, or ''), a null appended when the object may
+-- have one.
+local function append(object, n, new, sa, back, null)
+  local rest = n + 1
+  if sa ~= '' then
+    local at = string.find(object, ',"sa":', rest, true)
+    if at == rest then
+      rest = string.find(object, ',', rest + 6, true) or #object
+      new = new .. sa
+    elseif at then
+      back = sa .. back
+    else
+      new = new .. sa
+    end
+  end
+  if null ~= '' and string.find(object, null, rest, true) then back = back .. null .. 'null' end
+  if back == '' then return new .. string.sub(object, rest) end
+  return new .. string.sub(object, rest, -2) .. back .. '}'
 end
 """
 
