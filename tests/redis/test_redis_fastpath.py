@@ -158,13 +158,13 @@ def pair(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
     made = Pair(fast, general)
     real = fast._fast_script
 
-    def spy(*args: Any) -> Any:
-        reply = real(*args)
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        reply = real(*args, **kwargs)
         made.replies.append(reply)
         return reply
 
     monkeypatch.setattr(fast, "_fast_script", spy)
-    monkeypatch.setattr(general, "_fast_script", lambda *args: 0)
+    monkeypatch.setattr(general, "_fast_script", lambda *args, **kwargs: 0)
     try:
         yield made
     finally:

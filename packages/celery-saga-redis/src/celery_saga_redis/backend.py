@@ -339,7 +339,7 @@ class RedisSagaBackend(SagaBackend):
         fast = fastpath.plan(saga_id, index, changes, e, count_in, get_at, False, start)
         if fast is not None:
             fast.args.extend(finish)
-            reply = self._fast_script(self._finish_fast_call, saga_id, fast)
+            reply = self._fast_script(self._finish_fast_call, saga_id, fast, ends=True)
             if reply:
                 return fast.write(reply, changes), reply[4] == 1
         args = stepcalls.step_args(index, e, count_in, get_at, False, start)
@@ -350,10 +350,15 @@ class RedisSagaBackend(SagaBackend):
         reply = self._step_script(self._finish_step_call, saga_id, index, args)
         return stepcalls.step_write(reply, changes, count=reply[7]), reply[10] == 1
 
-    def _fast_script(self, call: Callable[..., Any], saga_id: str, fast: FastWrite) -> Any:
-        """Run a fast step script: its reply, 0 when the caller must run the general one."""
+    def _fast_script(
+        self, call: Callable[..., Any], saga_id: str, fast: FastWrite, ends: bool = False
+    ) -> Any:
+        """Run a fast step script: its reply, 0 when the caller must run the general one.
+        A write that `ends` the saga deletes the counters too."""
         self.stats.add(1, fast.size)
-        keys = [self.keys.execution(saga_id), self.keys.counters(saga_id)]
+        keys = [self.keys.execution(saga_id)]
+        if ends:
+            keys.append(self.keys.counters(saga_id))
         return call(keys=keys, args=fast.args)
 
     def _step_script(

@@ -102,34 +102,35 @@ SAGA_UPDATE = (
 -- a mismatch returns -1: the id now names another execution),
 -- ARGV[7..] field, JSON value pairs
 -- A status that becomes finished deletes the counters.
+-- (From ARGV[o + 1] on when called with an offset `o`: after a step script's own ARGV.)
 -- Returns {applied, status before, status after} (statuses as names).
 local OUTPUT_SAID = """
     + str(keys.OUTPUT_SAID)
     + """
-local function update_saga(K, A)
+local function update_saga(K, A, o)
   local h = K[1]
   local stored = redis.call('HMGET', h, 'h:status', 'h:created_at', 'h')
   local old, created = stored[1], stored[2]
   if not old then return {0, false, false} end
-  if A[6] ~= '' and created ~= A[6] then
+  if A[o + 6] ~= '' and created ~= A[o + 6] then
     return {-1, false, false}
   end
-  if not allowed(A[2], string.sub(old, 2, -2)) then
+  if not allowed(A[o + 2], string.sub(old, 2, -2)) then
     return {0, string.sub(old, 2, -2), string.sub(old, 2, -2)}
   end
-  local sets = {'h:updated_at', A[1]}
+  local sets = {'h:updated_at', A[o + 1]}
   local new = old
-  for k = 7, #A, 2 do
+  for k = o + 7, #A, 2 do
     sets[#sets + 1] = 'h:' .. A[k]
     sets[#sets + 1] = A[k + 1]
     if A[k] == 'status' then new = A[k + 1] end
   end
   redis.call('HSET', h, unpack(sets))
   if new ~= old then
-    local ttl = tonumber(A[3])
+    local ttl = tonumber(A[o + 3])
     local follow = {}
-    if A[5] ~= '' then
-      local ix = A[5] .. 'idx:'
+    if A[o + 5] ~= '' then
+      local ix = A[o + 5] .. 'idx:'
       -- The header as JSON text: its saga name read off its start when the name has no
       -- escape, and no idempotency key unless its member is there (else cjson decodes it).
       local raw = stored[3]
@@ -139,7 +140,7 @@ local function update_saga(K, A)
         local head = cjson.decode(raw)
         name, idem_key = head.saga_name, head.idempotency_key
       end
-      local id = string.sub(h, #A[5] + 2, -2)
+      local id = string.sub(h, #A[o + 5] + 2, -2)
       local before, after = string.sub(old, 2, -2), string.sub(new, 2, -2)
       redis.call('ZREM', ix .. 'status:' .. before, id)
       redis.call('ZREM', ix .. 'name:' .. name .. ':status:' .. before, id)
@@ -148,7 +149,7 @@ local function update_saga(K, A)
       redis.call('ZADD', ix .. 'name:' .. name .. ':status:' .. after, score, id)
       follow[#follow + 1] = ix .. 'parent:' .. id
       if type(idem_key) == 'string' then
-        local idem = A[5] .. 'idem:' .. idem_key
+        local idem = A[o + 5] .. 'idem:' .. idem_key
         if redis.call('GET', idem) == id then follow[#follow + 1] = idem end
       end
     end
@@ -158,19 +159,19 @@ local function update_saga(K, A)
         redis.call('EXPIRE', h, ttl)
         for _, key in ipairs(follow) do redis.call('EXPIRE', key, ttl) end
       end
-      if A[4] ~= '' then
+      if A[o + 4] ~= '' then
         -- The status; a completion also says its output (JSON text), when not too long,
         -- so a waiter needs no read: 'completed <output>'.
         local said = string.sub(new, 2, -2)
         if said == 'completed' then
-          for k = 7, #A, 2 do
+          for k = o + 7, #A, 2 do
             if A[k] == 'output' and #A[k + 1] <= OUTPUT_SAID then
               said = said .. ' ' .. A[k + 1]
               break
             end
           end
         end
-        redis.call('PUBLISH', A[4], said)
+        redis.call('PUBLISH', A[o + 4], said)
       end
     elseif TERMINAL[old] then
       -- Back to an active status (an operator retry, a revert): never an expiry on an
@@ -190,7 +191,7 @@ UPDATE_SAGA = (
     + lua.TERMINAL
     + scores.LUA
     + SAGA_UPDATE
-    + "return update_saga(KEYS, ARGV)\n"
+    + "return update_saga(KEYS, ARGV, 0)\n"
 )
 
 # Index entries scored by the layout before this one (created_at in seconds, a float:

@@ -247,7 +247,7 @@ return lost
 _FINISH = """
 local n = tonumber(ARGV[14]) or 0
 if n > 0 then
-  local ended = update_saga({h, KEYS[2]}, {unpack(ARGV, #ARGV - n + 1)})
+  local ended = update_saga({h, KEYS[2]}, ARGV, #ARGV - n)
   if ended[1] == 1 then finished = 1 end
 end
 """
@@ -276,7 +276,7 @@ FINISH_STEP = (
 # and says so, and the caller runs UPDATE_STEP, which decides (`fastpath` builds the
 # call and says when it applies).
 _FAST = """
--- KEYS[1] execution hash, KEYS[2] its counters (deleted by FINISH_FAST's saga end)
+-- KEYS[1] execution hash; FINISH_FAST: KEYS[2] its counters (the saga's end deletes them)
 -- ARGV[1] now (updated_at, JSON), ARGV[2] the saga status the write needs (its JSON
 -- text; '' any), then 6 values per step written (the step; with STEP_FAST, the next
 -- stage's step too): its index, the head it must have and its new head
@@ -325,6 +325,6 @@ FINISH_FAST = (
     + lua.FAST
     + _FAST.replace("--[[TWO]]false", "false").replace(
         "--FINISH--\n",
-        "if update_saga(KEYS, {unpack(ARGV, 9)})[1] == 1 then finished = 1 end\n",
+        "if update_saga(KEYS, ARGV, 8)[1] == 1 then finished = 1 end\n",
     )
 )
