@@ -339,7 +339,9 @@ class RedisSagaBackend(SagaBackend):
         fast = fastpath.plan(saga_id, index, changes, e, count_in, get_at, False, start)
         if fast is not None:
             fast.args.extend(finish)
-            reply = self._fast_script(self._finish_fast_call, saga_id, fast, ends=True)
+            reply = self._fast_script(
+                self._finish_fast_call, saga_id, fast, ends=True, more=payload_size(*pairs)
+            )
             if reply:
                 return fast.write(reply, changes), reply[4] == 1
         args = stepcalls.step_args(index, e, count_in, get_at, False, start)
@@ -351,11 +353,17 @@ class RedisSagaBackend(SagaBackend):
         return stepcalls.step_write(reply, changes, count=reply[7]), reply[10] == 1
 
     def _fast_script(
-        self, call: Callable[..., Any], saga_id: str, fast: FastWrite, ends: bool = False
+        self,
+        call: Callable[..., Any],
+        saga_id: str,
+        fast: FastWrite,
+        ends: bool = False,
+        more: int = 0,
     ) -> Any:
         """Run a fast step script: its reply, 0 when the caller must run the general one.
-        A write that `ends` the saga deletes the counters too."""
-        self.stats.add(1, fast.size)
+        A write that `ends` the saga deletes the counters too; `more`: the bytes of the
+        saga's changes it writes."""
+        self.stats.add(1, fast.size + more)
         keys = [self.keys.execution(saga_id)]
         if ends:
             keys.append(self.keys.counters(saga_id))

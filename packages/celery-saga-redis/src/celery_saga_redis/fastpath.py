@@ -26,6 +26,12 @@ _SUCCESS = StepStatus.SUCCESS.value
 _NOT_STARTED = (StepStatus.PENDING.value, 0)
 
 
+#: The values of one step in the fast ARGV, and the positions among them of what the
+#: write stores (the new head, started_at, the other members).
+_BLOCK = 6
+_WRITTEN = (2, 3, 4)
+
+
 @dataclass(frozen=True)
 class FastWrite:
     """A step write planned for a fast script: its ARGV (`args`), the state it expects
@@ -45,8 +51,10 @@ class FastWrite:
 
     @property
     def size(self) -> int:
-        """The bytes of the write's values (the store's statistics)."""
-        return sum(len(str(part)) for part in self.args[2:])
+        """The bytes the write stores (the store's statistics): each step's new head and
+        members, not the conditions (what the general call counts too)."""
+        blocks = self.args[2 : 2 + _BLOCK * (2 if self.started else 1)]
+        return sum(len(str(part)) for n, part in enumerate(blocks) if n % _BLOCK in _WRITTEN)
 
 
 def _expected(e: StepExpect) -> tuple[str, int] | None:
