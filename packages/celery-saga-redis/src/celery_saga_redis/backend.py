@@ -59,7 +59,7 @@ from celery_saga_redis.cluster import ClusterWrites
 from celery_saga_redis.fastpath import FastWrite
 from celery_saga_redis.indexes import Indexes
 from celery_saga_redis.keys import Keys
-from celery_saga_redis.listener import DoneListener
+from celery_saga_redis.listener import DoneListener, told
 from celery_saga_redis.packed import PackedScript
 
 #: Query parameters of the URL that configure this store (the rest go to redis-py).
@@ -543,22 +543,22 @@ class RedisSagaBackend(SagaBackend):
         no announcement woke reads the status alone until it is finished. On a
         cluster the connection goes to one node: a PUBLISH reaches every node.
         """
+        read, status = self._readers(saga_id)
         channel = self.keys.done_channel(saga_id)
-        read, status = (
-            functools.partial(self.get, saga_id),
-            functools.partial(self.get_status, saga_id),
-        )
         return wait_woken(read, self._listener, channel, timeout, 5.0, status)
 
     def wait_outcome(self, saga_id: str, timeout: float | None = None) -> Outcome | None:
         """`wait`, except that a completion whose announcement carries the output (up to
         `keys.OUTPUT_SAID` bytes of it) ends the wait without reading the execution."""
+        read, status = self._readers(saga_id)
         channel = self.keys.done_channel(saga_id)
-        read, status = (
-            functools.partial(self.get, saga_id),
-            functools.partial(self.get_status, saga_id),
-        )
-        return wait_woken_outcome(read, self._listener, channel, timeout, 5.0, status, _told)
+        return wait_woken_outcome(read, self._listener, channel, timeout, 5.0, status, told)
+
+    def _readers(
+        self, saga_id: str
+    ) -> tuple[Callable[[], SagaExecution | None], Callable[[], SagaStatus | None]]:
+        """A wait's reads of the execution: whole, and its status alone."""
+        return functools.partial(self.get, saga_id), functools.partial(self.get_status, saga_id)
 
     async def async_wait(self, saga_id: str, timeout: float | None = None) -> SagaExecution | None:
         """`wait` for asyncio, by redis.asyncio pub/sub on the same done channel.
@@ -576,15 +576,6 @@ class RedisSagaBackend(SagaBackend):
 
 
 _RUNNING = frozenset({SagaStatus.RUNNING})
-
-
-def _told(said: str) -> Outcome | None:
-    """The outcome a done channel's message says: a completion with its output, or None
-    (a status alone, which the waiter reads; `Keys.done_channel`)."""
-    status, _, output = said.partition(" ")
-    if status != SagaStatus.COMPLETED.value or not output:
-        return None
-    return Outcome(SagaStatus.COMPLETED, json.loads(output))
 
 
 def _finished(status: str) -> bool:

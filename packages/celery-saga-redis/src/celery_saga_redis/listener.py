@@ -20,6 +20,7 @@ connection opened.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import uuid
@@ -28,8 +29,19 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 from celery_saga.backends.listening import IDLE, SharedListener
+from celery_saga.backends.writes import Outcome
+from celery_saga.models import SagaStatus
 
-__all__ = ["IDLE", "DoneListener"]
+__all__ = ["IDLE", "DoneListener", "told"]
+
+
+def told(said: str) -> Outcome | None:
+    """The outcome a done channel's message says: a completion with its output, or None
+    (a status alone, which the waiter reads; `Keys.done_channel`)."""
+    status, _, output = said.partition(" ")
+    if status != SagaStatus.COMPLETED.value or not output:
+        return None
+    return Outcome(SagaStatus.COMPLETED, json.loads(output))
 
 
 class DoneListener(SharedListener):
