@@ -172,11 +172,13 @@ class WebStore:
         if self.kind == "redis":
             import redis
 
+            from celery_saga.models import SagaStatus
             from celery_saga_redis.keys import Keys
 
             client = redis.Redis.from_url(self.database)
+            keys = Keys(self.prefix)
             try:
-                return int(client.zcard(Keys(self.prefix).index_all()))
+                return sum(int(client.zcard(keys.index_status(s.value))) for s in SagaStatus)
             finally:
                 client.close()
         from sqlalchemy import create_engine, func, inspect, select

@@ -248,8 +248,8 @@ def test_listing_is_right_while_a_create_is_interrupted(store: RedisSagaBackend)
     check_listing(store, name, truth)
     assert store.get(sid) is None
     # Readers did not take the entries for those of a vanished execution.
-    assert store.client.zscore(store.keys.index_all(), sid) is not None
     assert store.client.zscore(store.keys.index_status("running"), sid) is not None
+    assert store.client.zscore(store.keys.index_name_status(name, "running"), sid) is not None
     assert listed(store, parent_id=done.saga_id) == []
     assert store.client.zscore(store.keys.index_parent(done.saga_id), sid) is not None
     assert store._cluster._write_created(pending, store._fields(pending), "creator") == 1
@@ -262,7 +262,8 @@ def test_listing_is_right_while_a_create_is_interrupted(store: RedisSagaBackend)
     ghost = make_execution(name=name)
     store._indexes.add(ghost)
     check_listing(store, name, truth)
-    assert store.client.zscore(store.keys.index_name(name), ghost.saga_id) is None
+    for index in store.keys.indexes_for(name, "running"):
+        assert store.client.zscore(index, ghost.saga_id) is None
 
 
 def test_a_create_killed_between_its_mark_and_its_write_does_not_block_its_id(
@@ -312,7 +313,7 @@ def test_a_create_that_outlived_its_mark_indexes_again_or_yields_to_the_one_that
             frozen.append(sid)
             store.client.delete(store.keys.creating(sid))
             listed(store, name=name)  # a reader removes the entries of the missing one
-            assert store.client.zscore(store.keys.index_name(name), sid) is None
+            assert store.client.zscore(store.keys.index_name_status(name, "running"), sid) is None
             if execution.idempotency_key == "taken-over":
                 assert other.create(execution)[1]
 
@@ -458,7 +459,7 @@ def test_16_threads_racing_idempotent_creates_make_one_execution_per_key(
         every.update(winners)
     # The losers left no executions, no index entries and no 'creating' markers.
     assert ids(listed(store)) == every
-    assert store.client.zcard(store.keys.index_all()) == len(every)
+    assert store.client.zcard(store.keys.index_status("running")) == len(every)
     for node in store.client.get_primaries():
         leftover = list(
             store.client.scan_iter(match=f"{store.keys.prefix}creating:*", target_nodes=node)

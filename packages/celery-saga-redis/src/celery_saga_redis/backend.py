@@ -141,6 +141,9 @@ class RedisSagaBackend(SagaBackend):
         self._finish_fast_call = self._packed(self._finish_fast)
         self._create_indexed_call = self._packed(self._create_indexed)
         self._update_saga_call = self._packed(self._update_saga)
+        #: The saga names this object has added to the set of names (`Keys.index_names`):
+        #: the set only grows, so a create of one of them skips the SADD.
+        self._named: set[str] = set()
         #: Whether RENEW ran from this object (a cluster pipeline sends it by body until then).
         self._renew_sent = False
         #: The sorted sets that list executions (`indexes`).
@@ -202,10 +205,12 @@ class RedisSagaBackend(SagaBackend):
                     execution.saga_id,
                     gone_owner,
                     execution.parent_id or "",
+                    "" if execution.saga_name in self._named else "1",
                     *fields,
                 ],
             )
             if reply == 1:
+                self._named.add(execution.saga_name)
                 return execution, True
             if reply == 0:
                 raise ValueError(f"saga id {execution.saga_id} already exists")

@@ -1,8 +1,11 @@
 """The sorted sets that list executions: `Indexes` writes, reads and sweeps them.
 
-Every execution has an entry, scored by its creation time (`scores`), in the index of every
-execution, of its saga name, of its status and of its name and status together (and
-in its parent's, for a child saga); the saga names are kept in a set of their own.
+Every execution has an entry, scored by its creation time (`scores`), in the index of its
+status and in that of its saga name and status together (and in its parent's, for a
+child saga); the saga names are kept in a set of their own. A listing without a status
+merges the indexes of every status (`merged`): the layout before this one also kept an
+index of every execution and one per saga name, which cost every create two writes;
+`sweep` and `remove` still tidy those where an earlier version left them.
 A standalone create and status change move the entries in their own scripts; on a
 cluster the store writes them around its one-slot scripts (`backend`'s rules), so a
 reader checks every entry against the execution: a status or name that does not match
@@ -15,13 +18,14 @@ are rescored before an index is read (`scaled`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from celery_saga.backends.base import Page, StoreStats
 from celery_saga.models import TERMINAL_STATUSES, SagaExecution, SagaStatus, SagaSummary
-from celery_saga_redis import scores, scripts
+from celery_saga_redis import merged, scores, scripts
 from celery_saga_redis.keys import Keys
+from celery_saga_redis.merged import Row
 
 #: The execution hash fields a listing reads for each summary.
 SUMMARY_FIELDS = ("h", "h:status", "h:created_at", "h:updated_at", "h:finished_at", "h:error")
@@ -53,29 +57,35 @@ class Indexes:
         while self._rescore(keys=[index], args=[RESCORE_CHUNK, scores.FLOOR]) == RESCORE_CHUNK:
             pass
 
-    def _first_rows(self, index: str, high: Any, low: Any, chunk: int) -> list[tuple[str, float]]:
-        """A listing's first read, newest first, with the check of `scaled` in the same
-        round trip (read again after rescoring, which a store of this version rarely needs).
-        """
+    def _read(
+        self, reads: Mapping[str, int], high: Any, low: Any, chunk: int, first: bool
+    ) -> dict[str, list[Row]]:
+        """`chunk` rows of each index of `reads` (index: offset), newest first, in one round
+        trip; on a listing's `first` read, with the check of `scaled` (each index read
+        again after rescoring, which a store of this version rarely needs)."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.zrange(index, 0, 0, withscores=True)
-        pipe.zrevrangebyscore(index, high, low, start=0, num=chunk, withscores=True)
-        lowest, rows = pipe.execute()
-        if not _in_seconds(lowest):
-            return list(rows)
-        self._rescale(index)
-        return list(
-            self.client.zrevrangebyscore(index, high, low, start=0, num=chunk, withscores=True)
-        )
+        for index, offset in reads.items():
+            if first:
+                pipe.zrange(index, 0, 0, withscores=True)
+            pipe.zrevrangebyscore(index, high, low, start=offset, num=chunk, withscores=True)
+        replies = iter(pipe.execute())
+        rows: dict[str, list[Row]] = {}
+        for index, offset in reads.items():
+            if first and _in_seconds(next(replies)):
+                next(replies)
+                self._rescale(index)
+                got = self.client.zrevrangebyscore(
+                    index, high, low, start=offset, num=chunk, withscores=True
+                )
+            else:
+                got = next(replies)
+            rows[index] = list(got)
+        return rows
 
     def add(self, execution: SagaExecution) -> None:
         """Write a new execution's index entries (a cluster create, before the write)."""
         name, status = execution.saga_name, execution.status.value
-        indexes = [
-            self.keys.index_all(),
-            self.keys.index_name(name),
-            *self.keys.indexes_for(name, status),
-        ]
+        indexes = [*self.keys.indexes_for(name, status)]
         if execution.parent_id is not None:
             indexes.append(self.keys.index_parent(execution.parent_id))
         self.stats.add()
@@ -100,21 +110,25 @@ class Indexes:
             pipe.delete(self.keys.idempotency(execution.idempotency_key))
         pipe.execute()
 
-    def index_for(self, status: SagaStatus | None, name: str | None, parent_id: str | None) -> str:
-        """The index a listing reads; filters it does not cover are checked per entry.
+    def sources(
+        self, status: SagaStatus | None, name: str | None, parent_id: str | None
+    ) -> list[str]:
+        """The indexes a listing reads, merged; filters they do not cover are checked per
+        entry.
 
-        The children of one execution are few, so their index serves every listing
-        by parent, the status and name filters applied to what it holds.
+        The children of one execution are few, so their index serves every listing by
+        parent, the status and name filters applied to what it holds. A listing without
+        a status reads the index of every status (of its saga name, if given).
         """
         if parent_id is not None:
-            return self.keys.index_parent(parent_id)
+            return [self.keys.index_parent(parent_id)]
         if status is not None and name is not None:
-            return self.keys.index_name_status(name, status.value)
+            return [self.keys.index_name_status(name, status.value)]
         if status is not None:
-            return self.keys.index_status(status.value)
+            return [self.keys.index_status(status.value)]
         if name is not None:
-            return self.keys.index_name(name)
-        return self.keys.index_all()
+            return [self.keys.index_name_status(name, s.value) for s in SagaStatus]
+        return [self.keys.index_status(s.value) for s in SagaStatus]
 
     def page(
         self,
@@ -128,7 +142,7 @@ class Indexes:
     ) -> Page:
         """One page of `SagaBackend.list`, newest first, after `position` (a cursor's
         (created_at, saga id)) if given."""
-        index = self.index_for(status, name, parent_id)
+        sources = self.sources(status, name, parent_id)
         # Bounds to the microsecond, inclusive; the exact ones are checked per summary.
         high: Any = "+inf" if created_before is None else scores.score(created_before)
         if position is not None and (created_before is None or position[0] < created_before):
@@ -136,27 +150,37 @@ class Indexes:
         low: Any = "-inf" if created_after is None else scores.score(created_after)
         after = None if position is None else (scores.score(position[0]), position[1])
         items: list[SagaSummary] = []
-        gone: list[str] = []
-        offset, chunk = 0, limit + 1
-        while len(items) <= limit:
-            if offset == 0:
-                rows = self._first_rows(index, high, low, chunk)
-            else:
-                rows = self.client.zrevrangebyscore(
-                    index, high, low, start=offset, num=chunk, withscores=True
-                )
-            offset += len(rows)
-            full = len(rows) == chunk
-            if after is not None:
-                rows = [(sid, score) for sid, score in rows if (score, sid) < after]
+        gone: dict[str, list[str]] = {}
+        buffers: dict[str, list[Row]] = {index: [] for index in sources}
+        offsets = dict.fromkeys(sources, 0)
+        more = set(sources)  # the indexes with rows not read yet
+        seen: set[str] = set()  # an entry in two status indexes (a cluster's change) once
+        chunk, first = limit + 1, True
+        while len(items) <= limit and (more or any(buffers.values())):
+            reads = {index: offsets[index] for index in sources if index in more}
+            reads = {index: n for index, n in reads.items() if not buffers[index]}
+            if reads:
+                for index, rows in self._read(reads, high, low, chunk, first).items():
+                    offsets[index] += len(rows)
+                    buffers[index] += rows
+                    if len(rows) < chunk:
+                        more.discard(index)
+                first, chunk = False, min(chunk * 2, 1000)
+            came_from: dict[str, list[str]] = {}
+            rows = []
+            for index, (saga_id, score) in merged.safe(buffers, more):
+                came_from.setdefault(saga_id, []).append(index)
+                if saga_id in seen or (after is not None and (score, saga_id) >= after):
+                    continue
+                seen.add(saga_id)
+                rows.append((saga_id, score))
             found, missing = self.summaries(rows, status, name, parent_id)
             items.extend(s for s in found if _within(s.created_at, created_before, created_after))
-            gone.extend(missing)
-            if not full:
-                break
-            chunk = min(chunk * 2, 1000)
-        if gone:
-            self.client.zrem(index, *gone)  # expired or purged executions
+            for saga_id in missing:
+                for index in came_from[saga_id]:
+                    gone.setdefault(index, []).append(saga_id)
+        for index, ids in gone.items():
+            self.client.zrem(index, *ids)  # expired or purged executions
         return Page.of(items, limit)
 
     def summaries(
@@ -214,7 +238,9 @@ class Indexes:
         the indexes of every execution and of every saga name (`Keys.index_names`).
         """
         names = sorted(self.client.smembers(self.keys.index_names()))
+        # The indexes of every execution and of every name: the layout before this one.
         indexes = [self.keys.index_all()]
+        indexes += [self.keys.index_status(s.value) for s in TERMINAL_STATUSES]
         for name in names:
             indexes.append(self.keys.index_name(name))
             indexes += [self.keys.index_name_status(name, s.value) for s in TERMINAL_STATUSES]

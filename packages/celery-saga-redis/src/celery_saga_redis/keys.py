@@ -70,15 +70,17 @@ class Keys:
         return f"{self.prefix}idx:"
 
     def index_all(self) -> str:
-        """Every execution, scored by creation time (`scores.score`)."""
+        """Every execution, scored by creation time: written by versions before 0.5.0
+        only (`purge` sweeps it; no listing reads it)."""
         return f"{self.prefix}idx:all"
 
     def index_status(self, status: str) -> str:
-        """Executions in one status."""
+        """Executions in one status, scored by creation time (`scores.score`)."""
         return f"{self.prefix}idx:status:{status}"
 
     def index_name(self, name: str) -> str:
-        """Executions of one saga."""
+        """Executions of one saga: written by versions before 0.5.0 only (`purge`
+        sweeps it; no listing reads it)."""
         return f"{self.prefix}idx:name:{name}"
 
     def index_name_status(self, name: str, status: str) -> str:

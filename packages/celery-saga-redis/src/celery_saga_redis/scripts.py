@@ -64,23 +64,25 @@ CREATE_INDEXED = """
 -- ARGV[1] index prefix, ARGV[2] saga name, ARGV[3] status, ARGV[4] index score,
 -- ARGV[5] saga id, ARGV[6] an owner of the idempotency key known to be gone (''),
 -- ARGV[7] the parent execution's id ('' for none: then no children index entry),
--- ARGV[8..] field, value pairs. Returns 1 (created), 0 (the id exists) or the owner.
+-- ARGV[8] '1' to add the saga name to the set of names ('': the caller knows it is
+-- there), ARGV[9..] field, value pairs. Returns 1 (created), 0 (the id exists) or the
+-- owner.
 local idem = KEYS[2]
 if idem then
   local owner = redis.call('GET', idem)
   if owner and owner ~= ARGV[6] then return owner end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 if idem then redis.call('SET', idem, ARGV[5]) end
 local ix = ARGV[1]
-local indexes = {ix .. 'all', ix .. 'name:' .. ARGV[2], ix .. 'status:' .. ARGV[3],
+local indexes = {ix .. 'status:' .. ARGV[3],
                  ix .. 'name:' .. ARGV[2] .. ':status:' .. ARGV[3]}
 if ARGV[7] ~= '' then indexes[#indexes + 1] = ix .. 'parent:' .. ARGV[7] end
 for _, key in ipairs(indexes) do
   redis.call('ZADD', key, ARGV[4], ARGV[5])
 end
-redis.call('SADD', ix .. 'names', ARGV[2])
+if ARGV[8] ~= '' then redis.call('SADD', ix .. 'names', ARGV[2]) end
 return 1
 """
 
@@ -103,22 +105,30 @@ SAGA_UPDATE = (
 -- ARGV[7..] field, JSON value pairs
 -- A status that becomes finished deletes the counters.
 -- (From ARGV[o + 1] on when called with an offset `o`: after a step script's own ARGV.)
+-- A caller that has read the execution's h:status, h:created_at and h passes them as
+-- `stored`, and its own writes to the hash as `sets`, starting with h:updated_at (the
+-- saga's now replaces it when the change applies): one HMGET and one HSET fewer.
 -- Returns {applied, status before, status after} (statuses as names).
 local OUTPUT_SAID = """
     + str(keys.OUTPUT_SAID)
     + """
-local function update_saga(K, A, o)
+local function update_saga(K, A, o, stored, sets)
   local h = K[1]
-  local stored = redis.call('HMGET', h, 'h:status', 'h:created_at', 'h')
+  stored = stored or redis.call('HMGET', h, 'h:status', 'h:created_at', 'h')
   local old, created = stored[1], stored[2]
-  if not old then return {0, false, false} end
-  if A[o + 6] ~= '' and created ~= A[o + 6] then
-    return {-1, false, false}
+  local result = nil
+  if not old then
+    result = {0, false, false}
+  elseif A[o + 6] ~= '' and created ~= A[o + 6] then
+    result = {-1, false, false}
+  elseif not allowed(A[o + 2], string.sub(old, 2, -2)) then
+    result = {0, string.sub(old, 2, -2), string.sub(old, 2, -2)}
   end
-  if not allowed(A[o + 2], string.sub(old, 2, -2)) then
-    return {0, string.sub(old, 2, -2), string.sub(old, 2, -2)}
+  if result then
+    if sets then redis.call('HSET', h, unpack(sets)) end
+    return result
   end
-  local sets = {'h:updated_at', A[o + 1]}
+  if sets then sets[2] = A[o + 1] else sets = {'h:updated_at', A[o + 1]} end
   local new = old
   for k = o + 7, #A, 2 do
     sets[#sets + 1] = 'h:' .. A[k]
@@ -129,6 +139,7 @@ local function update_saga(K, A, o)
   if new ~= old then
     local ttl = tonumber(A[o + 3])
     local follow = {}
+    local kids = nil
     if A[o + 5] ~= '' then
       local ix = A[o + 5] .. 'idx:'
       -- The header as JSON text: its saga name read off its start when the name has no
@@ -147,17 +158,24 @@ local function update_saga(K, A, o)
       local score = index_score(created)
       redis.call('ZADD', ix .. 'status:' .. after, score, id)
       redis.call('ZADD', ix .. 'name:' .. name .. ':status:' .. after, score, id)
-      follow[#follow + 1] = ix .. 'parent:' .. id
+      kids = ix .. 'parent:' .. id
+      follow[#follow + 1] = kids
       if type(idem_key) == 'string' then
         local idem = A[o + 5] .. 'idem:' .. idem_key
         if redis.call('GET', idem) == id then follow[#follow + 1] = idem end
       end
     end
     if TERMINAL[new] then
-      redis.call('DEL', K[2])
+      -- Few executions have counters (a stage of several steps) or children: one
+      -- EXISTS instead of a DEL and an EXPIRE of keys that are not there.
+      local others = 1
+      if ttl > 0 and kids then others = redis.call('EXISTS', K[2], kids) end
+      if others > 0 then redis.call('DEL', K[2]) end
       if ttl > 0 then
         redis.call('EXPIRE', h, ttl)
-        for _, key in ipairs(follow) do redis.call('EXPIRE', key, ttl) end
+        for _, key in ipairs(follow) do
+          if key ~= kids or others > 0 then redis.call('EXPIRE', key, ttl) end
+        end
       end
       if A[o + 4] ~= '' then
         -- The status; a completion also says its output (JSON text), when not too long,
