@@ -35,8 +35,8 @@ DOC = HERE.parent / "docs" / "performance.md"
 #: W1 and W3 run while CI runs (`CI_LOAD_COMMAND`): the figures that hold under that load.
 CI_LOAD = HERE / "results-ci-load.json"
 CI_LOAD_COMMAND = (
-    "`CI=true bash .ci/run` in one shell and meanwhile, in another, "
-    "`nox -s bench -- --workloads W1,W3 --reps 5 --out benchmarks/results-ci-load.json`"
+    "`CI=true bash .ci/run` in one shell and meanwhile, in another, the run's command "
+    "below with `--out benchmarks/results-ci-load.json`, started once the test cells run"
 )
 
 HEADER = (
