@@ -284,3 +284,26 @@ def test_a_member_written_again_replaces_the_earlier_one_while_the_object_is_fla
         nested = write(changes)
     assert (nested.count('"w":'), nested.count('"e":')) == (2, 2)
     assert nested.endswith(',"e":null}')
+
+
+def test_a_new_execution_encodes_the_same_with_its_untouched_steps_made_once() -> None:
+    """`encode` reuses the fields of a step no one has run yet (they depend on its
+    description alone), and encodes every other step itself: either way, the fields
+    are those the step's own encoding gives."""
+    from celery_saga_redis import layout
+
+    first, second = make_execution(name="encoded"), make_execution(name="encoded")
+    second.steps[0].status, second.steps[0].attempt = StepStatus.RUNNING, 1
+    second.steps[0].task_id = step_task_id(second.saga_id, 0, 1)
+    second.steps[0].started_at = 1_800_000_000.25
+    second.steps[1].retries = 0.0  # equal to the default, not of its type: not reused
+    for execution in (first, second, first):
+        fields = layout.encode(execution)
+        expected = [f for step in execution.steps for f in layout._step_fields("x", step)]
+        if execution is second:
+            expected[:2] = layout._step_fields(second.saga_id, second.steps[0])
+        assert fields[-len(expected) :] == expected
+    assert layout._step_fields(second.saga_id, second.steps[0])[1].startswith(
+        '{"s":"running","a":1,"sa":1800000000.25'
+    )
+    assert (2, *(getattr(first.steps[2], n) for n in layout._DESCRIPTION[1:])) in layout._untouched

@@ -42,13 +42,14 @@ the step scripts turn into this one when they write such a step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from celery_saga.backends.helpers import compact_json
 from celery_saga.ids import step_task_id
-from celery_saga.models import SagaExecution, StepKind, StepStatus
+from celery_saga.models import SagaExecution, StepKind, StepRecord, StepStatus
 
 #: Step field -> the code that names it in the hash. A field added to `StepRecord`
 #: later is named by its own name.
@@ -242,15 +243,45 @@ def encode(execution: SagaExecution) -> list[str]:
         if name not in head and name not in _NOT_FIELDS and value is not None:
             fields += [f"h:{name}", dumps(value)]
     for step in execution.steps:
-        data = step.to_dict()
-        del data["index"]
-        state = {name: data.pop(name) for name in ("status", "attempt", "comp_attempt")}
-        kept = {name: value for name, value in data.items() if not _is_default(name, value)}
-        # The state is the head's; given with the rest, it abbreviates the task ids.
-        write = StepChanges(execution.saga_id, step.index, {**state, **kept})
-        start = step_head(state["status"], state["attempt"], state["comp_attempt"])
-        fields += [f"s:{step.index}", start + write.members + "}", *write.apart]
+        if all(_same(getattr(step, name), value) for name, value in _UNTOUCHED):
+            key = tuple(getattr(step, name) for name in _DESCRIPTION)
+            found = _untouched.get(key)
+            if found is None:
+                found = _step_fields(execution.saga_id, step)
+                if len(_untouched) < _UNTOUCHED_KEPT:
+                    _untouched[key] = found
+            fields += found
+        else:
+            fields += _step_fields(execution.saga_id, step)
     return fields
+
+
+def _step_fields(saga_id: str, step: StepRecord) -> list[str]:
+    """One step's hash fields, as field, value pairs."""
+    data = step.to_dict()
+    del data["index"]
+    state = {name: data.pop(name) for name in ("status", "attempt", "comp_attempt")}
+    kept = {name: value for name, value in data.items() if not _is_default(name, value)}
+    # The state is the head's; given with the rest, it abbreviates the task ids.
+    write = StepChanges(saga_id, step.index, {**state, **kept})
+    start = step_head(state["status"], state["attempt"], state["comp_attempt"])
+    return [f"s:{step.index}", start + write.members + "}", *write.apart]
+
+
+#: What describes a step (from its definition); every other field of a step no one has
+#: run yet holds its default (`_UNTOUCHED`), so its fields depend on these alone and
+#: `encode` makes them once per process (at most `_UNTOUCHED_KEPT` descriptions).
+_DESCRIPTION = ("index", "task_name", "stage", "compensation_task_name", "no_compensation", "kind")
+_UNTOUCHED = tuple(
+    (f.name, f.default) for f in dataclasses.fields(StepRecord) if f.name not in _DESCRIPTION
+)
+_UNTOUCHED_KEPT = 4096
+_untouched: dict[tuple[Any, ...], list[str]] = {}
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Whether a field holds its default: the same object, or an equal one of its type."""
+    return value is default or (type(value) is type(default) and value == default)
 
 
 def _members(text: str) -> list[tuple[str, Any]]:
