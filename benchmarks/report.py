@@ -777,6 +777,7 @@ def ci_load_markdown(under_load: dict[str, Any] | None) -> list[str]:
         f"{CI_LOAD_COMMAND}.",
         _notes([f"Run of {note}." for note in _main_notes(under_load)]),
         _markdown_table(HEADER, rows(under_load)),
+        *under_load.get("notes", []),
     ]
 
 

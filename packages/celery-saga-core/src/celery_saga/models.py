@@ -288,15 +288,14 @@ class SagaExecution:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of the execution, steps included."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "steps"}
-        data["status"] = self.status.value
+        data = self.header_dict()
         data["steps"] = [s.to_dict() for s in self.steps]
         return data
 
     def header_dict(self) -> dict[str, Any]:
         """The JSON shape without steps (what a store keeps apart from them)."""
-        data = self.to_dict()
-        del data["steps"]
+        data = {name: getattr(self, name) for name in _HEADER_NAMES}
+        data["status"] = self.status.value
         return data
 
     @classmethod
@@ -329,6 +328,10 @@ class SagaExecution:
 
 
 _SAGA_FIELDS = frozenset(f.name for f in fields(SagaExecution))
+
+
+#: The fields of an execution's header: all but its steps (`SagaExecution.header_dict`).
+_HEADER_NAMES = tuple(f.name for f in fields(SagaExecution) if f.name != "steps")
 
 
 @dataclass(frozen=True)
