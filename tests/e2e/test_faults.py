@@ -81,10 +81,11 @@ def settle(app: Any, results: list[Any], timeout: float) -> None:
 
 
 def _where(result: Any) -> str:
-    """A saga's status and each step's status, attempt, lease and re-sends."""
+    """A saga's status and each step's status, attempt, lease, re-sends and error."""
     execution = result.execution
     steps = ", ".join(
         f"{s.index}:{s.status.value}/a{s.attempt}/lease={s.lease_owner}/sends={s.sends}"
+        + (f"/error={s.error!r}" if s.error else "")
         for s in execution.steps
     )
     return f"{execution.saga_id} {execution.status.value} [{steps}]"

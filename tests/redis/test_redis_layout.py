@@ -143,8 +143,9 @@ def test_every_field_reads_back_exactly_while_running_finished_and_reopened(
     raw = store.client.hgetall(store.keys.execution(sid))
     assert set(raw) == {
         "h", "h:status", "h:created_at", "h:updated_at", "h:finished_at", "h:input",
-        "s:0", "s:1", "s:2", "s:3", "s:0:l", "s:0:hi",
+        "s:0", "s:1", "s:2", "s:3", "s:0:l", "s:0:hi", "x",
     }  # fmt: skip
+    assert raw["x"] == "1"  # it counted: the finish looked for the counters
     # Abbreviated, not lost: one output for both, the standard task id as its attempt.
     step0 = json.loads(raw["s:0"])
     assert step0["i"] == 2 and "oc" in step0 and "o" not in step0 and "cd" not in step0

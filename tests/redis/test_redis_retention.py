@@ -92,6 +92,47 @@ def test_a_finish_arms_the_expiry_and_a_way_back_takes_it_away(store: RedisSagaB
     assert all(WEEK - 60 < t <= WEEK for t in ttls(store, sid, "order-7"))
 
 
+@pytest.mark.parametrize(
+    ("child", "counted", "earlier_version", "flag"),
+    [
+        (False, False, False, "0"),  # the common saga: nothing beside its hash
+        (True, False, False, "1"),
+        (False, True, False, "1"),
+        (True, True, False, "1"),
+        (True, False, True, None),  # no flag: the finish looks for the keys
+        (False, False, True, None),
+        (False, True, True, "1"),  # counted by this version: flagged
+    ],
+)
+def test_the_extras_flag_says_which_keys_a_finish_tidies(
+    store: RedisSagaBackend, child: bool, counted: bool, earlier_version: bool, flag: str | None
+) -> None:
+    """A new execution says it has no counters or children index until one appears; its
+    finish tidies them (deletes the counters, arms the index's expiry) exactly when they
+    exist, and so does the finish of an execution an earlier version wrote (no flag)."""
+    parent = make_execution(idempotency_key=f"extras-{child}-{counted}-{earlier_version}")
+    sid = parent.saga_id
+    store.create(parent)
+    hash_key = store.keys.execution(sid)
+    assert store.client.hget(hash_key, "x") == "0"
+    if earlier_version:
+        store.client.hdel(hash_key, "x")
+    if child:
+        store.create(make_execution(parent_id=sid, parent_step=0))
+    if counted:
+        write = store.update_step(sid, 0, {"status": StepStatus.RUNNING}, count_in="stage:0")
+        assert write.applied and write.count == 1
+    if not store.cluster:  # a cluster's client tidies the children index itself
+        assert store.client.hget(hash_key, "x") == flag
+    assert store.client.exists(store.keys.counters(sid)) == counted
+
+    assert store.update_saga(sid, {"status": SagaStatus.COMPLETED, "finished_at": time.time()})
+    assert not store.client.exists(store.keys.counters(sid))
+    children = store.client.ttl(store.keys.index_parent(sid))
+    assert (WEEK - 60 < children <= WEEK) if child else children == -2
+    assert WEEK - 60 < store.client.ttl(hash_key) <= WEEK
+
+
 def test_with_no_retention_nothing_expires(store_url: str) -> None:
     store = RedisSagaBackend.from_url(f"{store_url}&ttl=0")
     try:

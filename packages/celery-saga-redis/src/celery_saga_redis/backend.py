@@ -206,6 +206,7 @@ class RedisSagaBackend(SagaBackend):
                     gone_owner,
                     execution.parent_id or "",
                     "" if execution.saga_name in self._named else "1",
+                    "" if execution.parent_id is None else self.keys.execution(execution.parent_id),
                     *fields,
                 ],
             )

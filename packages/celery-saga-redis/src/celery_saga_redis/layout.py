@@ -23,6 +23,10 @@ An execution is one hash (see keys.py). Its fields:
 - ``s:<i>:<code>``: the fields of `APART` when set (lease owner and expiry, late
   successes, history): the step scripts compare or merge them, or they are written
   whole, so they live in fields of their own, deleted when set to null.
+- ``x`` (`EXTRAS`): ``0`` while the execution has no keys beside its hash (counters, a
+  children index), ``1`` once it may have: the first count and the create of a child
+  set it. The write that finishes the execution tidies those keys only when it is not
+  ``0``; an execution an earlier version created has none, and its finish looks.
 
 Counters (`update_step(count_in=...)`) live in a hash of their own while the execution
 runs (`Keys.counters`); the write that finishes it deletes them. A finished execution
@@ -122,6 +126,8 @@ LEGACY_RAW_FIELDS = (
 #: Header fields kept in ``h``; the optional ones only when set. The saga id is the
 #: key's (records of the layout before this one have it in ``h`` too).
 HEADER_FIELDS = ("saga_name", "definition_hash", "schema")
+#: The field that says whether an execution may have keys beside its hash (see above).
+EXTRAS = "x"
 OPTIONAL_HEADER_FIELDS = ("idempotency_key", "queue", "parent_id", "parent_step")
 
 
@@ -238,7 +244,7 @@ def encode(execution: SagaExecution) -> list[str]:
     header = execution.header_dict()
     head = {k: header[k] for k in HEADER_FIELDS}
     head.update((k, header[k]) for k in OPTIONAL_HEADER_FIELDS if header[k] is not None)
-    fields = ["h", dumps(head)]
+    fields = ["h", dumps(head), EXTRAS, "0"]
     for name, value in header.items():
         if name not in head and name not in _NOT_FIELDS and value is not None:
             fields += [f"h:{name}", dumps(value)]

@@ -65,15 +65,19 @@ CREATE_INDEXED = """
 -- ARGV[5] saga id, ARGV[6] an owner of the idempotency key known to be gone (''),
 -- ARGV[7] the parent execution's id ('' for none: then no children index entry),
 -- ARGV[8] '1' to add the saga name to the set of names ('': the caller knows it is
--- there), ARGV[9..] field, value pairs. Returns 1 (created), 0 (the id exists) or the
--- owner.
+-- there), ARGV[9] the parent execution's hash ('' for none): a parent whose extras flag
+-- says it has none (`layout.EXTRAS`) is told it has a children index now,
+-- ARGV[10..] field, value pairs. Returns 1 (created), 0 (the id exists) or the owner.
 local idem = KEYS[2]
 if idem then
   local owner = redis.call('GET', idem)
   if owner and owner ~= ARGV[6] then return owner end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+if ARGV[9] ~= '' and redis.call('HGET', ARGV[9], 'x') == '0' then
+  redis.call('HSET', ARGV[9], 'x', '1')
+end
 if idem then redis.call('SET', idem, ARGV[5]) end
 local ix = ARGV[1]
 local indexes = {ix .. 'status:' .. ARGV[3],
@@ -105,7 +109,7 @@ SAGA_UPDATE = (
 -- ARGV[7..] field, JSON value pairs
 -- A status that becomes finished deletes the counters.
 -- (From ARGV[o + 1] on when called with an offset `o`: after a step script's own ARGV.)
--- A caller that has read the execution's h:status, h:created_at and h passes them as
+-- A caller that has read the execution's h:status, h:created_at, h and x passes them as
 -- `stored`, and its own writes to the hash as `sets`, starting with h:updated_at (the
 -- saga's now replaces it when the change applies): one HMGET and one HSET fewer.
 -- Returns {applied, status before, status after} (statuses as names).
@@ -114,7 +118,7 @@ local OUTPUT_SAID = """
     + """
 local function update_saga(K, A, o, stored, sets)
   local h = K[1]
-  stored = stored or redis.call('HMGET', h, 'h:status', 'h:created_at', 'h')
+  stored = stored or redis.call('HMGET', h, 'h:status', 'h:created_at', 'h', 'x')
   local old, created = stored[1], stored[2]
   local result = nil
   if not old then
@@ -166,10 +170,15 @@ local function update_saga(K, A, o, stored, sets)
       end
     end
     if TERMINAL[new] then
-      -- Few executions have counters (a stage of several steps) or children: one
-      -- EXISTS instead of a DEL and an EXPIRE of keys that are not there.
+      -- Few executions have counters (a stage of several steps) or children: their
+      -- extras flag says so (`layout.EXTRAS`); without one (an execution written by an
+      -- earlier version), one EXISTS instead of a DEL and an EXPIRE of keys not there.
       local others = 1
-      if ttl > 0 and kids then others = redis.call('EXISTS', K[2], kids) end
+      if stored[4] == '0' then
+        others = 0
+      elseif ttl > 0 and kids then
+        others = redis.call('EXISTS', K[2], kids)
+      end
       if others > 0 then redis.call('DEL', K[2]) end
       if ttl > 0 then
         redis.call('EXPIRE', h, ttl)

@@ -108,6 +108,8 @@ if counter ~= '' and alone then
 elseif counter ~= '' then
   count = redis.call('HINCRBY', KEYS[2], counter, 1)
   q = count
+  sets[#sets + 1] = 'x'  -- the execution has counters now (`layout.EXTRAS`)
+  sets[#sets + 1] = '1'
   if saga ~= 'running' and saga ~= 'compensating' and saga ~= 'pending' then
     -- Counted after the finish deleted the counters: they go with the execution.
     local ttl = redis.call('PTTL', h)
@@ -317,7 +319,9 @@ STEP_FAST = lua.LOCALS + lua.FAST + _FAST
 _FINISH_FAST = """
 local h, i = KEYS[1], ARGV[3]
 local p = 's:' .. i
-local got = redis.call('HMGET', h, 'h:status', p, p .. ':lo', p .. ':le', 'h:created_at', 'h')
+local got = redis.call(
+  'HMGET', h, 'h:status', p, p .. ':lo', p .. ':le', 'h:created_at', 'h', 'x'
+)
 local saga = got[1]
 if not saga or (ARGV[2] ~= '' and saga ~= ARGV[2]) then return 0 end
 if not fits(got[2], ARGV[4]) then return 0 end
@@ -326,7 +330,7 @@ local sets = {
   p, append(got[2], #ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]),
 }
 local finished = 0
-if update_saga(KEYS, ARGV, 8, {saga, got[5], got[6]}, sets)[1] == 1 then finished = 1 end
+if update_saga(KEYS, ARGV, 8, {saga, got[5], got[6], got[7]}, sets)[1] == 1 then finished = 1 end
 return {1, string.sub(saga, 2, -2), got[3], got[4], finished}
 """
 
