@@ -85,7 +85,7 @@ class Indexes:
     def add(self, execution: SagaExecution) -> None:
         """Write a new execution's index entries (a cluster create, before the write)."""
         name, status = execution.saga_name, execution.status.value
-        indexes = [*self.keys.indexes_for(name, status)]
+        indexes = list(self.keys.indexes_for(name, status))
         if execution.parent_id is not None:
             indexes.append(self.keys.index_parent(execution.parent_id))
         self.stats.add()
@@ -157,8 +157,8 @@ class Indexes:
         seen: set[str] = set()  # an entry in two status indexes (a cluster's change) once
         chunk, first = limit + 1, True
         while len(items) <= limit and (more or any(buffers.values())):
-            reads = {index: offsets[index] for index in sources if index in more}
-            reads = {index: n for index, n in reads.items() if not buffers[index]}
+            # Read again only the indexes with rows left whose rows read so far are used up.
+            reads = {i: offsets[i] for i in sources if i in more and not buffers[i]}
             if reads:
                 for index, rows in self._read(reads, high, low, chunk, first).items():
                     offsets[index] += len(rows)
