@@ -46,6 +46,7 @@ from typing import Any, Protocol
 import redis
 from bench_app import BenchApp
 from celery import chain, group
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from processes import POLL, DbosDriver, OrigDriver, Worker, group_cpu_seconds
 
 from celery_saga import Saga
@@ -310,6 +311,9 @@ class PlainChain(_InProcessCaller):
         self.key, self.label, self.bench, self.marks = key, label, bench, marks
         self.worker = worker
         self.results = redis.Redis.from_url(str(bench.app.conf.result_backend))
+        #: Seconds after which a chain's ``get()`` is looked at (see `latency`).
+        self.stuck_after = 15.0
+        self.stuck_gets = 0
 
     def _meta(self, task_id: str) -> dict[str, Any] | None:
         raw = self.results.get(f"celery-task-meta-{task_id}")
@@ -375,12 +379,28 @@ class PlainChain(_InProcessCaller):
             self.results.delete(*[f"celery-task-meta-{t}" for t in task_ids[i : i + 500]])
 
     def latency(self, n: int, timeout: float = 60) -> list[float]:
-        """``chain(...).apply_async()`` then ``AsyncResult.get()``, `n` times in a row."""
+        """``chain(...).apply_async()`` then ``AsyncResult.get()``, `n` times in a row.
+
+        A ``get()`` that does not return within `stuck_after` seconds although the chain's
+        result is stored (seen twice under CI load with Celery 5.7's Redis result
+        backend) is a fault of the waiting client, not a latency of the chain: that
+        chain is left out of the figures and counted in `stuck_gets`.
+        """
         latencies, task_ids = [], []
         for _ in range(n):
             started = time.perf_counter()
             result = chain(*[t.s() for t in self.bench.noops]).apply_async()
-            result.get(timeout=timeout)
+            try:
+                result.get(timeout=min(timeout, self.stuck_after))
+            except CeleryTimeoutError:
+                meta = self._meta(result.id)
+                if meta is None or meta.get("status") != "SUCCESS":
+                    result.get(timeout=max(timeout - self.stuck_after, 0.1))  # a slow chain
+                else:
+                    self.stuck_gets += 1
+                    print(f"  chain {result.id}: get() stuck, result stored; left out")
+                    task_ids += _chain_ids(result)
+                    continue
             latencies.append(time.perf_counter() - started)
             task_ids += _chain_ids(result)
         self.forget(task_ids)

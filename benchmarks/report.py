@@ -206,9 +206,11 @@ def section_rows(workload: str, section: dict[str, Any]) -> list[Row]:
                 table.append((workload, c["label"], measure, median, spread, "", target, result))
     elif "p50" in first:
         for _, c in contenders:
+            stuck = c.get("stuck_gets", 0)
+            note = f"{stuck} stuck get() left out" if stuck else ""
             for measure in section.get("percentiles", ["p50", "p99"]):
                 median, spread = _ms(c[measure]["median"]), _spread(c[measure], _ms)
-                table.append((workload, c["label"], measure, median, spread, "", "", ""))
+                table.append((workload, c["label"], measure, median, spread, "", "", note))
     else:
         for _, c in contenders:
             note = ""

@@ -256,6 +256,8 @@ def latency(
                 "label": c.label,
                 **{measure: summary(by_key[c.key]) for measure, by_key in values.items()},
                 "latencies": [[round(x, 6) for x in lat] for lat in runs[c.key]],
+                # Waits that never returned although the result was there (PlainChain).
+                "stuck_gets": getattr(c, "stuck_gets", 0),
             }
             for c in contenders
         },
