@@ -198,3 +198,27 @@ def _by_key(app: Any, saga: Any, key: str) -> str:
     execution = backend_for(app, saga.backend).find_by_idempotency_key(key)
     assert execution is not None, "run() left no record behind"
     return execution.saga_id
+
+
+def test_store_black_holed_before_the_workers_open_it_loses_nothing(
+    processes: ProcessSetup, worker_processes: Callable[..., WorkerProcess]
+) -> None:
+    """A worker process opens the store on its first saga message; while the store answers
+    nothing, that attempt is put off, never recorded as the step's failure. (On a Redis
+    Cluster the proxy fronts only the seed node: opening the store is what it stops.)"""
+    if processes.store.startswith("sqlite"):
+        pytest.skip("workers reach a SQLite store as a file, not over the network")
+    port = urlsplit(processes.store).port
+    assert port is not None
+    with FaultProxy(port) as proxy:
+        env = processes.env(
+            SAGA_E2E_CONF=json.dumps(CONF), SAGA_E2E_STORE=through(proxy, processes.store)
+        )
+        worker_processes("worker_app", [processes.queue], 4, env)
+        app, (scenarios, _) = processes.app(conf=CONF)
+        proxy.black_hole()  # before any worker process has opened the store
+        results = [scenarios.crash.run(n=i) for i in range(20)]
+        time.sleep(10)  # the outage itself: the first saga messages meet it
+        proxy.heal()
+        settle(app, results, timeout=120)
+    check_effects(scenarios, results)

@@ -214,6 +214,22 @@ def _run(
         if hooks is None:
             return body()
         return _run_traced_elsewhere(hooks, tracing.attempt_of(request, header, task.name), body)
+    except Exception as exc:
+        # The store could not be opened: a process opens it on its first saga message,
+        # and one that is unreachable right now (a Redis Cluster client asks a node for
+        # the slot map as it is made) raises here, before anything ran. That is not the
+        # step's failure: mark the request handled, so `task_failure` receivers do not
+        # record it as one, and try again later, as the gate does.
+        setattr(request, HANDLED, True)
+        log(
+            logging.WARNING,
+            header.saga_id,
+            header.index,
+            "store not reachable (%r); attempt %s put off",
+            exc,
+            header.attempt,
+        )
+        raise task.retry(exc=exc, countdown=2, max_retries=None) from exc
     setattr(request, HANDLED, True)
     if header.compensation:
         return _run_compensation(task, rt, request, header, body, args, kwargs)
