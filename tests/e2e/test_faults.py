@@ -130,6 +130,10 @@ def survive(
 def test_store_black_holed_for_10s_during_bookkeeping_loses_nothing(
     processes: ProcessSetup, worker_processes: Callable[..., WorkerProcess]
 ) -> None:
+    """On a Redis Cluster the proxy fronts the seed node only: a client that has read the
+    slot map talks to the nodes directly, so there the fault meets the worker processes
+    that open the store during it (as it certainly does in
+    `test_store_black_holed_before_the_workers_open_it_loses_nothing`)."""
     if processes.store.startswith("sqlite"):
         pytest.skip("workers reach a SQLite store as a file, not over the network")
     survive(
