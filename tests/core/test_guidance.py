@@ -48,7 +48,7 @@ from celery_saga.cli import EXIT_OK
 from celery_saga.cli import saga as saga_cli
 from celery_saga.headers import SagaHeader
 from celery_saga.response import ensure_json
-from celery_saga.runtime import forward, instrument
+from celery_saga.runtime import bookkeeping, forward, instrument
 from celery_saga.runtime.binding import Runtime
 from celery_saga.testing import make_execution
 
@@ -355,7 +355,7 @@ def test_a_gate_that_finds_no_record_says_which_store_and_does_not_retry(
     header = SagaHeader(execution.saga_id, name, 0, 2, definition_hash=rt.definition.hash)
     caplog.set_level("DEBUG", logger="celery_saga")
     with pytest.raises(SagaRecordNotFound) as info:
-        instrument._bookkeep(rt, header, forward.step_started, "task-id", 0, False, gate=True)
+        bookkeeping.bookkeep(rt, header, forward.step_started, "task-id", 0, False, gate=True)
     message = str(info.value)
     assert message.startswith(f"no record of saga {name!r} {execution.saga_id} in this worker's")
     assert repr(worker_store) in message and "same `saga_backend`" in message

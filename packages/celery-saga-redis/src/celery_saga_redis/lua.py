@@ -52,6 +52,9 @@ LOCALS = (
     "KEYS, ARGV, redis, string, tonumber, unpack\n"
 )
 
+# The name of the extras flag field (`layout.EXTRAS`), for the scripts that read or set it.
+EXTRAS = "local EXTRAS = " + _lua_string(layout.EXTRAS) + "\n"
+
 # Whether a status name is one of a space-separated list of names ('': any).
 ALLOWED = """
 local function allowed(list, name)

@@ -58,7 +58,9 @@ return redis.call('PERSIST', KEYS[1])
 
 # Standalone servers only (it touches index keys built here, outside KEYS): create
 # the execution, claim its idempotency key and index it in one atomic step.
-CREATE_INDEXED = """
+CREATE_INDEXED = (
+    lua.EXTRAS
+    + """
 -- KEYS[1] execution hash, KEYS[2] idempotency key (absent when none: an empty key
 -- name would fall outside an ACL user's key patterns)
 -- ARGV[1] index prefix, ARGV[2] saga name, ARGV[3] status, ARGV[4] index score,
@@ -75,8 +77,8 @@ if idem then
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 10))
-if ARGV[9] ~= '' and redis.call('HGET', ARGV[9], 'x') == '0' then
-  redis.call('HSET', ARGV[9], 'x', '1')
+if ARGV[9] ~= '' and redis.call('HGET', ARGV[9], EXTRAS) == '0' then
+  redis.call('HSET', ARGV[9], EXTRAS, '1')
 end
 if idem then redis.call('SET', idem, ARGV[5]) end
 local ix = ARGV[1]
@@ -89,6 +91,7 @@ end
 if ARGV[8] ~= '' then redis.call('SADD', ix .. 'names', ARGV[2]) end
 return 1
 """
+)
 
 # The execution update of UPDATE_SAGA, as a function of its KEYS (K) and ARGV (A): the
 # finishing step script (`step_scripts.FINISH_STEP`) ends the saga with it in the same call.
@@ -118,7 +121,7 @@ local OUTPUT_SAID = """
     + """
 local function update_saga(K, A, o, stored, sets)
   local h = K[1]
-  stored = stored or redis.call('HMGET', h, 'h:status', 'h:created_at', 'h', 'x')
+  stored = stored or redis.call('HMGET', h, 'h:status', 'h:created_at', 'h', EXTRAS)
   local old, created = stored[1], stored[2]
   local result = nil
   if not old then
@@ -214,6 +217,7 @@ end
 
 UPDATE_SAGA = (
     lua.LOCALS
+    + lua.EXTRAS
     + lua.ALLOWED
     + lua.TERMINAL
     + scores.LUA

@@ -108,7 +108,7 @@ if counter ~= '' and alone then
 elseif counter ~= '' then
   count = redis.call('HINCRBY', KEYS[2], counter, 1)
   q = count
-  sets[#sets + 1] = 'x'  -- the execution has counters now (`layout.EXTRAS`)
+  sets[#sets + 1] = EXTRAS  -- the execution has counters now
   sets[#sets + 1] = '1'
   if saga ~= 'running' and saga ~= 'compensating' and saga ~= 'pending' then
     -- Counted after the finish deleted the counters: they go with the execution.
@@ -254,13 +254,14 @@ if n > 0 then
 end
 """
 
-UPDATE_STEP = lua.LOCALS + lua.ALLOWED + _STEP_WRITE.replace("--FINISH--\n", "")
+UPDATE_STEP = lua.LOCALS + lua.EXTRAS + lua.ALLOWED + _STEP_WRITE.replace("--FINISH--\n", "")
 
 # A step write that ends the saga when it applies (the last step's success): UPDATE_STEP
 # then UPDATE_SAGA on the same hash, in one call. A step that does not finish the saga
 # runs UPDATE_STEP, which does not build the saga update's function on every call.
 FINISH_STEP = (
     lua.LOCALS
+    + lua.EXTRAS
     + lua.ALLOWED
     + lua.TERMINAL
     + scores.LUA
@@ -320,7 +321,7 @@ _FINISH_FAST = """
 local h, i = KEYS[1], ARGV[3]
 local p = 's:' .. i
 local got = redis.call(
-  'HMGET', h, 'h:status', p, p .. ':lo', p .. ':le', 'h:created_at', 'h', 'x'
+  'HMGET', h, 'h:status', p, p .. ':lo', p .. ':le', 'h:created_at', 'h', EXTRAS
 )
 local saga = got[1]
 if not saga or (ARGV[2] ~= '' and saga ~= ARGV[2]) then return 0 end
@@ -336,6 +337,7 @@ return {1, string.sub(saga, 2, -2), got[3], got[4], finished}
 
 FINISH_FAST = (
     lua.LOCALS
+    + lua.EXTRAS
     + lua.ALLOWED
     + lua.TERMINAL
     + scores.LUA

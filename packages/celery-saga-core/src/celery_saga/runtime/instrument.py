@@ -37,47 +37,21 @@ from celery.utils.objects import mro_lookup
 from celery_saga import registry, tracing
 from celery_saga.backends.base import Lease, StepExpect
 from celery_saga.compiler import SERIALIZER
-from celery_saga.errors import PermanentFailure, SagaError, SagaRecordNotFound, StepOutputError
+from celery_saga.errors import PermanentFailure, SagaError, StepOutputError
 from celery_saga.headers import SagaHeader, header_of
 from celery_saga.retry import error_types
 from celery_saga.runtime import compensation, forward, leases
 from celery_saga.runtime.binding import Runtime, describe_error, outcome_of
+from celery_saga.runtime.bookkeeping import (
+    HANDLED,
+    HandledFailure,
+    bookkeep,
+    recorded,
+)
 from celery_saga.runtime.decide import Admission
 from celery_saga.runtime.log import log
 
-HANDLED = "celery_saga_handled"
 _MARK = "_celery_saga_instrumented"
-#: Set on an exception the runtime recorded and logged (see `HandledFailure`).
-_HANDLED_FAILURE = "_celery_saga_handled_failure"
-#: What `_bookkeep` returns when an outcome could not be recorded even after retries.
-_UNRECORDED = object()
-
-
-class _HandledMeta(type):
-    """Makes ``isinstance(exc, HandledFailure)`` true for exceptions marked as handled."""
-
-    def __instancecheck__(cls, instance: Any) -> bool:
-        return getattr(instance, _HANDLED_FAILURE, False) is True
-
-
-class HandledFailure(Exception, metaclass=_HandledMeta):
-    """Stands in a step task's ``throws`` for the failures the saga already logged.
-
-    Celery's tracer logs an exception that is an instance of one of ``Task.throws``
-    as expected: at INFO, without a traceback. Nothing is ever raised as this class;
-    an exception matches it when the runtime marked it (`handled`) after recording
-    the step's failure and logging it at WARNING with the saga id. Unmarked
-    exceptions, and every call outside a saga, are logged by Celery as before.
-    """
-
-
-def handled(exc: BaseException) -> BaseException:
-    """Mark `exc` as recorded and logged by the saga runtime (see `HandledFailure`)."""
-    try:
-        setattr(exc, _HANDLED_FAILURE, True)
-    except Exception:  # an exception type that takes no attributes: Celery logs it as before
-        pass
-    return exc
 
 
 class _PermanentShield(Ignore):  # type: ignore[misc]
@@ -229,7 +203,7 @@ def _run(
             exc,
             header.attempt,
         )
-        raise task.retry(exc=exc, countdown=2, max_retries=None) from exc
+        raise _put_off(task, exc) from exc
     setattr(request, HANDLED, True)
     if header.compensation:
         return _run_compensation(task, rt, request, header, body, args, kwargs)
@@ -295,7 +269,7 @@ def _run_step(
         failure = shield.failure
         if scope is not None:
             scope.failed(failure)
-        done = _bookkeep(
+        done = bookkeep(
             rt,
             header,
             forward.step_failed,
@@ -304,14 +278,14 @@ def _run_step(
             error_types(failure),
             started_at,
         )
-        raise _recorded(failure, done) from None
+        raise recorded(failure, done) from None
     except Exception as exc:
         if scope is not None:
             scope.failed(exc)
         data = exc.compensation_data if isinstance(exc, PermanentFailure) else None
         # An exception the step did not raise on purpose keeps its traceback in the log.
         deliberate = isinstance(exc, PermanentFailure | StepOutputError)
-        done = _bookkeep(
+        done = bookkeep(
             rt,
             header,
             forward.step_failed,
@@ -321,19 +295,19 @@ def _run_step(
             started_at,
             None if deliberate else exc,
         )
-        _recorded(exc, done)
+        recorded(exc, done)
         raise
     try:
         output, compensation_data = outcome_of(rt, header, value)
     except StepOutputError as exc:
         if scope is not None:
             scope.failed(exc)
-        done = _bookkeep(
+        done = bookkeep(
             rt, header, forward.step_failed, str(exc), None, error_types(exc), started_at
         )
-        _recorded(exc, done)
+        recorded(exc, done)
         raise
-    _bookkeep(rt, header, forward.step_succeeded, output, compensation_data, started_at, kwargs)
+    bookkeep(rt, header, forward.step_succeeded, output, compensation_data, started_at, kwargs)
     return output
 
 
@@ -382,10 +356,16 @@ def _compensate(
     except Exception as exc:
         if scope is not None:
             scope.failed(exc)
-        _bookkeep(rt, header, compensation.compensation_failed, describe_error(exc))
+        bookkeep(rt, header, compensation.compensation_failed, describe_error(exc))
         raise
-    _bookkeep(rt, header, compensation.compensation_succeeded)
+    bookkeep(rt, header, compensation.compensation_succeeded)
     return value
+
+
+def _put_off(task: Task, exc: Exception) -> Retry:
+    """The retry that puts an attempt off while the store cannot be reached. Past the
+    task's own ``max_retries`` Celery raises `exc`, and the attempt is left to recovery."""
+    return task.retry(exc=exc, countdown=2, max_retries=None)
 
 
 def _gate(
@@ -393,11 +373,11 @@ def _gate(
 ) -> None:
     """Record that an attempt starts, or refuse it (Ignore) or put it off (retry)."""
     try:
-        admission: Admission = _bookkeep(rt, header, fn, *args, gate=True)
+        admission: Admission = bookkeep(rt, header, fn, *args, gate=True)
     except SagaError:
         raise
     except Exception as exc:  # the store is unreachable: run nothing, try again later
-        raise task.retry(exc=exc, countdown=2, max_retries=None) from exc
+        raise _put_off(task, exc) from exc
     if admission.wait is not None:  # another process runs this attempt: try after its lease
         raise task.retry(countdown=admission.wait, max_retries=None)
     if not admission.run:
@@ -413,103 +393,6 @@ def _compensation_model(task: Task) -> Any:
     hints.pop("return", None)
     hint = hints.get("compensation_data") or next(iter(hints.values()), None)
     return hint if hasattr(hint, "model_validate") else None
-
-
-def _recorded(exc: BaseException, done: Any) -> BaseException:
-    """Mark `exc` handled when its bookkeeping `done` (not `_UNRECORDED`) recorded it."""
-    return exc if done is _UNRECORDED else handled(exc)
-
-
-def no_record(rt: Runtime, header: SagaHeader, *, ran: bool) -> SagaRecordNotFound:
-    """The error (logged once, at ERROR) for a message whose saga this store has no record of.
-
-    A write to a saga that does not exist raises KeyError in every store; after one
-    read confirms there is no record, it is this: the worker and the process that
-    started the saga use different stores. `ran` says whether the step's body ran.
-    """
-    try:
-        name = rt.definition.step(header.index).task_name
-    except Exception:
-        name = "?"
-    part = "Compensation of step" if header.compensation else "Step"
-    done = (
-        f"{part} {header.index} ({name}) ran, but its outcome could not be recorded"
-        if ran
-        else f"{part} {header.index} ({name}) was not run"
-    )
-    error = SagaRecordNotFound(
-        f"no record of saga {header.saga_name!r} {header.saga_id} in this worker's store "
-        f"{rt.backend!r}: the process that started it stored it elsewhere. The producer and "
-        "every worker must share one store: give them the same `saga_backend` (the same "
-        f"URL, database and ?prefix=), or the same `backend=` on the saga. {done}; this "
-        "message is dropped, not retried: neither a retry nor the recovery pass can find a "
-        "record that is not in this store."
-    )
-    log(logging.ERROR, header.saga_id, header.index, "%s", error)
-    handled(error)
-    return error
-
-
-def check_record(rt: Runtime, header: SagaHeader, *, ran: bool) -> None:
-    """After a KeyError from a write: raise `no_record` if the store has no record of the saga.
-
-    Returns when the record exists (the KeyError means something else) or the store
-    cannot be read (the caller's usual retries apply).
-    """
-    try:
-        missing = rt.backend.get(header.saga_id) is None
-    except Exception:
-        return
-    if missing:
-        raise no_record(rt, header, ran=ran) from None
-
-
-_RETRY_DELAYS = (0.05, 0.25, 1.0, 2.0)
-
-
-def _bookkeep(
-    rt: Runtime, header: SagaHeader, fn: Callable[..., Any], *args: Any, gate: bool = False
-) -> Any:
-    """Run a bookkeeping call, retrying transient store or broker errors.
-
-    A gate that still fails raises (the step must not run unrecorded). An outcome
-    that still fails is logged and never fails the user's step: the recovery pass
-    finds the saga without progress; `_UNRECORDED` is returned. A saga the store
-    has no record of raises `SagaRecordNotFound` at once (see `no_record`): no retry
-    and no recovery pass can help there.
-    """
-    for delay in (*_RETRY_DELAYS, None):
-        try:
-            return fn(rt, header, *args)
-        except SagaError:
-            raise
-        except Exception as exc:
-            if isinstance(exc, KeyError):
-                check_record(rt, header, ran=not gate)
-            if delay is None:
-                if gate:
-                    raise
-                log(
-                    logging.ERROR,
-                    header.saga_id,
-                    header.index,
-                    "bookkeeping %s failed for good: %r; the recovery pass will resume this saga",
-                    fn.__name__,
-                    exc,
-                    exc_info=True,
-                )
-                return _UNRECORDED
-            log(
-                logging.WARNING,
-                header.saga_id,
-                header.index,
-                "bookkeeping %s failed (%r); retrying in %ss",
-                fn.__name__,
-                exc,
-                delay,
-            )
-            time.sleep(delay)
-    return None
 
 
 registry.on_task(instrument)  # every task that becomes a step or compensation

@@ -26,7 +26,7 @@ from celery_saga.response import StepResponse, ensure_json, normalize_result
 from celery_saga.retry import error_types
 from celery_saga.runtime import compensation, forward, orphans
 from celery_saga.runtime.binding import Runtime, describe_error, outcome_of
-from celery_saga.runtime.instrument import HANDLED, HandledFailure, check_record
+from celery_saga.runtime.bookkeeping import HANDLED, HandledFailure, check_record
 from celery_saga.runtime.log import log, logger
 
 _RETRY = {
