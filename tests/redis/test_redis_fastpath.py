@@ -156,15 +156,15 @@ def pair(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
     fast = RedisSagaBackend.from_url(f"{url}fast:")
     general = RedisSagaBackend.from_url(f"{url}general:")
     made = Pair(fast, general)
-    real = fast._fast_script
+    real = fast._steps._fast_script
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         reply = real(*args, **kwargs)
         made.replies.append(reply)
         return reply
 
-    monkeypatch.setattr(fast, "_fast_script", spy)
-    monkeypatch.setattr(general, "_fast_script", lambda *args, **kwargs: 0)
+    monkeypatch.setattr(fast._steps, "_fast_script", spy)
+    monkeypatch.setattr(general._steps, "_fast_script", lambda *args, **kwargs: 0)
     try:
         yield made
     finally:

@@ -147,9 +147,8 @@ def test_renew_leases_is_one_exchange_for_executions_on_every_node(
 
     # Later heartbeats go by SHA; a node that lost the script gets it by body, at the
     # cost of one more exchange (here: every node, a script none of them has seen).
-    monkeypatch.setattr(
-        store, "_renew", store.client.register_script(step_scripts.RENEW + f"-- {uuid.uuid4()}\n")
-    )
+    unseen = store.client.register_script(step_scripts.RENEW + f"-- {uuid.uuid4()}\n")
+    monkeypatch.setattr(store._steps, "_renew", unseen)
     store.stats.reset()
     assert store.renew_leases(leases[:-2], t + 90) == []
     assert store.stats.round_trips == (2 if store.cluster else 1)

@@ -90,8 +90,8 @@ def test_the_hot_calls_go_packed_on_a_standalone_store(
     own_server: tuple[RedisSagaBackend, redis.Redis],
 ) -> None:
     store, _ = own_server
-    assert isinstance(store._update_step_call, PackedScript)
-    assert isinstance(store._finish_step_call, PackedScript)
+    assert isinstance(store._steps._update_step_call, PackedScript)
+    assert isinstance(store._steps._finish_step_call, PackedScript)
     assert isinstance(store._create_indexed_call, PackedScript)
     assert isinstance(store._update_saga_call, PackedScript)
     saga_id = _start(store)
@@ -116,7 +116,7 @@ def test_a_server_without_the_script_gets_it_loaded(
     saga_id = _start(store)
     admin.script_flush()
     assert _run_step(store, saga_id)
-    assert admin.script_exists(store._update_step.sha) == [True]
+    assert admin.script_exists(store._steps._update_step.sha) == [True]
 
 
 def test_a_lost_connection_is_replaced_and_the_write_done(

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import redis
 from support import wait_until
 from waiting_checks import (
     check_a_forked_child_waits_on_a_connection_of_its_own,
@@ -98,6 +99,60 @@ def test_a_wait_outlives_a_lost_connection(named: tuple[RedisSagaBackend, str]) 
         got = waiting.result(timeout=30)
     assert got is not None and got.status is SagaStatus.COMPLETED
     assert time.monotonic() - started < 4  # woken by the announcement, not the 5 s re-read
+
+
+def test_a_wait_takes_a_new_connection_when_the_shared_one_lost_its_socket_unseen(
+    named: tuple[RedisSagaBackend, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiter that finds the shared connection without its socket, before the dispatcher
+    has seen the loss, does not reconnect it (its handshake would race the dispatcher's
+    read: seen as a read timeout in a TLS store's wait): the listener drops it and
+    subscribes the waiter on a new connection, where the announcement wakes it."""
+    store, name = named
+    listener = store._listener
+    idle = make_execution()
+    store.create(idle)
+    assert store.wait(idle.saga_id, 0.01) is None  # the listener's connection is open
+    first, generation = listener._conn, listener.generation
+    stuck, release = threading.Event(), threading.Event()
+    real_read = listener.read
+
+    def read(conn: Any, timeout: float) -> Iterator[dict[str, Any]]:
+        if conn is first:  # a read that has not seen the loss yet
+            stuck.set()
+            release.wait(30)
+            raise redis.ConnectionError("lost")
+        return real_read(conn, timeout)
+
+    peeked = threading.Event()
+    real_get_status = store.get_status
+
+    def get_status(saga_id: str) -> Any:
+        peeked.set()  # the waiter's first read, once it is subscribed
+        return real_get_status(saga_id)
+
+    monkeypatch.setattr(listener, "read", read)
+    monkeypatch.setattr(store, "get_status", get_status)
+    wait_until(stuck.is_set, 30, "the dispatcher to enter its next read")
+    first.connection.disconnect()
+    execution = make_execution()
+    store.create(execution)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(store.wait_outcome, execution.saga_id, 60)
+            wait_until(peeked.is_set, 30, "the wait to subscribe and read")
+            assert listener._conn is not first and len(subscribers(store, name)) == 1
+            assert store.update_saga(
+                execution.saga_id, {"status": SagaStatus.COMPLETED, "output": {"n": 1}}
+            )
+            outcome = waiting.result(timeout=30)
+    finally:
+        release.set()
+    assert outcome is not None and outcome.status is SagaStatus.COMPLETED
+    assert outcome.output == {"n": 1}
+    assert listener.generation > generation
+    if not store.cluster:  # a cluster's announcement says the status alone: then a read
+        assert outcome.execution is None  # told by the announcement, on the new connection
 
 
 def test_an_idle_connection_closes_and_the_next_wait_opens_one(

@@ -25,9 +25,11 @@ command, so no transactions are needed:
 - listing reads the (status | name | both | parent | neither, created_at, _id) indexes
   newest first with a keyset cursor (`celery_saga_mongo.listing`).
 
-`wait` uses a change stream on the execution where the server has them (replica
-sets and sharded clusters; SecantusDB advertises a single-node replica set), and
-the base class's bounded polling elsewhere. Requires MongoDB 4.4 or newer.
+The step writes, lease renewals and late outcomes are run by `stepcommands` with the
+filters and updates `stepwrites` builds. `wait` uses a change stream on the execution
+where the server has them (replica sets and sharded clusters; SecantusDB advertises a
+single-node replica set), and the base class's bounded polling elsewhere. Requires
+MongoDB 4.4 or newer.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, MongoClient, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, IndexModel, MongoClient
 from pymongo.collection import Collection as MongoCollection
 from pymongo.driver_info import DriverInfo
 from pymongo.errors import DuplicateKeyError, OperationFailure
@@ -54,7 +56,6 @@ from celery_saga.backends.base import (
     StepWrite,
     check_limit,
     check_saga_changes,
-    check_step_changes,
     decode_cursor,
     normalize_status,
     payload_size,
@@ -66,21 +67,16 @@ from celery_saga.models import (
     StepStatus,
     now,
 )
-from celery_saga_mongo import stepwrites
 from celery_saga_mongo.documents import (
-    LATE_STATE,
     check_number,
     check_saga_id,
-    check_step_index,
     check_text,
-    counter_field,
-    encode_late_entry,
     encode_saga_value,
-    encode_step_value,
     execution_document,
     execution_from_document,
 )
 from celery_saga_mongo.listing import Listing
+from celery_saga_mongo.stepcommands import CAS_TRIES, StepCommands
 from celery_saga_mongo.urls import (
     DEFAULT_DATABASE,
     check_collection_prefix,
@@ -97,15 +93,9 @@ logger = logging.getLogger("celery_saga.mongo")
 #: arrived in 4.2, aggregation expressions in findAndModify projections in 4.4).
 MIN_WIRE_VERSION = 9
 _TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
-#: How often a compare-and-set is re-tried when its refusal raced with a write
-#: that made the conditions hold again (each try is one atomic command).
-_CAS_TRIES = 8
 #: How often `create` re-tries after losing an idempotency race to an execution
 #: that was deleted before it could be read.
 _CREATE_TRIES = 8
-#: Server error code of an update that cannot create a field inside a non-document
-#: (``$set`` of ``late.<attempt>`` while ``late`` is null).
-_PATH_NOT_VIABLE = 28
 
 #: Index name -> keys. Listing uses the five (…, created_at, _id) indexes newest
 #: first (``parent_created``, added with saga composition, lists the children of one
@@ -201,6 +191,8 @@ class MongoSagaBackend(SagaBackend):
         self._lock = threading.Lock()
         #: The pages of `list` (`listing`).
         self._listing = Listing(self.executions, self.stats)
+        #: The step writes (`stepcommands`).
+        self._steps = StepCommands(self.executions, self.stats, self._prepare)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MongoSagaBackend:
@@ -352,7 +344,7 @@ class MongoSagaBackend(SagaBackend):
         expect: StepExpect | None = None,
         count_in: str | None = None,
     ) -> StepWrite:
-        return self._write_step(saga_id, index, changes, expect, count_in, None)[0]
+        return self._steps.write_step(saga_id, index, changes, expect, count_in, None)[0]
 
     def update_step_and_get(
         self,
@@ -375,7 +367,7 @@ class MongoSagaBackend(SagaBackend):
         The steps of `start_next` are then marked started as the contract says,
         one compare-and-set each.
         """
-        write, execution = self._write_step(saga_id, index, changes, expect, count_in, get_at)
+        write, execution = self._steps.write_step(saga_id, index, changes, expect, count_in, get_at)
         if execution is not None and start_next is not None and start_next.ready(execution):
             pending = StepExpect(
                 status=frozenset({StepStatus.PENDING}),
@@ -390,123 +382,12 @@ class MongoSagaBackend(SagaBackend):
             write = dataclasses.replace(write, started=tuple(started))
         return write, execution
 
-    def _write_step(
-        self,
-        saga_id: str,
-        index: int,
-        changes: Mapping[str, Any],
-        expect: StepExpect | None,
-        count_in: str | None,
-        get_at: int | None,
-    ) -> tuple[StepWrite, SagaExecution | None]:
-        """The one-command step write of `update_step_and_get`."""
-        saga_id = check_saga_id(saga_id)
-        index = check_step_index(index)
-        check_step_changes(changes)
-        values = {name: encode_step_value(name, value) for name, value in changes.items()}
-        counter = None if count_in is None else counter_field(count_in)
-        query = stepwrites.step_query(saga_id, index, expect)
-        if get_at is not None and (isinstance(get_at, bool) or not isinstance(get_at, int)):
-            raise TypeError(f"get_at must be an int, got {get_at!r}")
-        projection = stepwrites.step_projection(
-            index, counter if get_at is not None else None, get_at
-        )
-        written = payload_size(*values, *values.values())
-        self._prepare()
-        state: dict[str, Any] = {}
-        for _ in range(_CAS_TRIES):
-            update = stepwrites.step_update(index, values, counter, now())
-            self.stats.add(1, written)
-            document = self.executions.find_one_and_update(
-                query, update, projection=projection, return_document=ReturnDocument.AFTER
-            )
-            if document is not None:
-                state = stepwrites.read_state(document, index, saga_id)
-                write = stepwrites.step_write(True, state, state.get("seq") if counter else None)
-                whole = document.get(stepwrites.WHOLE)
-                return write, None if whole is None else execution_from_document(whole)
-            # Refused: read why. The conditions are checked again in Python with the
-            # contract's own `refusal`; if they hold now, the refusal raced with a write
-            # that restored them, and the write is tried again.
-            self.stats.add()
-            current = self.executions.find_one({"_id": saga_id}, projection=projection)
-            if current is None:
-                raise KeyError(f"no step {index} in saga {saga_id}")
-            state = stepwrites.read_state(current, index, saga_id)
-            if expect is None:
-                continue
-            reason = expect.refusal(
-                StepStatus(state["status"]),
-                int(state["attempt"]),
-                int(state["comp_attempt"]),
-                SagaStatus(state["saga_status"]),
-                state["lease_owner"],
-                state["lease_expires_at"],
-            )
-            if reason is not None:
-                return stepwrites.step_write(False, state, None), None
-        return stepwrites.step_write(False, state, None), None
-
     # -- leases and late outcomes --------------------------------------------------------------
     def renew_leases(self, leases: Sequence[Lease], expires_at: float) -> builtins.list[Lease]:
         """One request in the common case: an unordered ``bulkWrite`` of one ``updateOne``
-        per lease, each filtered on the lease's conditions (`Lease.expect`).
-
-        The reply counts the matches but does not say which operations matched, so
-        when every lease matched nothing is lost and nothing more is sent. Otherwise
-        one ``find`` reads the lease fields of the steps concerned, and a lease is
-        kept when its step still runs that attempt under its owner (its own renewal,
-        just applied, or a later one from the same process); the others are lost.
-        A lease renewed twice in one call matches twice (the second time it is
-        already its owner's), so duplicates cost nothing extra.
-        """
-        expires = check_number(expires_at, "expires_at")
-        if not leases:
-            return []
-        operations = []
-        for lease in leases:
-            saga_id = check_saga_id(lease.saga_id)
-            index = check_step_index(lease.index)
-            owner = stepwrites.check_owner(lease.owner, "lease owner")
-            operations.append(
-                UpdateOne(
-                    stepwrites.step_query(saga_id, index, lease.expect()),
-                    {
-                        "$set": {
-                            f"steps.{index}.lease_owner": owner,
-                            f"steps.{index}.lease_expires_at": expires,
-                        }
-                    },
-                )
-            )
-        self._prepare()
-        self.stats.add(
-            1,
-            sum(
-                payload_size("lease_owner", lease.owner, "lease_expires_at", expires)
-                for lease in leases
-            ),
-        )
-        result = self.executions.bulk_write(operations, ordered=False)
-        if result.matched_count == len(operations):
-            return []
-        return self._lost_leases(leases)
-
-    def _lost_leases(self, leases: Sequence[Lease]) -> builtins.list[Lease]:
-        """Which of `leases` their owners no longer hold (one ``find``)."""
-        projection: dict[str, Any] = {"status": 1}
-        for index in sorted({lease.index for lease in leases}):
-            projection[f"s{index}"] = stepwrites.step_fields(index)
-        saga_ids = sorted({lease.saga_id for lease in leases})
-        self.stats.add()
-        found = {
-            document["_id"]: document
-            # One batch for all of them (the default first batch stops at 101 documents).
-            for document in self.executions.find(
-                {"_id": {"$in": saga_ids}}, projection=projection, batch_size=len(saga_ids)
-            )
-        }
-        return [lease for lease in leases if not stepwrites.holds(lease, found.get(lease.saga_id))]
+        per lease, each filtered on the lease's conditions (`Lease.expect`); a ``find``
+        says which were lost only when fewer matched than were sent (`stepcommands`)."""
+        return self._steps.renew_leases(leases, expires_at)
 
     def record_late(
         self,
@@ -517,68 +398,8 @@ class MongoSagaBackend(SagaBackend):
         *,
         expect_state: str | None = None,
     ) -> StepWrite:
-        """One ``findAndModify`` on ``steps.<i>.late.<attempt>``.
-
-        To create the entry the filter requires it to be absent and the update
-        ``$set``\\ s the whole entry; to move it on, the filter requires its ``state``
-        and the update ``$set``\\ s only the changed fields of the entry (the merge
-        happens on the server, so nothing is read first). A step whose ``late`` is
-        null (set so by `update_step`) cannot hold a path below it: that one case
-        costs a second command, which replaces the null with the new object.
-        """
-        saga_id = check_saga_id(saga_id)
-        index = check_step_index(index)
-        if isinstance(attempt, bool) or not isinstance(attempt, int):
-            raise TypeError(f"a late success's attempt must be an int, got {attempt!r}")
-        if expect_state is not None and not isinstance(expect_state, str):
-            raise TypeError(f"expect_state must be a string or None, got {expect_state!r}")
-        entry = encode_late_entry(changes)
-        key = str(attempt)
-        path = f"steps.{index}.late.{key}"
-        element: dict[str, Any] = {"index": index}
-        if expect_state is None:
-            element[f"late.{key}"] = {"$exists": False}
-            values: dict[str, Any] = {path: entry}
-        else:
-            element[f"late.{key}.{LATE_STATE}"] = {"$eq": expect_state}
-            values = {f"{path}.{name}": value for name, value in entry.items()}
-        query = {"_id": saga_id, "steps": {"$elemMatch": element}}
-        projection = stepwrites.step_projection(index)
-        written = payload_size(*entry, *entry.values())
-        self._prepare()
-        for _ in range(_CAS_TRIES):
-            self.stats.add(1, written)
-            try:
-                document = self.executions.find_one_and_update(
-                    query,
-                    {"$set": {**values, "updated_at": now()}},
-                    projection=projection,
-                    return_document=ReturnDocument.AFTER,
-                )
-            except OperationFailure as exc:  # findAndModify reports it as a command error
-                if exc.code != _PATH_NOT_VIABLE or expect_state is not None:
-                    raise
-                # `late` is null: put the whole object in its place, if it still is null.
-                self.stats.add(1, written)
-                document = self.executions.find_one_and_update(
-                    {"_id": saga_id, "steps": {"$elemMatch": {"index": index, "late": None}}},
-                    {"$set": {f"steps.{index}.late": {key: entry}, "updated_at": now()}},
-                    projection=projection,
-                    return_document=ReturnDocument.AFTER,
-                )
-                if document is None:
-                    continue  # someone else made it an object meanwhile: try the first way
-            if document is not None:
-                return stepwrites.step_write(
-                    True, stepwrites.read_state(document, index, saga_id), None
-                )
-            break
-        # Refused: read the state to report (or find out that there is no such step).
-        self.stats.add()
-        current = self.executions.find_one({"_id": saga_id}, projection=projection)
-        if current is None:
-            raise KeyError(f"no step {index} in saga {saga_id}")
-        return stepwrites.step_write(False, stepwrites.read_state(current, index, saga_id), None)
+        """One ``findAndModify`` on ``steps.<i>.late.<attempt>`` (`stepcommands`)."""
+        return self._steps.record_late(saga_id, index, attempt, changes, expect_state=expect_state)
 
     # -- listing and housekeeping --------------------------------------------------------------
     def list(
@@ -610,7 +431,7 @@ class MongoSagaBackend(SagaBackend):
     def delete(self, saga_id: str) -> bool:
         saga_id = check_saga_id(saga_id)
         self._prepare()
-        for _ in range(_CAS_TRIES):
+        for _ in range(CAS_TRIES):
             self.stats.add()
             result = self.executions.delete_one({"_id": saga_id, "status": {"$in": _TERMINAL}})
             if result.deleted_count:

@@ -2,10 +2,11 @@
 
 One hash per execution holds the execution's header and fields and one JSON object
 per step, as layout.py says; a step write rewrites that step's object only, and
-compare-and-set runs in Lua on that one key (`step_scripts`). Counters of a running
-execution live in a hash of their own. Listing uses sorted sets per status and saga
-name, and one per parent execution for its child sagas (`indexes`); completion waits
-use pub/sub, one connection per store object in a process (listener.py).
+compare-and-set runs in Lua on that one key (`step_scripts`, called by `stepwrites`).
+Counters of a running execution live in a hash of their own. Listing uses sorted sets
+per status and saga name, and one per parent execution for its child sagas
+(`indexes`); completion waits use pub/sub, one connection per store object in a
+process (listener.py).
 
 Finished executions expire after `ttl` seconds (7 days unless told otherwise; 0 or
 ``none`` keeps them): the expiry is armed by the write that finishes one, and taken
@@ -54,13 +55,13 @@ from celery_saga.models import (
     SagaStatus,
     now,
 )
-from celery_saga_redis import fastpath, layout, scores, scripts, step_scripts, stepcalls
+from celery_saga_redis import layout, scores, scripts, stepcalls
 from celery_saga_redis.cluster import ClusterWrites
-from celery_saga_redis.fastpath import FastWrite
 from celery_saga_redis.indexes import Indexes
 from celery_saga_redis.keys import Keys
 from celery_saga_redis.listener import DoneListener, told
 from celery_saga_redis.packed import PackedScript
+from celery_saga_redis.stepwrites import StepWrites
 
 #: Query parameters of the URL that configure this store (the rest go to redis-py).
 URL_OPTIONS = ("prefix", "ttl", "cluster")
@@ -125,27 +126,15 @@ class RedisSagaBackend(SagaBackend):
         self.ttl = _ttl(ttl)
         self._url = url
         self._create_indexed = redis_client.register_script(scripts.CREATE_INDEXED)
-        self._update_step = redis_client.register_script(step_scripts.UPDATE_STEP)
         self._update_saga = redis_client.register_script(scripts.UPDATE_SAGA)
-        self._finish_step = redis_client.register_script(step_scripts.FINISH_STEP)
-        self._step_fast = redis_client.register_script(step_scripts.STEP_FAST)
-        self._finish_fast = redis_client.register_script(step_scripts.FINISH_FAST)
         self._delete_finished = redis_client.register_script(scripts.DELETE_FINISHED)
-        self._record_late = redis_client.register_script(step_scripts.RECORD_LATE)
-        self._renew = redis_client.register_script(step_scripts.RENEW)
-        #: The calls of every step and every saga: packed in one go on a standalone
-        #: client (`packed`), redis-py's own on a cluster.
-        self._update_step_call = self._packed(self._update_step)
-        self._finish_step_call = self._packed(self._finish_step)
-        self._step_fast_call = self._packed(self._step_fast)
-        self._finish_fast_call = self._packed(self._finish_fast)
+        #: The calls of every saga: packed in one go on a standalone client (`packed`),
+        #: redis-py's own on a cluster.
         self._create_indexed_call = self._packed(self._create_indexed)
         self._update_saga_call = self._packed(self._update_saga)
         #: The saga names this object has added to the set of names (`Keys.index_names`):
         #: the set only grows, so a create of one of them skips the SADD.
         self._named: set[str] = set()
-        #: Whether RENEW ran from this object (a cluster pipeline sends it by body until then).
-        self._renew_sent = False
         #: The sorted sets that list executions (`indexes`).
         self._indexes = Indexes(redis_client, self.keys, self.cluster, self.stats)
         #: Creates and status changes on a cluster (`cluster`).
@@ -157,6 +146,15 @@ class RedisSagaBackend(SagaBackend):
             self.ttl,
             self.get,
             self._update_saga,
+        )
+        #: The step writes (`stepwrites`).
+        self._steps = StepWrites(
+            redis_client,
+            self.keys,
+            self.stats,
+            self.ttl,
+            self._cluster if self.cluster else None,
+            self._packed,
         )
         #: The done-channel subscriptions of every `wait` on this object (made on first use).
         self._listener = DoneListener(lambda: self.client.pubsub(), self.keys.listener_channel)
@@ -253,7 +251,7 @@ class RedisSagaBackend(SagaBackend):
         for name, value in changes.items():
             pairs += [name, _dumps(value)]
         key = self.keys.execution(saga_id)
-        lead = self._saga_update_lead(saga_id, expect_status)
+        lead = stepcalls.saga_update_lead(self.keys, self.ttl, saga_id, expect_status)
         if not self.cluster or "status" not in changes:
             self.stats.add(1, payload_size(*pairs))
             prefix = "" if self.cluster else self.keys.prefix
@@ -262,11 +260,6 @@ class RedisSagaBackend(SagaBackend):
             return bool(applied == 1)
         new_status = plain_value(changes["status"])
         return self._cluster.update_status(saga_id, new_status, lead, pairs)
-
-    def _saga_update_lead(self, saga_id: str, allowed: Collection[Any] | None) -> list[Any]:
-        """UPDATE_SAGA's first ARGV: now, the allowed statuses, the TTL, the done channel."""
-        channel = self.keys.done_channel(saga_id)
-        return [_dumps(now()), stepcalls.statuses(allowed), self.ttl, channel]
 
     def update_step(
         self,
@@ -295,25 +288,16 @@ class RedisSagaBackend(SagaBackend):
     ) -> tuple[StepWrite, SagaExecution | None]:
         """One script: compare-and-set the step; at `get_at`, start the next stage and read."""
         check_step_changes(changes)
-        e = expect or StepExpect()
-        fast = fastpath.plan(saga_id, index, changes, e, count_in, get_at, read, start_next)
-        if fast is not None:
-            reply = self._fast_script(self._step_fast_call, saga_id, fast)
-            if reply:
-                return fast.write(reply, changes), None
-        args = stepcalls.step_args(index, e, count_in, get_at, read, start_next)
-        written = stepcalls.step_changes(args, saga_id, index, changes)
-        if start_next is not None:
-            for i in start_next.start:
-                written += stepcalls.step_changes(args, saga_id, i, start_next.changes.get(i, {}))
-        self.stats.add(1, written)
-        reply = self._step_script(self._update_step_call, saga_id, index, args)
-        write = stepcalls.step_write(reply, changes, count=reply[7], started=reply[9])
-        everything = reply[8]
-        execution = self._decode(saga_id, everything) if everything else None
-        if execution is not None and self.cluster:
-            self._cluster.remember(execution)
-        return write, execution
+        return self._steps.write(
+            saga_id,
+            index,
+            changes,
+            expect=expect,
+            count_in=count_in,
+            get_at=get_at,
+            start_next=start_next,
+            read=read,
+        )
 
     def update_step_and_finish(
         self,
@@ -333,104 +317,18 @@ class RedisSagaBackend(SagaBackend):
             )
         check_step_changes(changes)
         check_saga_changes(saga_changes)
-        e = expect or StepExpect()
-        # Counted as a stage of this step alone: its count is 1, with no counter written.
-        start = StartNext.alone(index) if count_in else None
-        get_at = 1 if count_in else None
-        pairs: list[Any] = []
-        for name, value in saga_changes.items():
-            pairs += [name, _dumps(value)]
-        lead = self._saga_update_lead(saga_id, _RUNNING)
-        finish = [*lead, self.keys.prefix, "", *pairs]
-        fast = fastpath.plan(saga_id, index, changes, e, count_in, get_at, False, start)
-        if fast is not None:
-            fast.args.extend(finish)
-            reply = self._fast_script(
-                self._finish_fast_call, saga_id, fast, ends=True, more=payload_size(*pairs)
-            )
-            if reply:
-                return fast.write(reply, changes), reply[4] == 1
-        args = stepcalls.step_args(index, e, count_in, get_at, False, start)
-        written = stepcalls.step_changes(args, saga_id, index, changes)
-        args[stepcalls.FINISH_SLOT] = len(finish)
-        args += finish
-        self.stats.add(1, written + payload_size(*pairs))
-        reply = self._step_script(self._finish_step_call, saga_id, index, args)
-        return stepcalls.step_write(reply, changes, count=reply[7]), reply[10] == 1
-
-    def _fast_script(
-        self,
-        call: Callable[..., Any],
-        saga_id: str,
-        fast: FastWrite,
-        ends: bool = False,
-        more: int = 0,
-    ) -> Any:
-        """Run a fast step script: its reply, 0 when the caller must run the general one.
-        A write that `ends` the saga deletes the counters too; `more`: the bytes of the
-        saga's changes it writes."""
-        self.stats.add(1, fast.size + more)
-        keys = [self.keys.execution(saga_id)]
-        if ends:
-            keys.append(self.keys.counters(saga_id))
-        return call(keys=keys, args=fast.args)
-
-    def _step_script(
-        self, call: Callable[..., Any], saga_id: str, index: int, args: list[Any]
-    ) -> list[Any]:
-        """Run a step script (UPDATE_STEP or FINISH_STEP): its reply, padded to 11 values."""
-        try:
-            keys = [self.keys.execution(saga_id), self.keys.counters(saga_id)]
-            reply = call(keys=keys, args=args)
-        except redis.ResponseError as exc:
-            stepcalls.raise_if_missing(exc, saga_id, index)
-            raise
-        return [*reply, None, None, None, None][:11]
+        return self._steps.finish(
+            saga_id, index, changes, saga_changes, expect=expect, count_in=count_in
+        )
 
     # -- leases and late outcomes ----------------------------------------------------------
     def renew_leases(self, leases: Sequence[Lease], expires_at: float) -> list[Lease]:
         """Renew every lease in one round trip (see `SagaBackend.renew_leases`).
 
-        On a standalone server one RENEW call takes them all; on a cluster each
-        execution lives in a slot of its own, so one call per execution goes out in one
-        pipeline (written to every node before any reply is read).
+        On a standalone server one RENEW call takes them all; on a cluster one call per
+        execution goes out in one pipeline.
         """
-        if not leases:
-            return []
-        until = _dumps(expires_at)
-        groups: dict[str, list[int]] = {}
-        for position, lease in enumerate(leases):
-            groups.setdefault(self.keys.execution(lease.saga_id), []).append(position)
-        owners = [_dumps(lease.owner) for lease in leases]
-        written = sum(payload_size(owner, until) for owner in owners)
-
-        def args_of(positions: list[int], key_position: int) -> list[Any]:
-            out: list[Any] = []
-            for i in positions:
-                lease = leases[i]
-                attempt = f"c{lease.attempt}" if lease.compensation else str(lease.attempt)
-                out += [key_position, lease.index, attempt, owners[i]]
-            return out
-
-        lost: list[int] = []
-        if not self.cluster:
-            args: list[Any] = [until]
-            order: list[int] = []
-            for key_position, positions in enumerate(groups.values(), 1):
-                args += args_of(positions, key_position)
-                order += positions
-            self.stats.add(1, written)
-            reply = self._renew(keys=list(groups), args=args)
-            lost = [order[int(n) - 1] for n in reply]
-        else:
-            calls = [(key, [until, *args_of(positions, 1)]) for key, positions in groups.items()]
-            self.stats.add(1, written)
-            by_body = not self._renew_sent
-            replies = self._cluster.pipeline_scripts(self._renew, calls, by_body=by_body)
-            self._renew_sent = True
-            for positions, reply in zip(groups.values(), replies, strict=True):
-                lost += [positions[int(n) - 1] for n in reply]
-        return [leases[i] for i in sorted(lost)]
+        return self._steps.renew(leases, expires_at)
 
     def record_late(
         self,
@@ -442,23 +340,7 @@ class RedisSagaBackend(SagaBackend):
         expect_state: str | None = None,
     ) -> StepWrite:
         """One script: check the entry's state and merge `changes` into it (RECORD_LATE)."""
-        pairs: list[Any] = []
-        for name, value in changes.items():
-            pairs += [str(name), _dumps(value)]
-        args = [
-            index,
-            str(int(attempt)),
-            "" if expect_state is None else _dumps(expect_state),
-            _dumps(now()),
-            *pairs,
-        ]
-        self.stats.add(1, payload_size(*pairs))
-        try:
-            reply = self._record_late(keys=[self.keys.execution(saga_id)], args=args)
-        except redis.ResponseError as exc:
-            stepcalls.raise_if_missing(exc, saga_id, index)
-            raise
-        return stepcalls.step_write([*reply, None, None][:7])
+        return self._steps.record_late(saga_id, index, attempt, changes, expect_state=expect_state)
 
     # -- listing and housekeeping -------------------------------------------------------------
     def list(

@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
+import redis
+
 from celery_saga.backends.listening import IDLE, SharedListener
 from celery_saga.backends.writes import Outcome
 from celery_saga.models import SagaStatus
@@ -42,6 +44,17 @@ def told(said: str) -> Outcome | None:
     if status != SagaStatus.COMPLETED.value or not output:
         return None
     return Outcome(SagaStatus.COMPLETED, json.loads(output))
+
+
+def _connected(pubsub: Any) -> None:
+    """Raise ConnectionError when `pubsub`'s connection has lost its socket.
+
+    redis-py would reconnect it in the calling thread, whose handshake could then race
+    the dispatcher's read of the same connection; the listener takes a new connection
+    instead (`SharedListener.join`).
+    """
+    if getattr(getattr(pubsub, "connection", None), "_sock", None) is None:
+        raise redis.ConnectionError("the connection for waits was lost")
 
 
 class DoneListener(SharedListener):
@@ -77,6 +90,7 @@ class DoneListener(SharedListener):
         return pubsub
 
     def enter(self, conn: Any, topic: str) -> threading.Event:
+        _connected(conn)
         confirmed = threading.Event()
         pending = self._pending.setdefault(topic, deque())
         pending.append(confirmed)
@@ -88,6 +102,7 @@ class DoneListener(SharedListener):
         return confirmed
 
     def exit(self, conn: Any, topic: str) -> None:
+        _connected(conn)
         conn.unsubscribe(topic)
 
     def read(self, conn: Any, timeout: float) -> Iterator[dict[str, Any]]:

@@ -17,12 +17,20 @@ import redis
 from celery_saga.backends.base import StartNext, StepExpect, StepWrite, plain_value
 from celery_saga.models import SagaStatus, StepStatus, now
 from celery_saga_redis import layout
+from celery_saga_redis.keys import Keys
 
 _dumps = layout.dumps
 
 
 def statuses(values: Collection[Any] | None) -> str:
     return "" if values is None else " ".join(sorted(plain_value(v) for v in values))
+
+
+def saga_update_lead(
+    keys: Keys, ttl: int, saga_id: str, allowed: Collection[Any] | None
+) -> list[Any]:
+    """UPDATE_SAGA's first ARGV: now, the allowed statuses, the TTL, the done channel."""
+    return [_dumps(now()), statuses(allowed), ttl, keys.done_channel(saga_id)]
 
 
 def optional(value: int | None) -> str:

@@ -177,19 +177,37 @@ class SharedListener(abc.ABC):
         if self._pid != os.getpid():  # a fork this listener was not told about
             self._reset()
         with self._lock:
-            self._start()
-            events = self._topics.get(waiter.topic)
+            events = self._topics.get(waiter.topic) if self._conn is not None else None
             if events is None:
-                ready = self.enter(self._conn, waiter.topic)
-                events = self._topics[waiter.topic] = set()
-                if ready is not None:
-                    self._ready[waiter.topic] = ready
+                events = self._first_waiter(waiter.topic)
             ready = self._ready.get(waiter.topic)
             events.add(waiter.woken)
             waiter.generation = self.generation
         if ready is not None:
             limit = CONFIRM_TIMEOUT if timeout is None else min(timeout, CONFIRM_TIMEOUT)
             ready.wait(max(0.0, limit))
+
+    def _first_waiter(self, topic: str) -> set[Woken]:
+        """Enter `topic` on the live connection (lock held). A connection that fails
+        there (lost, and not yet seen so by the dispatcher) is dropped, and the topic
+        entered on a new one: only the dispatcher reads a connection, so a waiter never
+        reconnects one the dispatcher may be reading."""
+        try:
+            return self._enter(topic)
+        except Exception as exc:
+            logger.debug("entering %s failed: %r; on a new connection", topic, exc)
+            self._drop()
+        return self._enter(topic)
+
+    def _enter(self, topic: str) -> set[Woken]:
+        """Enter `topic` on the live connection, opened if need be (lock held)."""
+        self._start()
+        ready = self.enter(self._conn, topic)
+        if ready is not None:
+            self._ready[topic] = ready
+        events: set[Woken] = set()
+        self._topics[topic] = events
+        return events
 
     def _start(self) -> None:
         """Open the connection and start the dispatcher, unless running (lock held)."""
