@@ -69,7 +69,6 @@ URL_OPTIONS = ("prefix", "ttl", "cluster")
 DEFAULT_TTL = 7 * 24 * 3600
 #: Spellings of "no expiry" for `ttl`, besides 0.
 _NO_TTL = frozenset({"none", "never", "off"})
-_dumps = layout.dumps
 
 
 def _ttl(value: Any) -> int:
@@ -247,9 +246,7 @@ class RedisSagaBackend(SagaBackend):
         expect_status: Collection[SagaStatus] | None = None,
     ) -> bool:
         check_saga_changes(changes)
-        pairs: list[Any] = []
-        for name, value in changes.items():
-            pairs += [name, _dumps(value)]
+        pairs = stepcalls.saga_pairs(changes)
         key = self.keys.execution(saga_id)
         lead = stepcalls.saga_update_lead(self.keys, self.ttl, saga_id, expect_status)
         if not self.cluster or "status" not in changes:

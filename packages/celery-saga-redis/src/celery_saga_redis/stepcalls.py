@@ -26,6 +26,14 @@ def statuses(values: Collection[Any] | None) -> str:
     return "" if values is None else " ".join(sorted(plain_value(v) for v in values))
 
 
+def saga_pairs(changes: Mapping[str, Any]) -> list[Any]:
+    """UPDATE_SAGA's trailing ARGV: each field of the saga's changes and its JSON text."""
+    pairs: list[Any] = []
+    for name, value in changes.items():
+        pairs += [name, _dumps(value)]
+    return pairs
+
+
 def saga_update_lead(
     keys: Keys, ttl: int, saga_id: str, allowed: Collection[Any] | None
 ) -> list[Any]:

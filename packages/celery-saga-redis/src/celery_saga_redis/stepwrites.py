@@ -109,9 +109,7 @@ class StepWrites:
         # Counted as a stage of this step alone: its count is 1, with no counter written.
         start = StartNext.alone(index) if count_in else None
         get_at = 1 if count_in else None
-        pairs: list[Any] = []
-        for name, value in saga_changes.items():
-            pairs += [name, _dumps(value)]
+        pairs = stepcalls.saga_pairs(saga_changes)
         lead = stepcalls.saga_update_lead(self.keys, self.ttl, saga_id, _RUNNING)
         finish = [*lead, self.keys.prefix, "", *pairs]
         fast = fastpath.plan(saga_id, index, changes, e, count_in, get_at, False, start)

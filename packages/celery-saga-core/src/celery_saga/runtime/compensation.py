@@ -199,7 +199,7 @@ def _record_retry(
         header.saga_id,
         header.index,
         {
-            **driver.fresh_lease(now() + delay),
+            **leases.fresh_lease(now() + delay),
             "comp_attempt": header.attempt + 1,
             "comp_error": error,
             "comp_worker": None,

@@ -18,7 +18,7 @@ from celery_saga.context import InputResolutionError, saga_output
 from celery_saga.errors import SagaDefinitionMismatch, StepOutputError
 from celery_saga.models import SagaExecution, SagaStatus, StepRecord, StepStatus, now
 from celery_saga.response import ensure_json
-from celery_saga.runtime import decide, history, hooks, messages
+from celery_saga.runtime import decide, history, hooks, leases, messages
 from celery_saga.runtime.binding import Runtime
 from celery_saga.runtime.decide import FORWARD, AfterStage
 from celery_saga.runtime.log import log
@@ -116,7 +116,7 @@ def redispatch(
             execution.saga_id,
             record.index,
             {
-                **fresh_lease(now() + (countdown or 0.0)),
+                **leases.fresh_lease(now() + (countdown or 0.0)),
                 "attempt": attempt,
                 "sends": record.sends + 1,
                 "worker": None,
@@ -433,7 +433,7 @@ def compensate_next(rt: Runtime, saga_id: str) -> None:
     write = rt.backend.update_step(
         saga_id,
         record.index,
-        {**fresh_lease(now()), "status": StepStatus.COMPENSATING, "comp_attempt": attempt},
+        {**leases.fresh_lease(now()), "status": StepStatus.COMPENSATING, "comp_attempt": attempt},
         expect=StepExpect(status=frozenset({record.status}), comp_attempt=record.comp_attempt),
     )
     if write.applied:
@@ -471,11 +471,6 @@ def resend_late(rt: Runtime, execution: SagaExecution, index: int, attempt: int)
     if write.applied:
         messages.send_late_compensation(rt, execution, index, attempt, comp_attempt)
     return write.applied
-
-
-def fresh_lease(sent_at: float) -> dict[str, Any]:
-    """The fields that start a new attempt's life: nobody holds it, sent at `sent_at`."""
-    return {"lease_owner": None, "lease_expires_at": None, "sent_at": sent_at, "sends": 0}
 
 
 def finalize(rt: Runtime, execution: SagaExecution, status: SagaStatus) -> None:

@@ -430,7 +430,7 @@ def _retry_step(
         header.saga_id,
         header.index,
         {
-            **driver.fresh_lease(now() + delay),
+            **leases.fresh_lease(now() + delay),
             "status": StepStatus.PENDING,
             "attempt": attempt,
             "error": error,

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celery_saga.backends.base import Lease
 from celery_saga.config import setting
@@ -39,6 +39,11 @@ def owner_of(task_id: str) -> str:
     another thread of the same process) runs the same task id twice at once.
     """
     return f"{_HOST}/{os.getpid()}/{threading.get_ident()}/{task_id}"
+
+
+def fresh_lease(sent_at: float) -> dict[str, Any]:
+    """The fields that start a new attempt's life: nobody holds it, sent at `sent_at`."""
+    return {"lease_owner": None, "lease_expires_at": None, "sent_at": sent_at, "sends": 0}
 
 
 def lease_seconds(app: Celery | None) -> float:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from celery_saga.config import setting
 from celery_saga.models import SagaExecution, SagaStatus, now
-from celery_saga.runtime import children, decide, driver, external, history, messages
+from celery_saga.runtime import children, decide, driver, external, history, leases, messages
 from celery_saga.runtime.binding import Runtime
 from celery_saga.runtime.decide import Recover
 
@@ -82,7 +82,7 @@ def resume(rt: Runtime, execution: SagaExecution, *, stalled_after: float | None
             sid,
             record.index,
             {
-                **driver.fresh_lease(now()),
+                **leases.fresh_lease(now()),
                 "comp_attempt": attempt,
                 "sends": record.sends + 1,
                 "comp_worker": None,
