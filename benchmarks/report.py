@@ -857,6 +857,8 @@ def render_markdown(results: dict[str, Any], under_load: dict[str, Any] | None =
         "# W11's scripts' instructions (valgrind), after a bench run made the venvs:\n"
         "PYTHONPATH=benchmarks .nox/bench/bin/python benchmarks/script_instructions.py \\\n"
         "    --baseline-python .nox/bench/tmp/celery-saga-redis-0.4.0/bin/python\n"
+        "# W1's worker instructions per saga, celery-saga against the plain chain (valgrind):\n"
+        "PYTHONPATH=benchmarks .nox/bench/bin/python benchmarks/worker_instructions.py\n"
         "```",
         "A run with `--workloads` replaces the tables of those workloads and keeps the "
         "others; only a run of every workload (no `--workloads`) also runs the state-store "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -21,6 +22,7 @@ from celery_saga.backends import (
     installed_schemes,
     register,
 )
+from celery_saga.backends.helpers import compact_json, plain_value
 from celery_saga.backends.registry import backend_from_url
 from celery_saga.config import backend_for, get_default_backend
 from celery_saga.errors import InvalidSagaId, SchemaVersionError
@@ -32,7 +34,7 @@ from celery_saga.ids import (
     validate_idempotency_key,
     validate_saga_id,
 )
-from celery_saga.models import SagaExecution
+from celery_saga.models import SagaExecution, SagaStatus, StepKind, StepStatus
 from celery_saga.response import ensure_json, normalize_result
 
 
@@ -229,3 +231,40 @@ def test_a_write_counts_alone_only_for_a_stage_of_that_step(
     assert start.counts_alone(index, get_at) is alone
     assert StartNext.alone(index).counts_alone(index, 1)
     assert StartNext.alone(index).start == ()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "text",
+        'tâsk "quoted" \n',
+        "",
+        0,
+        -3,
+        2**70,
+        1_717_171_717.1234567,
+        0.1 + 0.2,
+        None,
+        True,
+        False,
+        SagaStatus.RUNNING,
+        StepStatus.SUCCESS,
+        StepKind.SAGA,
+        {"a": [1, 2.5, None], "s": StepStatus.FAILED},
+        [],
+    ],
+)
+def test_compact_json_writes_what_json_dumps_writes(value: object) -> None:
+    """The store's encoder (direct for strings, numbers, statuses and None) gives the
+    text of ``json.dumps`` with compact separators, enum members as their values."""
+    expected = json.dumps(value, separators=(",", ":"))
+    assert compact_json(value) == expected
+    assert json.loads(compact_json(value)) == plain_value(value)
+
+
+def test_compact_json_refuses_what_json_refuses() -> None:
+    """A value JSON cannot hold raises as ``json.dumps`` does; infinity is written as
+    ``json.dumps`` writes it."""
+    with pytest.raises(TypeError):
+        compact_json({"x": object()})
+    assert compact_json(float("inf")) == json.dumps(float("inf"), separators=(",", ":"))

@@ -308,3 +308,64 @@ def test_a_new_execution_encodes_the_same_with_its_untouched_steps_made_once() -
         '{"s":"running","a":1,"sa":1800000000.25'
     )
     assert (2, *(getattr(first.steps[2], n) for n in layout._DESCRIPTION[1:])) in layout._untouched
+
+
+_SID = "5f0e3f4e-8a53-4a55-9d2c-6a1b0c3d4e5f"
+
+
+@pytest.mark.parametrize(
+    ("changes", "head", "members"),
+    [
+        # The output that is the compensation data (one object) is written once, as "oc".
+        (
+            {"status": StepStatus.SUCCESS, "output": DATA, "compensation_data": DATA},
+            ["success", "", ""],
+            ',"oc":' + json.dumps(DATA, separators=(",", ":")),
+        ),
+        # An equal copy is written once too; different data is written twice.
+        (
+            {"output": {"a": 1}, "compensation_data": {"a": 1}},
+            ["", "", ""],
+            ',"oc":{"a":1}',
+        ),
+        (
+            {"output": {"a": 1}, "compensation_data": {"a": 2}},
+            ["", "", ""],
+            ',"o":{"a":1},"cd":{"a":2}',
+        ),
+        # None for both (one object): both members, null.
+        (
+            {"output": None, "compensation_data": None, "attempt": 3},
+            ["", 3, ""],
+            ',"o":null,"cd":null',
+        ),
+        # started_at comes first; a task id the attempt gives is written as the attempt.
+        (
+            {
+                "status": StepStatus.RUNNING,
+                "attempt": 2,
+                "task_id": step_task_id(_SID, 1, 2),
+                "started_at": EXACT,
+            },
+            ["running", 2, ""],
+            f',"sa":{EXACT!r},"i":2',
+        ),
+        (
+            {"comp_attempt": 1, "status": StepStatus.COMPENSATING},
+            ["compensating", "", 1],
+            "",
+        ),
+    ],
+)
+def test_a_step_write_encodes_its_changes_as_the_layout_says(
+    changes: dict[str, Any], head: list[Any], members: str
+) -> None:
+    """`StepChanges`: the head's new values (status name, attempt numbers), and the
+    members appended to the step's object, abbreviated as the layout says."""
+    from celery_saga_redis import layout
+
+    step = layout.StepChanges(_SID, 1, changes)
+    assert step.head == head
+    assert [type(v) for v in step.head] == [type(v) for v in head]
+    assert step.members == members
+    assert step.started == (len(f',"sa":{EXACT!r}') if "started_at" in changes else 0)

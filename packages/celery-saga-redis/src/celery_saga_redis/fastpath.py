@@ -30,6 +30,8 @@ _NOT_STARTED = (StepStatus.PENDING.value, 0)
 #: write stores (the new head, started_at, the other members).
 _BLOCK = 6
 _WRITTEN = (2, 3, 4)
+#: Where each step's block starts in the fast ARGV (after now and the saga's status).
+_STARTS = (2, 2 + _BLOCK)
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,12 @@ class FastWrite:
     def size(self) -> int:
         """The bytes the write stores (the store's statistics): each step's new head and
         members, not the conditions (what the general call counts too)."""
-        blocks = self.args[2 : 2 + _BLOCK * (2 if self.started else 1)]
-        return sum(len(str(part)) for n, part in enumerate(blocks) if n % _BLOCK in _WRITTEN)
+        args = self.args
+        return sum(
+            len(str(args[start + n]))
+            for start in _STARTS[: 2 if self.started else 1]
+            for n in _WRITTEN
+        )
 
 
 def _expected(e: StepExpect) -> tuple[str, int] | None:

@@ -164,18 +164,72 @@ def raw(name: str, value: Any) -> str:
     return dumps(value)
 
 
+#: A marker for an absent change (None is a value a change may set).
+_ABSENT = object()
+#: The step fields an output shared with the compensation data is written as: their codes.
+_OUTPUTS = {name: STEP_CODES[name] for name in ("output", "compensation_data")}
+#: (task id code, attempt code, compensation?) of the task ids a step object abbreviates.
+_TASK_IDS = (("i", "a", False), ("ci", "ca", True))
+#: The start (``,"<code>":``) of each member written so far, by code (the fields of a
+#: step record: a few dozen at most).
+_STARTS: dict[str, str] = {}
+#: Each status name written in a head so far, as a JSON string; and back.
+_QUOTED: dict[str, str] = {}
+_UNQUOTED: dict[str, str] = {}
+#: At most this many texts are kept in `_UNQUOTED` (a status is one of a few names).
+_UNQUOTED_KEPT = 64
+
+
+def _member_start(key: str) -> str:
+    """``,"<key>":``, the start of a member of a step object (made once per code)."""
+    start = _STARTS.get(key)
+    if start is None:
+        start = _STARTS[key] = f",{json.dumps(key)}:"
+    return start
+
+
+def _quoted(status: str) -> str:
+    """A status name as a JSON string (made once per name)."""
+    text = _QUOTED.get(status)
+    if text is None:
+        text = _QUOTED[status] = json.dumps(status)
+    return text
+
+
+def _head_value(text: str) -> Any:
+    """The value of a head field's JSON text (a status name or a number)."""
+    if text.isdigit():
+        return int(text)
+    value = _UNQUOTED.get(text)
+    if value is None:
+        value = json.loads(text)
+        if isinstance(value, str) and len(_UNQUOTED) < _UNQUOTED_KEPT:
+            _UNQUOTED[text] = value
+    return value
+
+
 class StepChanges:
     """One step's changes as the step scripts write them (see `args`)."""
 
     __slots__ = ("apart", "deleted", "head", "members", "nulls", "started", "starts")
 
     def __init__(self, saga_id: str, index: int, changes: Mapping[str, Any]) -> None:
-        texts = {code(name): raw(name, value) for name, value in changes.items()}
+        texts: dict[str, str] = {}
+        # An output that is also the compensation data (the same object) is encoded once.
+        shared = changes.get("output", _ABSENT) is changes.get("compensation_data", _ABSENT)
+        shared_text: str | None = None
+        for name, value in changes.items():
+            if shared and name in _OUTPUTS:
+                if shared_text is None:
+                    shared_text = dumps(value)
+                texts[_OUTPUTS[name]] = shared_text
+            else:
+                texts[STEP_CODES.get(name, name)] = raw(name, value)
         output = texts.get("o")
         if output is not None and output != "null" and texts.get("cd") == output:
             del texts["o"], texts["cd"]
             texts[SHARED_OUTPUT] = output
-        for task_code, attempt_code, compensation in (("i", "a", False), ("ci", "ca", True)):
+        for task_code, attempt_code, compensation in _TASK_IDS:
             task_id, attempt = changes.get(STEP_NAMES[task_code]), texts.get(attempt_code)
             if (
                 isinstance(task_id, str)
@@ -185,12 +239,12 @@ class StepChanges:
             ):
                 texts[task_code] = attempt
         #: The new status (its name), attempt and comp_attempt ('' each: unchanged).
-        self.head = [json.loads(texts.pop(key)) if key in texts else "" for key in HEAD]
+        self.head = [_head_value(texts.pop(key)) if key in texts else "" for key in HEAD]
         #: Hash field, raw JSON pairs of the fields apart that are set.
         self.apart: list[str] = []
         deleted: list[str] = []
         members: list[str] = []
-        keys: list[str] = []
+        starts: list[str] = []
         nulls: list[str] = []
         if STARTED in texts:  # first: where a step's start puts it (see `STARTED`)
             texts = {STARTED: texts.pop(STARTED), **texts}
@@ -200,16 +254,17 @@ class StepChanges:
                     deleted.append(f"s:{index}:{key}")
                 else:
                     self.apart += [f"s:{index}:{key}", text]
-            elif text == "null" and key not in _ALWAYS:
+                continue
+            start = _member_start(key)
+            if text == "null" and key not in _ALWAYS:
                 nulls.append(key)
-                keys.append(key)
             else:
-                members.append(f",{json.dumps(key)}:{text}")
-                keys.append(key)
+                members.append(start + text)
+            starts.append(start)
         #: The starts (``,"<code>":``) of `members` and of the members set to null, space
         #: separated: an earlier member with one is cut from an object that holds no
         #: object or array (there it can only be a member's start).
-        self.starts = " ".join(f",{json.dumps(key)}:" for key in keys)
+        self.starts = " ".join(starts)
         #: The fields apart set to null (deleted), space separated.
         self.deleted = " ".join(deleted)
         #: The members to append to the step's object (``,"<code>":<JSON>...``).
@@ -228,7 +283,7 @@ class StepChanges:
 
 def step_head(status: str, attempt: int, comp_attempt: int) -> str:
     """The head of a step object (without its closing brace)."""
-    text = f'{{"s":{json.dumps(status)},"a":{int(attempt)}'
+    text = f'{{"s":{_quoted(status)},"a":{int(attempt)}'
     return f'{text},"ca":{int(comp_attempt)}' if comp_attempt else text
 
 

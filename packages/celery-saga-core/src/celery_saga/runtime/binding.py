@@ -89,10 +89,14 @@ def outcome_of(rt: Runtime, header: SagaHeader, value: Any) -> tuple[dict[str, A
         value, f"the return value of step {header.index} ({name})"
     )
     text = ensure_json(output, f"the output of step {header.index} ({name})", "step output")
-    comp_text = ensure_json(
-        compensation_data,
-        f"the compensation data of step {header.index} ({name})",
-        "compensation data",
+    comp_text = (
+        text  # a plain return value is both (see normalize_result): checked once
+        if compensation_data is output
+        else ensure_json(
+            compensation_data,
+            f"the compensation data of step {header.index} ({name})",
+            "compensation data",
+        )
     )
     limit = setting(rt.app, "saga_output_max_bytes")
     size = len(text.encode()) + len(comp_text.encode())

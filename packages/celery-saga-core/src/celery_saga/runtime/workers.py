@@ -16,6 +16,7 @@ import socket
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from celery import current_task
 from celery.signals import worker_init
 
 from celery_saga.compiler import REPLY_FAILURE, REPLY_SUCCESS
@@ -53,8 +54,6 @@ def worker_name() -> str | None:
 
     A thread-local lookup and a dict lookup: cheap enough for every outcome write.
     """
-    from celery import current_task
-
     task = current_task._get_current_object()
     if task is not None:
         if task.name in _REPLIES:
