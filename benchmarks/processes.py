@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -77,7 +77,10 @@ class Worker:
 
     `python` and `app` select the interpreter and the ``-A`` module: this project's
     contenders run ``bench_app`` with the harness's own interpreter, celery-saga
-    0.1.1 runs ``orig_app`` with the interpreter of its venv.
+    0.1.1 runs ``orig_app`` with the interpreter of its venv. `pool` is the ``-P`` pool
+    (`concurrency` applies to prefork), `prefix` comes before the interpreter on the
+    command line (a tool that runs the worker, such as valgrind), and `env` may set
+    ``PYTHONPATH`` (by default this folder).
     """
 
     def __init__(
@@ -90,6 +93,9 @@ class Worker:
         python: str = sys.executable,
         app: str = "bench_app",
         ready_url: str | None = None,
+        pool: str = "prefork",
+        prefix: Sequence[str] = (),
+        log_name: str | None = None,
     ) -> None:
         self.role = role
         self.ready_key = f"bench:ready:{uuid.uuid4().hex}"
@@ -98,15 +104,17 @@ class Worker:
         )
         full = {
             **os.environ,
+            "PYTHONPATH": str(HERE),
             **env,
             "BENCH_ROLE": role,
             "BENCH_QUEUE": queue,
             "BENCH_READY_KEY": self.ready_key,
-            "PYTHONPATH": str(HERE),
         }
-        self.log = open(HERE / f".worker-{role}-{queue}.log", "wb")  # noqa: SIM115
+        name = log_name or f".worker-{role}-{queue}.log"
+        self.log = open(HERE / name, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
+                *prefix,
                 python,
                 "-m",
                 "celery",
@@ -114,9 +122,8 @@ class Worker:
                 app,
                 "worker",
                 "-P",
-                "prefork",
-                "-c",
-                str(concurrency),
+                pool,
+                *(("-c", str(concurrency)) if pool == "prefork" else ()),
                 "-Q",
                 queue,
                 "-l",
@@ -148,10 +155,10 @@ class Worker:
         """CPU time (user + system) used so far by the worker and its pool processes."""
         return group_cpu_seconds(self.proc.pid)
 
-    def stop(self, keep_log: bool = False) -> None:
-        """Stop the worker (SIGTERM to its group, SIGKILL after 30 s); `keep_log`: even
-        if it ended cleanly, keep its log (something it ran went wrong)."""
-        _stop(self.proc, self.log, keep=keep_log)
+    def stop(self, keep_log: bool = False, grace: float = 30) -> None:
+        """Stop the worker (SIGTERM to its group, SIGKILL after `grace` seconds);
+        `keep_log`: even if it ended cleanly, keep its log (something it ran went wrong)."""
+        _stop(self.proc, self.log, grace, keep=keep_log)
         self.stats.delete(self.ready_key)
 
 

@@ -27,15 +27,13 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import redis
-from processes import POLL, wait
+from processes import POLL, Worker, wait
 from server_time import PrivateRedis
 
 HERE = Path(__file__).parent
@@ -61,44 +59,30 @@ def measure(role: str, n: int, warmup: int, server: PrivateRedis) -> float:
     queue = f"instr-{role}-{uuid.uuid4().hex[:8]}"
     base = server.url.rsplit("/", 1)[0]
     env = {
-        **os.environ,
-        "BENCH_ROLE": role,
-        "BENCH_QUEUE": queue,
         "BENCH_BROKER": f"{base}/0",
         "BENCH_STORE": f"{base}/1?prefix=instr:",
         "BENCH_RESULTS": f"{base}/2",
         "BENCH_STATS_URL": f"{base}/3",
-        "BENCH_READY_KEY": f"instr:ready:{uuid.uuid4().hex}",
         # The caller's path first: PYTHONPATH=<another checkout's src>:... measures it.
         "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(HERE)) if p),
         "PYTHONMALLOC": "malloc",  # valgrind sees every allocation as it is
     }
     out = HERE / f".callgrind-{role}.log"  # benchmarks/.*.log: not committed
     out.unlink(missing_ok=True)
-    log = open(HERE / f".worker-instructions-{role}.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen(
-        [
+    worker = Worker(
+        role,
+        queue,
+        env,
+        pool="solo",
+        prefix=(
             *("valgrind", "--tool=callgrind", "--instr-atstart=no"),
             f"--callgrind-out-file={out}",
-            *(sys.executable, "-m", "celery", "-A", "bench_app", "worker", "-P", "solo"),
-            *("-Q", queue, "-l", "warning", "--without-mingle", "--without-gossip"),
-            *("--without-heartbeat", "-n", f"{role}-{uuid.uuid4().hex[:6]}@%h"),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        ),
+        log_name=f".worker-instructions-{role}.log",
     )
-    stats = redis.Redis.from_url(env["BENCH_STATS_URL"])
     results = redis.Redis.from_url(env["BENCH_RESULTS"])
     try:
-
-        def ready() -> bool:
-            if worker.poll() is not None:
-                raise SystemExit(f"the {role} worker exited; see {log.name}")
-            return bool(stats.get(env["BENCH_READY_KEY"]))
-
-        wait(ready, 600, f"the {role} worker under callgrind", interval=0.2)
+        worker.ready(timeout=600)  # valgrind starts the interpreter slowly
         os.environ["BENCH_RESULTS"] = env["BENCH_RESULTS"]  # the chain's result backend
         bench = build(role, queue, env["BENCH_STORE"], env["BENCH_BROKER"])
 
@@ -124,20 +108,16 @@ def measure(role: str, n: int, warmup: int, server: PrivateRedis) -> float:
 
         run(warmup)
         subprocess.run(
-            ["callgrind_control", "-i", "on", str(worker.pid)], check=True, capture_output=True
+            ["callgrind_control", "-i", "on", str(worker.proc.pid)], check=True, capture_output=True
         )
         run(n)
         subprocess.run(
-            ["callgrind_control", "-i", "off", str(worker.pid)], check=True, capture_output=True
+            ["callgrind_control", "-i", "off", str(worker.proc.pid)],
+            check=True,
+            capture_output=True,
         )
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
-        log.close()
+        worker.stop(grace=120)  # callgrind writes its counts as the worker exits
     totals = 0
     for part in out.parent.glob(out.name + "*"):
         annotated = subprocess.run(

@@ -11,7 +11,6 @@ caller runs UPDATE_STEP or FINISH_STEP, which decide every case.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,7 @@ _NOT_STARTED = (StepStatus.PENDING.value, 0)
 _BLOCK = 6
 _WRITTEN = (2, 3, 4)
 #: Where each step's block starts in the fast ARGV (after now and the saga's status).
-_STARTS = (2, 2 + _BLOCK)
+_BLOCK_STARTS = (2, 2 + _BLOCK)
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class FastWrite:
         args = self.args
         return sum(
             len(str(args[start + n]))
-            for start in _STARTS[: 2 if self.started else 1]
+            for start in _BLOCK_STARTS[: 2 if self.started else 1]
             for n in _WRITTEN
         )
 
@@ -94,7 +93,7 @@ def _block(
     new = (status or state[0], state[1] if attempt == "" else int(attempt))
     head, new_head = layout.step_head(*state, 0), layout.step_head(*new, 0)
     started, others = step.members[: step.started], step.members[step.started :]
-    null = f",{json.dumps(nulls[0])}:" if nulls else ""
+    null = layout.member_start(nulls[0]) if nulls else ""
     return [index, head, new_head, started, others, null]
 
 

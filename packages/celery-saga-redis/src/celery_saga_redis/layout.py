@@ -47,6 +47,7 @@ the step scripts turn into this one when they write such a step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -109,7 +110,6 @@ SHARED_OUTPUT = "oc"
 #: execution's started step has there), so that the end of the attempt, which writes it
 #: again, replaces it in place (`fastpath`).
 STARTED = "sa"
-_STARTED = f",{json.dumps(STARTED)}:"
 #: Codes whose null is always written into the object: they take part in abbreviations.
 _ALWAYS = frozenset({"o", "cd", "i", "ci"})
 #: The fields that records stored before this layout kept apart from the step's
@@ -170,42 +170,27 @@ _ABSENT = object()
 _OUTPUTS = {name: STEP_CODES[name] for name in ("output", "compensation_data")}
 #: (task id code, attempt code, compensation?) of the task ids a step object abbreviates.
 _TASK_IDS = (("i", "a", False), ("ci", "ca", True))
-#: The start (``,"<code>":``) of each member written so far, by code (the fields of a
-#: step record: a few dozen at most).
-_STARTS: dict[str, str] = {}
-#: Each status name written in a head so far, as a JSON string; and back.
-_QUOTED: dict[str, str] = {}
-_UNQUOTED: dict[str, str] = {}
-#: At most this many texts are kept in `_UNQUOTED` (a status is one of a few names).
-_UNQUOTED_KEPT = 64
 
 
-def _member_start(key: str) -> str:
+@functools.lru_cache(maxsize=256)
+def member_start(key: str) -> str:
     """``,"<key>":``, the start of a member of a step object (made once per code)."""
-    start = _STARTS.get(key)
-    if start is None:
-        start = _STARTS[key] = f",{json.dumps(key)}:"
-    return start
+    return f",{json.dumps(key)}:"
 
 
-def _quoted(status: str) -> str:
+@functools.lru_cache(maxsize=64)
+def quoted(status: str) -> str:
     """A status name as a JSON string (made once per name)."""
-    text = _QUOTED.get(status)
-    if text is None:
-        text = _QUOTED[status] = json.dumps(status)
-    return text
+    return json.dumps(status)
 
 
+_STARTED = member_start(STARTED)
+
+
+@functools.lru_cache(maxsize=64)
 def _head_value(text: str) -> Any:
     """The value of a head field's JSON text (a status name or a number)."""
-    if text.isdigit():
-        return int(text)
-    value = _UNQUOTED.get(text)
-    if value is None:
-        value = json.loads(text)
-        if isinstance(value, str) and len(_UNQUOTED) < _UNQUOTED_KEPT:
-            _UNQUOTED[text] = value
-    return value
+    return int(text) if text.isdigit() else json.loads(text)
 
 
 class StepChanges:
@@ -255,7 +240,7 @@ class StepChanges:
                 else:
                     self.apart += [f"s:{index}:{key}", text]
                 continue
-            start = _member_start(key)
+            start = member_start(key)
             if text == "null" and key not in _ALWAYS:
                 nulls.append(key)
             else:
@@ -283,7 +268,7 @@ class StepChanges:
 
 def step_head(status: str, attempt: int, comp_attempt: int) -> str:
     """The head of a step object (without its closing brace)."""
-    text = f'{{"s":{_quoted(status)},"a":{int(attempt)}'
+    text = f'{{"s":{quoted(status)},"a":{int(attempt)}'
     return f'{text},"ca":{int(comp_attempt)}' if comp_attempt else text
 
 
