@@ -879,7 +879,12 @@ def render_markdown(results: dict[str, Any], under_load: dict[str, Any] | None =
             [
                 "- All workers start once, before any timing, and are warmed up. In each "
                 "repetition every contender runs once; the order rotates by one each "
-                "repetition.",
+                "repetition. W1 splits each repetition into blocks (`--w1-blocks`, 4 by "
+                "default): a contender starts a block of its sagas (100 of 400) and waits for "
+                "them, then the next contender does, block by block, and a repetition's time "
+                "is the sum of its blocks. The contenders thus take turns about every half "
+                "second rather than every few seconds, so a change in the machine's load "
+                "meets them alike.",
                 "- Throughput (W1, W2, W4, W5, W6, W7, W10): the time from the first `run()` (or "
                 "`apply_async()`) until every saga finished. Every Celery contender's caller "
                 "learns that the same way: it reads the status of the oldest unfinished saga "

@@ -5,7 +5,8 @@ said otherwise):
 
 - W1: N sagas of 5 no-op steps: this project (Redis state store), the same tasks as
   a plain Celery chain with a Redis result backend, and celery-saga 0.1.1 with its
-  Redis backend.
+  Redis backend. Each repetition starts a contender's N sagas in ``--w1-blocks``
+  blocks (4), the contenders taking turns block by block; its time is their sum.
 - W2: N sagas of one step then a parallel group of 4, the same three contenders,
   plus for each the number of sagas whose record lacks an output of a step that ran.
 - W3: one saga at a time, N in a row, the caller blocking on ``get()``: p50 and p99.
@@ -157,6 +158,10 @@ LENGTHS = (5, 50, 200)
 OWN_KEYS = ("version", "machine", "config", "started", "duration_seconds")
 
 WARM_UP = 20
+#: W1's blocks per repetition: a contender's sagas are started a block at a time (100 at
+#: the default size), the contenders taking turns, so a change in the machine's load
+#: within a repetition meets them alike.
+W1_BLOCKS = 4
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -198,6 +203,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--w9-reseed",
         action="store_true",
         help="delete W9's kept executions and make them again",
+    )
+    parser.add_argument(
+        "--w1-blocks",
+        type=int,
+        default=W1_BLOCKS,
+        help="blocks each W1 repetition splits a contender's sagas into, the contenders "
+        f"taking turns block by block (default {W1_BLOCKS}; 1: one block)",
     )
     parser.add_argument(
         "--w4-lengths",
@@ -254,6 +266,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "--w9-executions must be at least 1000 (each filtered list page shows 50 rows) "
             "and --w9-requests at least 1"
         )
+    if args.w1_blocks < 1 or args.w1_sagas % args.w1_blocks:
+        parser.error(f"--w1-blocks must divide the W1 sagas ({args.w1_sagas}) evenly")
     if args.reps is None:
         args.reps = sizes["reps"]
     if args.reps < 1:
@@ -810,12 +824,19 @@ def run_workloads(bench: Bench, only: str | None = None) -> dict[str, Any]:
         out["W1"] = throughput(
             "W1",
             f"{args.w1_sagas} sagas of 5 no-op steps; Redis broker; one prefork worker "
-            "with 2 processes per contender",
+            "with 2 processes per contender"
+            + (
+                f"; each repetition starts them in {args.w1_blocks} blocks of "
+                f"{args.w1_sagas // args.w1_blocks}, the contenders taking turns block by block"
+                if args.w1_blocks > 1
+                else ""
+            ),
             bench.pick("chain", "saga", "orig"),
             "five",
             args.w1_sagas,
             args.reps,
             [("saga", "chain"), ("orig", "saga"), ("orig", "chain")],
+            blocks=args.w1_blocks,
         )
     if needs("W2"):
         print(f"W2: {args.w2_sagas} sagas of one step then a parallel group of 4", flush=True)

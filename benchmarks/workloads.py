@@ -112,16 +112,31 @@ def alternate(
     reps: int,
     measure: Callable[[K, int], T],
     show: Callable[[T], str],
+    *,
+    rounds: int = 1,
+    combine: Callable[[list[T]], T] | None = None,
 ) -> tuple[dict[str, list[T]], list[list[str]]]:
-    """Run every contender once per repetition, rotating the order; results by key."""
+    """Run every contender once per repetition, rotating the order; results by key.
+
+    With `rounds` above 1, a repetition runs the contenders `rounds` times in its order
+    (each `measure` call a part of the repetition) and `combine` makes one result of a
+    contender's parts: the contenders take turns every part instead of every
+    repetition, so a change in the machine's load meets them alike.
+    """
+    if rounds > 1 and combine is None:
+        raise ValueError("alternate: rounds above 1 need a combine function")
     results: dict[str, list[T]] = {c.key: [] for c in contenders}
     orders = []
     for rep in range(reps):
         shift = rep % len(contenders)
         order = [*contenders[shift:], *contenders[:shift]]
         orders.append([c.key for c in order])
+        parts: dict[str, list[T]] = {c.key: [] for c in order}
+        for _ in range(rounds):
+            for contender in order:
+                parts[contender.key].append(measure(contender, rep))
         for contender in order:
-            value = measure(contender, rep)
+            value = parts[contender.key][0] if combine is None else combine(parts[contender.key])
             results[contender.key].append(value)
             print(
                 f"  {workload} rep {rep + 1}/{reps}  {contender.label:<44} {show(value)}",
@@ -168,6 +183,24 @@ def _show_run(run: Run) -> str:
     return text
 
 
+def combined(parts: list[Run]) -> Run:
+    """One repetition's run from its blocks: times, CPU and counts summed."""
+    statuses: dict[str, int] = {}
+    for part in parts:
+        for status, count in part.statuses.items():
+            statuses[status] = statuses.get(status, 0) + count
+    losts = [part.lost for part in parts if part.lost is not None]
+    return Run(
+        seconds=sum(part.seconds for part in parts),
+        not_completed=sum(part.not_completed for part in parts),
+        lost=sum(losts) if losts else None,
+        statuses=statuses,
+        worker_cpu=sum(part.worker_cpu for part in parts),
+        caller_cpu=sum(part.caller_cpu for part in parts),
+        ids=[i for part in parts for i in part.ids],
+    )
+
+
 def throughput(
     workload: str,
     description: str,
@@ -177,22 +210,34 @@ def throughput(
     reps: int,
     ratios: Sequence[tuple[str, str]],
     ran_key: Callable[[str, int], str] | None = None,
+    blocks: int = 1,
 ) -> dict[str, Any]:
-    """A throughput workload: `n` sagas started at once, seconds until all finished."""
+    """A throughput workload: `n` sagas started at once, seconds until all finished.
+
+    With `blocks` above 1, each repetition starts a contender's `n` sagas in that many
+    blocks (of `n` // `blocks`), the contenders taking turns block by block
+    (`alternate`'s rounds); a repetition's figures are the sums over its blocks.
+    """
+    if blocks < 1 or n % blocks:
+        raise ValueError(f"{workload}: {n} sagas do not split into {blocks} equal blocks")
+    size = n // blocks
 
     def measure(contender: Contender, rep: int) -> Run:
         worker_before, caller_before = contender.cpu()
-        run = contender.throughput(saga, n, ran_key(contender.key, rep) if ran_key else None)
+        run = contender.throughput(saga, size, ran_key(contender.key, rep) if ran_key else None)
         worker_after, caller_after = contender.cpu()
         run.worker_cpu, run.caller_cpu = worker_after - worker_before, caller_after - caller_before
         return run
 
-    runs, orders = alternate(workload, contenders, reps, measure, _show_run)
+    runs, orders = alternate(
+        workload, contenders, reps, measure, _show_run, rounds=blocks, combine=combined
+    )
     seconds = {key: [r.seconds for r in rs] for key, rs in runs.items()}
     section: dict[str, Any] = {
         "description": description,
         "sagas": n,
         "reps": reps,
+        "blocks": blocks,
         "orders": orders,
         "contenders": {
             c.key: {
