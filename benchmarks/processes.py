@@ -78,9 +78,9 @@ class Worker:
     `python` and `app` select the interpreter and the ``-A`` module: this project's
     contenders run ``bench_app`` with the harness's own interpreter, celery-saga
     0.1.1 runs ``orig_app`` with the interpreter of its venv. `pool` is the ``-P`` pool
-    (`concurrency` applies to prefork), `prefix` comes before the interpreter on the
-    command line (a tool that runs the worker, such as valgrind), and `env` may set
-    ``PYTHONPATH`` (by default this folder).
+    (`concurrency` applies to every pool but solo), `prefix` comes before the interpreter
+    on the command line (a tool that runs the worker, such as valgrind), and `env` may
+    set ``PYTHONPATH`` (by default this folder).
     """
 
     def __init__(
@@ -123,7 +123,7 @@ class Worker:
                 "worker",
                 "-P",
                 pool,
-                *(("-c", str(concurrency)) if pool == "prefork" else ()),
+                *(("-c", str(concurrency)) if pool != "solo" else ()),
                 "-Q",
                 queue,
                 "-l",
