@@ -52,6 +52,15 @@ def subscribers(store: RedisSagaBackend, name: str) -> list[dict[str, Any]]:
     return [c for c in listed if c["name"] == name and "P" in c["flags"]]
 
 
+def connection(client: dict[str, Any]) -> tuple[str, str]:
+    """A connection as the server knows it: its node's side of the socket and its id.
+
+    On a cluster each node numbers its clients on its own, so a new connection on
+    another node can carry the id of one that was killed: the id alone is not enough.
+    """
+    return client["laddr"], client["id"]
+
+
 def test_fifty_waits_from_threads_share_one_connection_and_all_return(
     named: tuple[RedisSagaBackend, str],
 ) -> None:
@@ -87,10 +96,12 @@ def test_a_wait_outlives_a_lost_connection(named: tuple[RedisSagaBackend, str]) 
         wait_until(lambda: len(subscribers(store, name)) == 1, 30, "the wait to subscribe")
         killed = subscribers(store, name)[0]
         kill = {"target_nodes": "all"} if store.cluster else {}
-        store.client.client_kill_filter(_id=killed["id"], **kill)
+        store.client.client_kill_filter(_id=killed["id"], laddr=killed["laddr"], **kill)
         # The waiter subscribes again on a new connection, then the announcement wakes it.
         wait_until(
-            lambda: [c["id"] for c in subscribers(store, name)] not in ([], [killed["id"]]),
+            lambda: (
+                [connection(c) for c in subscribers(store, name)] not in ([], [connection(killed)])
+            ),
             30,
             "a new connection",
         )
@@ -128,8 +139,9 @@ def test_a_wait_takes_a_new_connection_when_the_shared_one_lost_its_socket_unsee
     real_get_status = store.get_status
 
     def get_status(saga_id: str) -> Any:
-        peeked.set()  # the waiter's first read, once it is subscribed
-        return real_get_status(saga_id)
+        status = real_get_status(saga_id)
+        peeked.set()  # the waiter's first read, once it is subscribed, has returned
+        return status
 
     monkeypatch.setattr(listener, "read", read)
     monkeypatch.setattr(store, "get_status", get_status)
@@ -211,9 +223,10 @@ def test_a_completion_tells_its_waiter_the_output_without_a_read(
 
     def get_status(saga_id: str) -> Any:
         nonlocal peeks
+        status = real_get_status(saga_id)
         if threading.current_thread() in waiting_thread:
-            peeks += 1
-        return real_get_status(saga_id)
+            peeks += 1  # counted once the read has returned: the saga ends after it
+        return status
 
     def wait() -> Outcome | None:
         waiting_thread.append(threading.current_thread())
