@@ -73,10 +73,32 @@ def is_fallback(app: Celery | None, explicit: SagaBackend | str | None = None) -
 def setting(app: Celery | None, name: str) -> Any:
     """A celery-saga setting from the app's configuration, or its default."""
     if app is not None:
-        value = app.conf.get(name)
-        if value is not None:
-            return value
+        conf = app.conf
+        if not _unset(conf, name):
+            value = conf.get(name)
+            if value is not None:
+                return value
     return DEFAULTS[name]
+
+
+_ABSENT = object()
+
+
+def _unset(conf: Any, name: str) -> bool:
+    """True when no layer of Celery's configuration holds `name` under any of its keys.
+
+    Celery finds a missing name by raising and catching a KeyError for each key and
+    layer (about 20 us); a step reads settings that are nearly always unset, so they are
+    looked up here without exceptions, with Celery's own keys (a namespace's prefix
+    included). False, so Celery is asked, when the configuration is not that view.
+    """
+    to_keys = getattr(type(conf), "_to_keys", None)
+    key = getattr(type(conf), "_key", None)
+    maps = conf.__dict__.get("maps") if hasattr(conf, "__dict__") else None
+    if to_keys is None or key is None or not isinstance(maps, list):
+        return False
+    keys = [key(conf, k) for k in to_keys(conf, name)]
+    return all(layer.get(k, _ABSENT) is _ABSENT for layer in maps for k in keys)
 
 
 def _instance(url: str, options: dict[str, Any], read_only: bool = False) -> SagaBackend:
