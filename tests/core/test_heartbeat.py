@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
 from support import wait_until
 
 from celery_saga.backends import Lease, MemorySagaBackend
@@ -67,3 +68,20 @@ def test_owner_names_host_process_thread_and_task() -> None:
     owner = leases.owner_of("task-1")
     host, pid, thread, task = owner.split("/")
     assert (pid, task) == (str(os.getpid()), "task-1") and host and thread
+
+
+@pytest.mark.parametrize(
+    ("now", "last", "interval", "sleep"),
+    [
+        (10.0, 10.0, 0.1, 0.1),  # just beat: a whole interval
+        (10.0, 9.5, 1.7, 1.0),  # due in 1.2 s: wakes after a second to look again
+        (10.0, 9.0, 1.7, 0.7),  # due in 0.7 s: sleeps exactly that, not a whole second
+        (10.0, 8.3, 1.7, 0.0),  # due now
+        (10.0, 5.0, 1.7, 0.0),  # overdue (a slow store call): at once, never negative
+        (10.0, 10.0, 10.0, 1.0),  # a 30 s lease: still wakes every second
+    ],
+)
+def test_the_heartbeat_sleeps_until_the_next_beat_is_due(
+    now: float, last: float, interval: float, sleep: float
+) -> None:
+    assert leases.until_next_beat(now, last, interval) == pytest.approx(sleep)

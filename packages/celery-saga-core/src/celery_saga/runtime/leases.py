@@ -51,6 +51,12 @@ def lease_seconds(app: Celery | None) -> float:
     return float(setting(app, "saga_lease_seconds"))
 
 
+def until_next_beat(now: float, last: float, interval: float, longest: float = 1.0) -> float:
+    """How long the heartbeat sleeps: until `interval` after the `last` beat began, and at
+    most `longest` (it wakes that often to see a shorter lease), never less than 0."""
+    return max(0.0, min(last + interval - now, longest))
+
+
 class Heartbeat:
     """The leases one process holds, and the daemon thread that renews them.
 
@@ -93,15 +99,17 @@ class Heartbeat:
         return max(0.05, min(seconds, default=30.0) / 3)
 
     def _run(self) -> None:
-        # Wakes at least every second, so a lease shorter than those already held is
-        # renewed in time; it calls the store only once a beat is due.
+        # Sleeps until the next beat is due, and at most a second, so a lease shorter
+        # than those already held is renewed in time. A beat is due a third of the lease
+        # after the previous one began: the time its store call takes is not added.
         last = time.monotonic()
         while True:
-            self._wake.wait(min(self._interval(), 1.0))
+            self._wake.wait(until_next_beat(time.monotonic(), last, self._interval()))
             self._wake.clear()
-            if time.monotonic() - last >= self._interval():
+            started = time.monotonic()
+            if started - last >= self._interval():
                 self.beat()
-                last = time.monotonic()
+                last = started
 
     def beat(self) -> None:
         """Renew every held lease now: one store call per store."""
